@@ -1,0 +1,251 @@
+//! Records shared by the kernel programs (`observer-ebpf`) and userspace (`observer`).
+//!
+//! Wire records travel through one BPF ring buffer. Each starts with a [`RecordHeader`];
+//! all are `#[repr(C)]`, hold only integers and fixed arrays, spell out their padding,
+//! and have their size asserted so that both sides agree byte for byte.
+//!
+//! Layout records (`*Layout`, [`Settings`]) are `.rodata` globals that userspace fills in
+//! before load: tracepoint field offsets read from tracefs `format` files, and kernel
+//! struct member offsets read from vmlinux BTF (Rust eBPF has no CO-RE).
+#![no_std]
+
+/// Length of `task_struct.comm` (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// Record kinds, the first field of every [`RecordHeader`].
+pub mod kind {
+    pub const SIGNAL_GENERATE: u32 = 1;
+    pub const SIGNAL_DELIVER: u32 = 2;
+    pub const PROCESS_EXIT: u32 = 3;
+    pub const EXIT_GROUP_CALL: u32 = 4;
+}
+
+/// Starts every record in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// CPU the program ran on (events from different CPUs may arrive out of order).
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC at the event.
+    pub mono_ns: u64,
+}
+
+/// `signal:signal_generate`, in the sender's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalGenerateRecord {
+    pub header: RecordHeader,
+    pub sig: i32,
+    /// `si_code` as the tracepoint stores it (SI_USER 0, SI_KERNEL 0x80, SI_TKILL -6, …).
+    pub si_code: i32,
+    /// Kernel result: 0 delivered, 1 ignored, 2 already pending, 3 overflow fail, 4 lose info.
+    pub result: i32,
+    /// 1 for a process-directed signal (kill), 0 for a thread-directed one (tgkill).
+    pub group: u32,
+    pub target_tid: u32,
+    /// 0 when the kernel side could not tell; userspace then resolves it.
+    pub target_tgid: u32,
+    pub sender_tgid: u32,
+    pub sender_tid: u32,
+    /// The target thread's comm, as the tracepoint copies it.
+    pub target_comm: [u8; COMM_LEN],
+    /// The sending process's comm (its thread group leader's when BTF offsets are known).
+    pub sender_comm: [u8; COMM_LEN],
+}
+
+/// `signal:signal_deliver`, in the target thread's context when it dequeues the signal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalDeliverRecord {
+    pub header: RecordHeader,
+    pub sig: i32,
+    pub si_code: i32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `sa_handler`: 0 SIG_DFL, 1 SIG_IGN, anything else a handler's address.
+    pub sa_handler: u64,
+    pub sa_flags: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Bits of [`ProcessExitRecord::flags`].
+pub mod exit_flags {
+    /// `wait_status` was read from the task (BTF offsets known); otherwise userspace
+    /// infers the status from exit_group calls and fatal signal deliveries.
+    pub const WAIT_STATUS_EXACT: u32 = 1 << 0;
+    /// `ppid` and `start_time_ns` were read from the task.
+    pub const PARENT_KNOWN: u32 = 1 << 1;
+}
+
+/// `sched:sched_process_exit` for the last thread of a thread group (the whole process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExitRecord {
+    pub header: RecordHeader,
+    pub tgid: u32,
+    /// The thread that exited last.
+    pub tid: u32,
+    pub ppid: u32,
+    /// What the parent's waitpid(2) will see: `code << 8`, or the signal (| 0x80 on core dump).
+    pub wait_status: u32,
+    /// [`exit_flags`].
+    pub flags: u32,
+    pub _pad: u32,
+    /// `bpf_get_current_cgroup_id()`: the cgroup v2 id (its directory's inode number).
+    pub cgroup_id: u64,
+    /// The thread group leader's `start_time` (ns since boot): with `tgid`, a process
+    /// identity that survives PID reuse.
+    pub start_time_ns: u64,
+    /// The thread group leader's comm.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `syscalls:sys_enter_exit_group`; only attached without BTF, to infer exit codes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitGroupCallRecord {
+    pub header: RecordHeader,
+    pub tgid: u32,
+    pub tid: u32,
+    pub code: i32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<RecordHeader>() == 16);
+const _: () = assert!(size_of::<SignalGenerateRecord>() == 80);
+const _: () = assert!(size_of::<SignalDeliverRecord>() == 64);
+const _: () = assert!(size_of::<ProcessExitRecord>() == 72);
+const _: () = assert!(size_of::<ExitGroupCallRecord>() == 32);
+
+/// Marks a tracepoint field that this kernel's `format` file does not have.
+pub const FIELD_ABSENT: u32 = u32::MAX;
+
+/// Offsets into `signal:signal_generate`'s record, from its `format` file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalGenerateLayout {
+    pub sig: u32,
+    pub code: u32,
+    pub comm: u32,
+    pub pid: u32,
+    pub group: u32,
+    pub result: u32,
+}
+
+/// Offsets into `signal:signal_deliver`'s record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalDeliverLayout {
+    pub sig: u32,
+    pub code: u32,
+    pub sa_handler: u32,
+    pub sa_flags: u32,
+}
+
+/// Offsets into `sched:sched_process_exit`'s record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExitLayout {
+    /// [`FIELD_ABSENT`] before 6.16-ish kernels, which lack the field.
+    pub group_dead: u32,
+}
+
+/// Offsets into `syscalls:sys_enter_tgkill` (`tgid`, `pid`, `sig`; each a long).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TgkillLayout {
+    pub tgid: u32,
+    pub pid: u32,
+    pub sig: u32,
+}
+
+/// Offsets into `syscalls:sys_enter_exit_group` (`error_code`, a long).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitGroupLayout {
+    pub error_code: u32,
+}
+
+/// Byte offsets of kernel struct members, from vmlinux BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskLayout {
+    /// 1 when the offsets below are valid (BTF was readable), else 0.
+    pub known: u32,
+    pub task_exit_code: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_start_time: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_signal: u32,
+    pub signal_flags: u32,
+    pub signal_group_exit_code: u32,
+    pub signal_live: u32,
+    pub _pad: u32,
+}
+
+/// Run-time settings of the kernel programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Bit `n` set: report signal `n` (1..=64) at generation and delivery.
+    pub signal_mask: u64,
+    /// Bit `n` set: also report deliveries of signal `n` with the default action, so that
+    /// userspace can infer exit statuses when BTF is missing. 0 when BTF is present.
+    pub fatal_default_mask: u64,
+}
+
+/// `sigaction.sa_handler` values with a fixed meaning.
+pub const SIG_DFL: u64 = 0;
+pub const SIG_IGN: u64 = 1;
+
+/// `signal_struct.flags` bit set once the whole group is exiting (include/linux/sched/signal.h).
+pub const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;
+
+/// Bit for signal `sig` in a 64-bit signal mask.
+pub const fn signal_bit(sig: i32) -> u64 {
+    if sig >= 1 && sig <= 64 {
+        1u64 << (sig - 1)
+    } else {
+        0
+    }
+}
+
+/// A record that can be read from the ring buffer's bytes.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` with only integer and integer-array fields, so every bit
+/// pattern of the right size is a valid value.
+pub unsafe trait WireRecord: Copy {}
+
+unsafe impl WireRecord for RecordHeader {}
+unsafe impl WireRecord for SignalGenerateRecord {}
+unsafe impl WireRecord for SignalDeliverRecord {}
+unsafe impl WireRecord for ProcessExitRecord {}
+unsafe impl WireRecord for ExitGroupCallRecord {}
+
+/// Copies a record out of the ring buffer's bytes; `None` if they are too short.
+pub fn read_record<T: WireRecord>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked, `read_unaligned` copes with any alignment, and
+    // `WireRecord` promises every bit pattern is valid.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` integer structs with explicit padding.
+    unsafe impl aya::Pod for SignalGenerateLayout {}
+    unsafe impl aya::Pod for SignalDeliverLayout {}
+    unsafe impl aya::Pod for ProcessExitLayout {}
+    unsafe impl aya::Pod for TgkillLayout {}
+    unsafe impl aya::Pod for ExitGroupLayout {}
+    unsafe impl aya::Pod for TaskLayout {}
+    unsafe impl aya::Pod for Settings {}
+}

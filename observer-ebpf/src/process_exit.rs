@@ -1,0 +1,109 @@
+//! `sched:sched_process_exit`: a thread is exiting; fires in the exiting thread's context,
+//! after do_exit() stored `task->exit_code`. Only the last thread of a group (the whole
+//! process) is reported.
+//!
+//! Tracepoint record on 6.18:
+//! ```text
+//! char comm[16]; pid_t pid; int prio; bool group_dead;
+//! ```
+//! (`group_dead` is missing on older kernels.)
+//!
+//! The status is computed as wait_task_zombie() does for the parent's waitpid():
+//! `signal->flags & SIGNAL_GROUP_EXIT ? signal->group_exit_code : leader->exit_code`.
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use observer_common::{
+    COMM_LEN, FIELD_ABSENT, ProcessExitRecord, SIGNAL_GROUP_EXIT, TaskLayout, exit_flags, kind,
+};
+
+use crate::{
+    emit::{header, submit},
+    globals::PROCESS_EXIT_LAYOUT,
+    task,
+};
+
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_process_exit(&ctx);
+    0
+}
+
+fn try_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let task_layout = task::layout();
+    if !is_group_dead(ctx, tgid, tid, task_layout)? {
+        return Ok(());
+    }
+    let mut record = ProcessExitRecord {
+        header: header(kind::PROCESS_EXIT),
+        tgid,
+        tid,
+        // SAFETY: no arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        ..Default::default()
+    };
+    match task_layout {
+        Some(layout) => read_status(&mut record, layout),
+        None => record.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+    submit(record);
+    Ok(())
+}
+
+/// Whether the current thread is the last of its group to exit.
+fn is_group_dead(
+    ctx: &TracePointContext,
+    tgid: u32,
+    tid: u32,
+    task_layout: Option<TaskLayout>,
+) -> Result<bool, i32> {
+    let offset = PROCESS_EXIT_LAYOUT.load().group_dead;
+    if offset != FIELD_ABSENT {
+        // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
+        let group_dead: u8 = unsafe { ctx.read_at(offset as usize)? };
+        return Ok(group_dead != 0);
+    }
+    // Older kernels: `signal->live` reached 0 in do_exit() before the tracepoint. Two
+    // threads exiting at once may both see 0; userspace drops the duplicate by identity.
+    Ok(match task_layout {
+        Some(layout) => {
+            let signal = task::read::<u64>(task::current(), layout.task_signal).unwrap_or(0);
+            task::read::<i32>(signal, layout.signal_live) == Some(0)
+        }
+        None => tid == tgid,
+    })
+}
+
+fn read_status(record: &mut ProcessExitRecord, layout: TaskLayout) {
+    let current = task::current();
+    let leader = task::read::<u64>(current, layout.task_group_leader).unwrap_or(current);
+    let signal = task::read::<u64>(current, layout.task_signal).unwrap_or(0);
+    let Some(signal_flags) = task::read::<u32>(signal, layout.signal_flags) else {
+        return;
+    };
+    let status = if signal_flags & SIGNAL_GROUP_EXIT != 0 {
+        task::read::<i32>(signal, layout.signal_group_exit_code)
+    } else {
+        task::read::<i32>(leader, layout.task_exit_code)
+    };
+    if let Some(status) = status {
+        record.wait_status = status as u32;
+        record.flags |= exit_flags::WAIT_STATUS_EXACT;
+    }
+    let parent = task::read::<u64>(leader, layout.task_real_parent).unwrap_or(0);
+    if let (Some(ppid), Some(start_time)) = (
+        task::read::<u32>(parent, layout.task_tgid),
+        task::read::<u64>(leader, layout.task_start_time),
+    ) {
+        record.ppid = ppid;
+        record.start_time_ns = start_time;
+        record.flags |= exit_flags::PARENT_KNOWN;
+    }
+    record.comm = task::read::<[u8; COMM_LEN]>(leader, layout.task_comm)
+        .unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0; COMM_LEN]));
+}

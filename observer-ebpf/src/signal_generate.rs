@@ -1,0 +1,68 @@
+//! `signal:signal_generate`: a signal was generated for a task. Runs in the sender's
+//! context (or in whatever context the kernel generated it from, e.g. a timer).
+//!
+//! Tracepoint record on 6.18 (offsets come from the `format` file, never from here):
+//! ```text
+//! int sig; int errno; int code; char comm[16]; pid_t pid; int group; int result;
+//! ```
+//! `pid` and `comm` are the *target thread's*; `group` is 1 for kill(), 0 for tgkill().
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use observer_common::{COMM_LEN, SignalGenerateRecord, kind, signal_bit};
+
+use crate::{
+    emit::{header, submit},
+    globals::{SETTINGS, SIGNAL_GENERATE_LAYOUT},
+    task::current_process_comm,
+    tgkill::take_tgkill_target,
+};
+
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let _ = try_signal_generate(&ctx);
+    0
+}
+
+fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
+    let layout = SIGNAL_GENERATE_LAYOUT.load();
+    // SAFETY (all reads): offsets come from this kernel's format file; read_at uses
+    // bpf_probe_read_kernel, which fails cleanly on a bad address.
+    let sig: i32 = unsafe { ctx.read_at(layout.sig as usize)? };
+    if SETTINGS.load().signal_mask & signal_bit(sig) == 0 {
+        return Ok(());
+    }
+    let si_code: i32 = unsafe { ctx.read_at(layout.code as usize)? };
+    let target_tid: i32 = unsafe { ctx.read_at(layout.pid as usize)? };
+    let group: i32 = unsafe { ctx.read_at(layout.group as usize)? };
+    let result: i32 = unsafe { ctx.read_at(layout.result as usize)? };
+    let target_comm: [u8; COMM_LEN] = unsafe { ctx.read_at(layout.comm as usize)? };
+
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let sender_tgid = (pid_tgid >> 32) as u32;
+    let sender_tid = pid_tgid as u32;
+    let target_tid = target_tid as u32;
+    // The tracepoint names the target thread only. Its thread group is known here when a
+    // thread signals itself (raise, faults) or came through tgkill(); otherwise 0 asks
+    // userspace to resolve it.
+    let target_tgid = if target_tid == sender_tid {
+        sender_tgid
+    } else {
+        take_tgkill_target(sender_tid, target_tid).unwrap_or(0)
+    };
+
+    submit(SignalGenerateRecord {
+        header: header(kind::SIGNAL_GENERATE),
+        sig,
+        si_code,
+        result,
+        group: group as u32,
+        target_tid,
+        target_tgid,
+        sender_tgid,
+        sender_tid,
+        target_comm,
+        sender_comm: current_process_comm(),
+    });
+    Ok(())
+}
