@@ -56,12 +56,20 @@ pub struct SignalGenerateRecord {
 }
 
 /// `signal:signal_deliver`, in the target thread's context when it dequeues the signal.
+///
+/// A fatal signal with the default action (SIGKILL, or SIGTERM with no handler) becomes a
+/// group exit in complete_signal(): every thread then dequeues a SIGKILL whatever the
+/// original signal was. For those, `sig` is the signal that caused the group exit (from
+/// `signal->group_exit_code`) and `dequeued_sig` is SIGKILL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SignalDeliverRecord {
     pub header: RecordHeader,
     pub sig: i32,
+    pub dequeued_sig: i32,
     pub si_code: i32,
+    /// `signal->group_exit_code` when BTF offsets are known, else -1.
+    pub group_exit_code: i32,
     pub tgid: u32,
     pub tid: u32,
     /// `sa_handler`: 0 SIG_DFL, 1 SIG_IGN, anything else a handler's address.
@@ -115,7 +123,7 @@ pub struct ExitGroupCallRecord {
 
 const _: () = assert!(size_of::<RecordHeader>() == 16);
 const _: () = assert!(size_of::<SignalGenerateRecord>() == 80);
-const _: () = assert!(size_of::<SignalDeliverRecord>() == 64);
+const _: () = assert!(size_of::<SignalDeliverRecord>() == 72);
 const _: () = assert!(size_of::<ProcessExitRecord>() == 72);
 const _: () = assert!(size_of::<ExitGroupCallRecord>() == 32);
 
@@ -193,14 +201,17 @@ pub struct TaskLayout {
 pub struct Settings {
     /// Bit `n` set: report signal `n` (1..=64) at generation and delivery.
     pub signal_mask: u64,
-    /// Bit `n` set: also report deliveries of signal `n` with the default action, so that
-    /// userspace can infer exit statuses when BTF is missing. 0 when BTF is present.
+    /// Bit `n` set: also report generations of signal `n` and its deliveries with the
+    /// default action, so that userspace can infer exit statuses when BTF is missing.
+    /// 0 when BTF is present.
     pub fatal_default_mask: u64,
 }
 
 /// `sigaction.sa_handler` values with a fixed meaning.
 pub const SIG_DFL: u64 = 0;
 pub const SIG_IGN: u64 = 1;
+
+pub const SIGKILL: i32 = 9;
 
 /// `signal_struct.flags` bit set once the whole group is exiting (include/linux/sched/signal.h).
 pub const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;

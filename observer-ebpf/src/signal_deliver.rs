@@ -6,16 +6,23 @@
 //! ```text
 //! int sig; int errno; int code; unsigned long sa_handler; unsigned long sa_flags;
 //! ```
+//!
+//! get_signal() reports a group exit in progress as a SIGKILL delivery to every thread
+//! (`trace_signal_deliver(SIGKILL, SEND_SIG_NOINFO, …)`), whether the group is dying of
+//! SIGKILL, of another fatal signal with no handler, or of exit_group()/exec. With BTF we
+//! read `signal->group_exit_code` to report the signal that really caused it, and drop the
+//! deliveries of exit_group()/exec teardowns (no signal caused them).
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use observer_common::{COMM_LEN, SIG_DFL, SignalDeliverRecord, kind, signal_bit};
+use observer_common::{COMM_LEN, SIG_DFL, SIGKILL, SignalDeliverRecord, kind, signal_bit};
 
 use crate::{
     emit::{header, submit},
     globals::{SETTINGS, SIGNAL_DELIVER_LAYOUT},
+    task,
 };
 
 #[tracepoint]
@@ -28,7 +35,21 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i32> {
     let layout = SIGNAL_DELIVER_LAYOUT.load();
     let settings = SETTINGS.load();
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
-    let sig: i32 = unsafe { ctx.read_at(layout.sig as usize)? };
+    let dequeued_sig: i32 = unsafe { ctx.read_at(layout.sig as usize)? };
+    let mut sig = dequeued_sig;
+    let mut group_exit_code = -1;
+    if dequeued_sig == SIGKILL
+        && let Some(task_layout) = task::layout()
+    {
+        let signal = task::read::<u64>(task::current(), task_layout.task_signal).unwrap_or(0);
+        if let Some(code) = task::read::<i32>(signal, task_layout.signal_group_exit_code) {
+            if code & 0x7f == 0 {
+                return Ok(()); // exit_group() or exec tearing down the other threads
+            }
+            sig = code & 0x7f;
+            group_exit_code = code;
+        }
+    }
     let bit = signal_bit(sig);
     if settings.signal_mask & bit == 0 && settings.fatal_default_mask & bit == 0 {
         return Ok(());
@@ -44,7 +65,9 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i32> {
     submit(SignalDeliverRecord {
         header: header(kind::SIGNAL_DELIVER),
         sig,
+        dequeued_sig,
         si_code,
+        group_exit_code,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         sa_handler,

@@ -29,7 +29,8 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY (all reads): offsets come from this kernel's format file; read_at uses
     // bpf_probe_read_kernel, which fails cleanly on a bad address.
     let sig: i32 = unsafe { ctx.read_at(layout.sig as usize)? };
-    if SETTINGS.load().signal_mask & signal_bit(sig) == 0 {
+    let settings = SETTINGS.load();
+    if (settings.signal_mask | settings.fatal_default_mask) & signal_bit(sig) == 0 {
         return Ok(());
     }
     let si_code: i32 = unsafe { ctx.read_at(layout.code as usize)? };

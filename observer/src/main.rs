@@ -1,1 +1,40 @@
-fn main(){}
+//! observer: an eBPF-backed shutdown observer. See README.md.
+mod bounded;
+mod btf;
+mod cli;
+mod clock;
+mod decode;
+mod enrich;
+mod event;
+mod exit_inference;
+mod filter;
+mod human;
+mod layout;
+mod loader;
+mod object;
+mod pipeline;
+mod preflight;
+mod procfs;
+mod signals;
+mod sink;
+mod tracefs;
+mod wait_status;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Watch(args) => watch::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("observer: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,315 @@
-fn main(){}
+//! Developer and CI tasks: `cargo xtask <task>`. Every task installs what it needs first,
+//! idempotently, and says plainly what it could not install.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the eBPF build needs (bpf-linker links against LLVM 22).
+const APT_PACKAGES: [&str; 4] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The toolchain that builds the eBPF crate (`-Z build-std`); the host uses stable.
+const EBPF_TOOLCHAIN: &str = "nightly";
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Parser)]
+#[command(about = "observer's build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF build prerequisites (apt packages, rust-src, bpf-linker) and
+    /// mount tracefs; does nothing that is already done.
+    Setup,
+    /// Set up, then build the kernel programs into target/bpf/observer.bpf.o.
+    BuildEbpf,
+    /// Build everything (release) and run `observer watch ARGS…`, with sudo if not root.
+    Watch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt and clippy (-D warnings) on the host crates and the eBPF crate.
+    Lint,
+    /// The whole suite: lint, unit tests, and the privileged tests that load the real
+    /// programs (as root, one at a time).
+    Test,
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Setup => {
+            setup_toolchain()?;
+            mount_tracefs()
+        }
+        Task::BuildEbpf => build_ebpf(&root).map(drop),
+        Task::Watch { args } => watch(&root, &args),
+        Task::Lint => lint(&root),
+        Task::Test => test(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command, failing with its command line if it fails.
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output_of(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A `cargo` for the eBPF toolchain, clean of the variables the outer (stable) cargo set.
+fn ebpf_cargo(root: &Path) -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", EBPF_TOOLCHAIN, "cargo"])
+        .current_dir(root);
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn setup_toolchain() -> Result<()> {
+    install_apt_packages()?;
+    install_rust_src()?;
+    install_bpf_linker()
+}
+
+fn install_apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            output_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+                .is_none_or(|status| !status.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: install them with `sudo apt-get install {}`",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("installing the LLVM 22 packages bpf-linker needs")
+}
+
+fn install_rust_src() -> Result<()> {
+    let installed = output_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+    .with_context(|| {
+        format!("the {EBPF_TOOLCHAIN} toolchain is not installed (rustup toolchain list)")
+    })?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the {EBPF_TOOLCHAIN} toolchain");
+    run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+    .context("adding rust-src (needed for -Z build-std=core)")
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    let version = output_of(Command::new("bpf-linker").arg("--version"));
+    if version
+        .as_deref()
+        .is_some_and(|v| v.trim().starts_with(&wanted))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: building {wanted} against LLVM 22 (a few minutes, once)");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env_remove("RUSTUP_TOOLCHAIN"))
+    .context("installing bpf-linker (needs llvm-22-dev; /usr/bin/llvm-config is an older LLVM)")
+}
+
+fn mount_tracefs() -> Result<()> {
+    let events = Path::new(TRACEFS).join("events");
+    if std::fs::read_dir(&events).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("xtask: tracefs is not mounted; `observer watch` (as root) mounts it");
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
+        .with_context(|| format!("mounting tracefs at {TRACEFS}"))
+}
+
+/// Builds the kernel programs; returns the object's path.
+fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    setup_toolchain()?;
+    run(ebpf_cargo(root).args([
+        "build",
+        "--package",
+        "observer-ebpf",
+        "--release",
+        "--target",
+        EBPF_TARGET,
+        "-Z",
+        "build-std=core",
+    ]))?;
+    let built = root
+        .join("target")
+        .join(EBPF_TARGET)
+        .join("release/observer");
+    let dir = root.join("target/bpf");
+    std::fs::create_dir_all(&dir)?;
+    let object = dir.join("observer.bpf.o");
+    // Copy only on change, so that cargo does not rebuild observer for nothing.
+    let new = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    if std::fs::read(&object).ok().as_ref() != Some(&new) {
+        std::fs::write(&object, &new)?;
+    }
+    Ok(object)
+}
+
+fn host_cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root);
+    command
+}
+
+fn watch(root: &Path, args: &[String]) -> Result<()> {
+    build_ebpf(root)?;
+    run(host_cargo(root).args(["build", "--release", "--package", "observer"]))?;
+    let binary = root.join("target/release/observer");
+    let mut command = if is_root() {
+        Command::new(&binary)
+    } else {
+        eprintln!("xtask: observer needs root to load eBPF programs; asking sudo");
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&binary);
+        sudo
+    };
+    command.arg("watch").args(args);
+    // Let observer's own exit status (and its graceful SIGINT handling) speak for itself.
+    let status = command.status().context("starting observer")?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn lint(root: &Path) -> Result<()> {
+    run(host_cargo(root).args(["fmt", "--all", "--check"]))?;
+    run(host_cargo(root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    setup_toolchain()?;
+    run(ebpf_cargo(root).args([
+        "clippy",
+        "--package",
+        "observer-ebpf",
+        "--release",
+        "--target",
+        EBPF_TARGET,
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn test(root: &Path) -> Result<()> {
+    build_ebpf(root)?;
+    mount_tracefs()?;
+    lint(root)?;
+    run(host_cargo(root).args(["build", "--package", "observer"]))?;
+    // Unit tests of every host crate, then the privileged suite, which loads the real
+    // programs and so runs as root, one test at a time.
+    run(host_cargo(root).args([
+        "test",
+        "--package",
+        "observer",
+        "--package",
+        "observer-common",
+        "--package",
+        "xtask",
+    ]))?;
+    let observer = root.join("target/debug/observer");
+    let mut privileged = host_cargo(root);
+    privileged
+        .args([
+            "test",
+            "--package",
+            "observer-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .env("OBSERVER_BIN", &observer);
+    if !is_root() {
+        bail!(
+            "the privileged tests load eBPF programs and must run as root: \
+             `sudo -E cargo xtask test`"
+        );
+    }
+    run(&mut privileged)
+}

@@ -1,0 +1,200 @@
+//! The command line.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::signals;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "observer",
+    version,
+    about = "See how processes shut down: termination signals, handlers, exits — from kernel evidence"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print every termination signal and every process exit on this host as they happen.
+    Watch(WatchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Write NDJSON events (docs/events-v1.md) instead of human-readable lines.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Append events to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Stop after SECS seconds (fractions allowed), flushing every event.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Signals to report, comma-separated names or numbers.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "TERM,INT,QUIT,HUP,KILL",
+        value_parser = parse_signal_list
+    )]
+    pub signals: SignalList,
+
+    /// Only events about this process (repeatable).
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Only events about processes with this command name (repeatable; at most 15
+    /// characters, as the kernel keeps them).
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
+    pub comms: Vec<String>,
+
+    /// Size of the kernel→userspace ring buffer in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+
+    /// When to colour the human format.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// When standard output is a terminal and NO_COLOR is unset.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct SignalList(pub Vec<i32>);
+
+fn parse_signal_list(text: &str) -> Result<SignalList, String> {
+    signals::parse_list(text).map(SignalList)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!(
+            "the duration must be a positive number of seconds, not {text}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_comm(text: &str) -> Result<String, String> {
+    match text.len() {
+        0 => Err("the command name is empty".to_string()),
+        1..=15 => Ok(text.to_string()),
+        n => Err(format!(
+            "'{text}' has {n} bytes; the kernel keeps only the first 15 of a command name, \
+             so use '{}'",
+            &text[..text.floor_char_boundary(15)]
+        )),
+    }
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a whole number of KiB"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
+        return Err(format!(
+            "the ring buffer must be a power of two from 4 to 1048576 KiB, not {kib}"
+        ));
+    }
+    Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn watch(args: &[&str]) -> Result<WatchArgs, String> {
+        let mut argv = vec!["observer", "watch"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Watch(args),
+            }) => Ok(args),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_report_the_termination_signals() {
+        let args = watch(&[]).unwrap();
+        assert_eq!(args.signals.0, vec![15, 2, 3, 1, 9]);
+        assert_eq!(args.ring_buffer_kib, 1024);
+        assert!(!args.json && args.output.is_none() && args.duration.is_none());
+    }
+
+    #[test]
+    fn parses_every_flag() {
+        let args = watch(&[
+            "--json",
+            "--output",
+            "/tmp/x",
+            "--duration",
+            "1.5",
+            "--signals",
+            "term,9",
+            "--pid",
+            "10",
+            "--pid",
+            "11",
+            "--comm",
+            "node",
+            "--ring-buffer-kib",
+            "64",
+            "--color",
+            "never",
+        ])
+        .unwrap();
+        assert!(args.json);
+        assert_eq!(args.duration, Some(Duration::from_millis(1500)));
+        assert_eq!(args.signals.0, vec![15, 9]);
+        assert_eq!(
+            (args.pids, args.comms),
+            (vec![10, 11], vec!["node".to_string()])
+        );
+        assert_eq!((args.ring_buffer_kib, args.color), (64, ColorChoice::Never));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_a_reason() {
+        for (args, reason) in [
+            (
+                &["--signals", "TERMINATE"][..],
+                "unknown signal 'TERMINATE'",
+            ),
+            (&["--duration", "0"], "positive number of seconds"),
+            (&["--duration", "soon"], "not a number of seconds"),
+            (&["--pid", "0"], "0"),
+            (&["--pid", "abc"], "invalid digit"),
+            (&["--comm", "a-very-long-command-name"], "only the first 15"),
+            (&["--ring-buffer-kib", "100"], "power of two"),
+            (&["--color", "sometimes"], "sometimes"),
+            (&["--bogus"], "--bogus"),
+        ] {
+            let error = watch(args).unwrap_err();
+            assert!(error.contains(reason), "{args:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Records → contract events: resolves what the kernel could not see (a thread's process,
+//! cgroup paths), de-duplicates per-thread kernel views of one process-wide fact, and
+//! infers exit statuses when BTF is missing. Pure apart from the [`HostView`] it is given.
+use observer_common::{
+    ExitGroupCallRecord, ProcessExitRecord, SIG_DFL, SIGKILL, SignalDeliverRecord,
+    SignalGenerateRecord, exit_flags, signal_bit,
+};
+
+use crate::{
+    bounded::BoundedMap,
+    decode::{Record, comm},
+    event::{
+        DeliveredEvent, Event, ExitEvent, Handler, Origin, ProcessRef, SignalEvent, SignalResult,
+        StatusSource, ThreadRef,
+    },
+    exit_inference::ExitInference,
+    signals,
+    wait_status::WaitStatus,
+};
+
+/// What enrichment asks of the host (procfs and cgroupfs in production, a fake in tests).
+pub trait HostView {
+    /// The thread group of thread `tid`, if it still exists.
+    fn tgid_of(&mut self, tid: u32) -> Option<u32>;
+    /// The cgroup v2 path of a live process.
+    fn cgroup_of_process(&mut self, pid: u32) -> Option<String>;
+    /// The path of the cgroup v2 directory whose inode number is `cgroup_id`.
+    fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String>;
+}
+
+/// Processes tracked at once for de-duplication.
+const TRACKED_PROCESSES: usize = 65_536;
+
+pub struct Enricher<H> {
+    host: H,
+    /// Signals to report (the kernel may send more, for exit inference).
+    signal_mask: u64,
+    inference: ExitInference,
+    /// tgids whose fatal delivery was already reported (every thread sees one).
+    dying: BoundedMap<u32, ()>,
+    /// (tgid, start time) of processes whose exit was reported; kernels without
+    /// `group_dead` can report one exit twice.
+    exited: BoundedMap<(u32, u64), ()>,
+}
+
+impl<H: HostView> Enricher<H> {
+    pub fn new(host: H, signal_mask: u64) -> Self {
+        Self {
+            host,
+            signal_mask,
+            inference: ExitInference::default(),
+            dying: BoundedMap::new(TRACKED_PROCESSES),
+            exited: BoundedMap::new(TRACKED_PROCESSES),
+        }
+    }
+
+    /// The event for `record`, if it is one to report.
+    pub fn enrich(&mut self, record: &Record) -> Option<Event> {
+        match record {
+            Record::SignalGenerate(r) => self.signal(r),
+            Record::SignalDeliver(r) => self.delivered(r),
+            Record::ProcessExit(r) => self.exit(r),
+            Record::ExitGroupCall(r) => self.exit_group_call(r),
+        }
+    }
+
+    fn reported(&self, sig: i32) -> bool {
+        self.signal_mask & signal_bit(sig) != 0
+    }
+
+    fn signal(&mut self, r: &SignalGenerateRecord) -> Option<Event> {
+        let tgid = match r.target_tgid {
+            0 => self.host.tgid_of(r.target_tid).unwrap_or(r.target_tid),
+            known => known,
+        };
+        let result = SignalResult::from_kernel(r.result);
+        if result == SignalResult::Delivered {
+            self.inference.fatal_signal_generated(tgid, r.sig);
+        }
+        if !self.reported(r.sig) {
+            return None;
+        }
+        Some(Event::Signal(SignalEvent {
+            sig: r.sig,
+            sig_name: signals::name(r.sig),
+            sender: ProcessRef {
+                pid: r.sender_tgid,
+                comm: comm(&r.sender_comm),
+            },
+            target: ThreadRef {
+                pid: tgid,
+                tid: r.target_tid,
+                comm: comm(&r.target_comm),
+                cgroup: self.host.cgroup_of_process(tgid),
+            },
+            group: r.group != 0,
+            si_code: r.si_code,
+            origin: Origin::from_si_code(r.si_code),
+            result,
+        }))
+    }
+
+    fn delivered(&mut self, r: &SignalDeliverRecord) -> Option<Event> {
+        let default_action = r.sa_handler == SIG_DFL;
+        let teardown = r.dequeued_sig == SIGKILL;
+        self.inference
+            .signal_delivered(r.tgid, r.sig, default_action, teardown);
+        if !self.reported(r.sig) {
+            return None;
+        }
+        // A fatal default action ends the whole group and every thread reports it; keep
+        // the first.
+        if default_action
+            && signals::is_fatal_by_default(r.sig)
+            && !self.dying.insert_new(r.tgid, ())
+        {
+            return None;
+        }
+        Some(Event::SignalDelivered(DeliveredEvent {
+            sig: r.sig,
+            sig_name: signals::name(r.sig),
+            target: ThreadRef {
+                pid: r.tgid,
+                tid: r.tid,
+                comm: comm(&r.comm),
+                cgroup: None,
+            },
+            handler: Handler::from_sa_handler(r.sa_handler),
+        }))
+    }
+
+    fn exit(&mut self, r: &ProcessExitRecord) -> Option<Event> {
+        let parent_known = r.flags & exit_flags::PARENT_KNOWN != 0;
+        if parent_known && !self.exited.insert_new((r.tgid, r.start_time_ns), ()) {
+            return None;
+        }
+        self.dying.remove(&r.tgid);
+        let inferred = self.inference.take(r.tgid);
+        let (status, source) = if r.flags & exit_flags::WAIT_STATUS_EXACT != 0 {
+            (
+                Some(WaitStatus::decode(r.wait_status)),
+                StatusSource::Kernel,
+            )
+        } else {
+            (inferred, StatusSource::Inferred)
+        };
+        Some(Event::Exit(ExitEvent {
+            pid: r.tgid,
+            tid: r.tid,
+            ppid: parent_known.then_some(r.ppid),
+            comm: comm(&r.comm),
+            cgroup: (r.cgroup_id != 0)
+                .then(|| self.host.cgroup_path(r.cgroup_id))
+                .flatten(),
+            code: status.and_then(|s| s.code),
+            signal: status.and_then(|s| s.signal),
+            core_dumped: status.is_some_and(|s| s.core_dumped),
+            status: status.and_then(|s| s.shell_status()),
+            status_source: source,
+        }))
+    }
+
+    fn exit_group_call(&mut self, r: &ExitGroupCallRecord) -> Option<Event> {
+        self.inference.exit_group_called(r.tgid, r.code);
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+
+    use observer_common::{COMM_LEN, RecordHeader, kind};
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub tgids: HashMap<u32, u32>,
+        pub cgroups: HashMap<u32, String>,
+        pub cgroup_ids: HashMap<u64, String>,
+    }
+
+    impl HostView for FakeHost {
+        fn tgid_of(&mut self, tid: u32) -> Option<u32> {
+            self.tgids.get(&tid).copied()
+        }
+        fn cgroup_of_process(&mut self, pid: u32) -> Option<String> {
+            self.cgroups.get(&pid).cloned()
+        }
+        fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
+            self.cgroup_ids.get(&cgroup_id).cloned()
+        }
+    }
+
+    fn comm_bytes(name: &str) -> [u8; COMM_LEN] {
+        let mut bytes = [0u8; COMM_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        bytes
+    }
+
+    fn header(kind: u32) -> RecordHeader {
+        RecordHeader {
+            kind,
+            cpu: 0,
+            mono_ns: 1,
+        }
+    }
+
+    /// What `observer watch` reports by default: TERM, INT, QUIT, HUP, KILL.
+    fn default_mask() -> u64 {
+        [15, 2, 3, 1, 9].iter().map(|&s| signal_bit(s)).sum()
+    }
+
+    fn generate(sig: i32, target_tid: u32, target_tgid: u32) -> Record {
+        Record::SignalGenerate(SignalGenerateRecord {
+            header: header(kind::SIGNAL_GENERATE),
+            sig,
+            si_code: 0,
+            result: 0,
+            group: 1,
+            target_tid,
+            target_tgid,
+            sender_tgid: 500,
+            sender_tid: 501,
+            target_comm: comm_bytes("worker"),
+            sender_comm: comm_bytes("supervisord"),
+        })
+    }
+
+    fn deliver(tgid: u32, tid: u32, sig: i32, dequeued: i32, handler: u64) -> Record {
+        Record::SignalDeliver(SignalDeliverRecord {
+            header: header(kind::SIGNAL_DELIVER),
+            sig,
+            dequeued_sig: dequeued,
+            si_code: 0,
+            group_exit_code: -1,
+            tgid,
+            tid,
+            sa_handler: handler,
+            sa_flags: 0,
+            comm: comm_bytes("app"),
+        })
+    }
+
+    fn exit(tgid: u32, flags: u32, wait_status: u32) -> Record {
+        Record::ProcessExit(ProcessExitRecord {
+            header: header(kind::PROCESS_EXIT),
+            tgid,
+            tid: tgid,
+            ppid: 1,
+            wait_status,
+            flags,
+            _pad: 0,
+            cgroup_id: 7,
+            start_time_ns: 99,
+            comm: comm_bytes("app"),
+        })
+    }
+
+    #[test]
+    fn resolves_the_target_process_and_its_cgroup() {
+        let mut host = FakeHost::default();
+        host.tgids.insert(1235, 1234);
+        host.cgroups
+            .insert(1234, "/system.slice/app.service".into());
+        let mut enricher = Enricher::new(host, default_mask());
+        let Some(Event::Signal(signal)) = enricher.enrich(&generate(15, 1235, 0)) else {
+            panic!("expected a signal event");
+        };
+        assert_eq!((signal.target.pid, signal.target.tid), (1234, 1235));
+        assert_eq!(
+            signal.target.cgroup.as_deref(),
+            Some("/system.slice/app.service")
+        );
+        assert_eq!(
+            signal.sender,
+            ProcessRef {
+                pid: 500,
+                comm: "supervisord".into()
+            }
+        );
+        assert_eq!(
+            (signal.origin, signal.result),
+            (Origin::User, SignalResult::Delivered)
+        );
+        // A tgid the kernel already knew wins over the host's view.
+        let Some(Event::Signal(signal)) = enricher.enrich(&generate(15, 1235, 42)) else {
+            panic!("expected a signal event");
+        };
+        assert_eq!(signal.target.pid, 42);
+    }
+
+    #[test]
+    fn reports_only_the_chosen_signals() {
+        let mut enricher = Enricher::new(FakeHost::default(), signal_bit(9));
+        assert!(enricher.enrich(&generate(15, 10, 10)).is_none());
+        assert!(enricher.enrich(&generate(9, 10, 10)).is_some());
+    }
+
+    #[test]
+    fn reports_one_fatal_delivery_per_process() {
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let first = enricher.enrich(&deliver(10, 10, 15, 9, SIG_DFL));
+        let Some(Event::SignalDelivered(delivered)) = first else {
+            panic!("expected a delivery");
+        };
+        assert_eq!((delivered.sig, delivered.handler), (15, Handler::Default));
+        for tid in 11..26 {
+            assert!(enricher.enrich(&deliver(10, tid, 15, 9, SIG_DFL)).is_none());
+        }
+        // Handled signals are reported each time they are delivered.
+        for _ in 0..2 {
+            assert!(enricher.enrich(&deliver(20, 20, 15, 15, 0x4000)).is_some());
+        }
+    }
+
+    #[test]
+    fn exact_exit_status_comes_from_the_kernel() {
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let flags = exit_flags::WAIT_STATUS_EXACT | exit_flags::PARENT_KNOWN;
+        let Some(Event::Exit(exit)) = enricher.enrich(&exit(10, flags, 0x8b)) else {
+            panic!("expected an exit");
+        };
+        assert_eq!(
+            (exit.code, exit.signal, exit.core_dumped),
+            (None, Some(11), true)
+        );
+        assert_eq!((exit.status, exit.ppid), (Some(139), Some(1)));
+        assert_eq!(exit.status_source, StatusSource::Kernel);
+        // The same process reported twice (kernels without group_dead) is one exit.
+        assert!(enricher.enrich(&self::exit(10, flags, 0x8b)).is_none());
+    }
+
+    #[test]
+    fn without_btf_the_status_is_inferred() {
+        let mut host = FakeHost::default();
+        host.cgroup_ids.insert(7, "/user.slice".into());
+        let mut enricher = Enricher::new(host, default_mask());
+        enricher.enrich(&Record::ExitGroupCall(ExitGroupCallRecord {
+            header: header(kind::EXIT_GROUP_CALL),
+            tgid: 10,
+            tid: 10,
+            code: 3,
+            _pad: 0,
+        }));
+        let Some(Event::Exit(exit)) = enricher.enrich(&exit(10, 0, 0)) else {
+            panic!("expected an exit");
+        };
+        assert_eq!(
+            (exit.code, exit.status, exit.ppid),
+            (Some(3), Some(3), None)
+        );
+        assert_eq!(exit.status_source, StatusSource::Inferred);
+        assert_eq!(exit.cgroup.as_deref(), Some("/user.slice"));
+
+        enricher.enrich(&generate(15, 11, 11));
+        enricher.enrich(&deliver(11, 11, 9, 9, SIG_DFL));
+        let Some(Event::Exit(exit)) = enricher.enrich(&self::exit(11, 0, 0)) else {
+            panic!("expected an exit");
+        };
+        assert_eq!((exit.signal, exit.status), (Some(15), Some(143)));
+    }
+}

@@ -1,0 +1,259 @@
+//! The events of the JSON contract (docs/events-v1.md), as Rust types. Serialising one
+//! gives exactly one NDJSON line's fields; deserialising reads a saved log back.
+use serde::{Deserialize, Serialize};
+
+/// Schema version written in every line's `v`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One output line: the envelope every event shares, then the event's own fields.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Line {
+    pub v: u32,
+    #[serde(flatten)]
+    pub event: Event,
+    pub time: String,
+    pub mono_ns: u64,
+    pub host: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    v: u32,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    time: &'a str,
+    mono_ns: u64,
+    host: &'a str,
+}
+
+impl Line {
+    /// The line as compact JSON (no newline): the envelope's fields first, in the
+    /// contract's order, then the event's.
+    pub fn to_json(&self) -> String {
+        let envelope = Envelope {
+            v: self.v,
+            kind: self.event.type_name(),
+            time: &self.time,
+            mono_ns: self.mono_ns,
+            host: &self.host,
+        };
+        let body = match &self.event {
+            Event::Signal(e) => serde_json::to_vec(e),
+            Event::SignalDelivered(e) => serde_json::to_vec(e),
+            Event::Exit(e) => serde_json::to_vec(e),
+            Event::Lost(e) => serde_json::to_vec(e),
+        };
+        let mut out = serde_json::to_vec(&envelope).expect("plain struct serialises");
+        let body = body.expect("plain struct serialises");
+        // Both are JSON objects with at least one member: splice `{a}` and `{b}` into `{a,b}`.
+        out.pop();
+        out.push(b',');
+        out.extend_from_slice(&body[1..]);
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Signal(SignalEvent),
+    SignalDelivered(DeliveredEvent),
+    Exit(ExitEvent),
+    Lost(LostEvent),
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::Signal(_) => "signal",
+            Event::SignalDelivered(_) => "signal_delivered",
+            Event::Exit(_) => "exit",
+            Event::Lost(_) => "lost",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRef {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+/// How a signal came to be, from its `si_code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    User,
+    Kernel,
+    Tkill,
+    Queue,
+    Other,
+}
+
+impl Origin {
+    pub fn from_si_code(si_code: i32) -> Self {
+        match si_code {
+            0 => Origin::User,      // SI_USER: kill()
+            0x80 => Origin::Kernel, // SI_KERNEL: e.g. the OOM killer, a dying namespace init
+            -6 => Origin::Tkill,    // SI_TKILL: tkill()/tgkill()
+            -1 => Origin::Queue,    // SI_QUEUE: sigqueue()
+            _ => Origin::Other,
+        }
+    }
+}
+
+/// What the kernel did with a generated signal (`enum trace_signal_result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalResult {
+    Delivered,
+    Ignored,
+    AlreadyPending,
+    OverflowFail,
+    LoseInfo,
+    Unknown,
+}
+
+impl SignalResult {
+    pub fn from_kernel(result: i32) -> Self {
+        match result {
+            0 => SignalResult::Delivered,
+            1 => SignalResult::Ignored,
+            2 => SignalResult::AlreadyPending,
+            3 => SignalResult::OverflowFail,
+            4 => SignalResult::LoseInfo,
+            _ => SignalResult::Unknown,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handler {
+    Default,
+    Ignore,
+    Custom,
+}
+
+impl Handler {
+    pub fn from_sa_handler(sa_handler: u64) -> Self {
+        match sa_handler {
+            observer_common::SIG_DFL => Handler::Default,
+            observer_common::SIG_IGN => Handler::Ignore,
+            _ => Handler::Custom,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalEvent {
+    pub sig: i32,
+    pub sig_name: String,
+    pub sender: ProcessRef,
+    pub target: ThreadRef,
+    pub group: bool,
+    pub si_code: i32,
+    pub origin: Origin,
+    pub result: SignalResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredEvent {
+    pub sig: i32,
+    pub sig_name: String,
+    pub target: ThreadRef,
+    pub handler: Handler,
+}
+
+/// Where an exit's status came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusSource {
+    /// Read from the task as the parent's waitpid() reads it.
+    Kernel,
+    /// No BTF: inferred from the exit_group() code or the fatal signal delivered.
+    Inferred,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitEvent {
+    pub pid: u32,
+    /// The thread that exited last.
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub core_dumped: bool,
+    pub status: Option<i32>,
+    pub status_source: StatusSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostEvent {
+    pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_the_envelope_first_and_reads_back_the_same_line() {
+        let line = Line {
+            v: SCHEMA_VERSION,
+            event: Event::Exit(ExitEvent {
+                pid: 1234,
+                tid: 1240,
+                ppid: Some(1),
+                comm: "node".into(),
+                cgroup: Some("/system.slice/app.service".into()),
+                code: None,
+                signal: Some(15),
+                core_dumped: false,
+                status: Some(143),
+                status_source: StatusSource::Kernel,
+            }),
+            time: "2026-11-24T21:03:06.000000001Z".into(),
+            mono_ns: 42,
+            host: "h".into(),
+        };
+        let json = line.to_json();
+        assert!(
+            json.starts_with(
+                r#"{"v":1,"type":"exit","time":"2026-11-24T21:03:06.000000001Z","mono_ns":42,"host":"h","pid":1234,"#
+            ),
+            "{json}"
+        );
+        assert!(json.contains(r#""code":null,"signal":15,"core_dumped":false,"status":143"#));
+        let back: Line = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, line);
+    }
+
+    #[test]
+    fn names_origins_results_and_handlers_as_the_contract_does() {
+        assert_eq!(Origin::from_si_code(0), Origin::User);
+        assert_eq!(Origin::from_si_code(0x80), Origin::Kernel);
+        assert_eq!(Origin::from_si_code(-6), Origin::Tkill);
+        assert_eq!(Origin::from_si_code(-1), Origin::Queue);
+        assert_eq!(Origin::from_si_code(3), Origin::Other);
+        assert_eq!(SignalResult::from_kernel(1), SignalResult::Ignored);
+        assert_eq!(SignalResult::from_kernel(2), SignalResult::AlreadyPending);
+        assert_eq!(Handler::from_sa_handler(0), Handler::Default);
+        assert_eq!(Handler::from_sa_handler(1), Handler::Ignore);
+        assert_eq!(Handler::from_sa_handler(0x5555_0000), Handler::Custom);
+        let json = serde_json::to_string(&SignalResult::OverflowFail).unwrap();
+        assert_eq!(json, r#""overflow_fail""#);
+    }
+}

@@ -1,0 +1,195 @@
+//! The terminal format: one aligned line per event, coloured on a TTY.
+use crate::{
+    event::{Event, Handler, Line, Origin, SignalResult, ThreadRef},
+    signals,
+};
+
+const RESET: &str = "\x1b[0m";
+const BOLD_RED: &str = "\x1b[1;31m";
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const MAGENTA: &str = "\x1b[35m";
+const DIM: &str = "\x1b[2m";
+
+pub struct HumanFormat {
+    pub color: bool,
+}
+
+impl HumanFormat {
+    fn paint(&self, color: &str, text: &str) -> String {
+        if self.color {
+            format!("{color}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn signal_name(&self, sig: i32) -> String {
+        let color = match sig {
+            signals::SIGKILL => BOLD_RED,
+            signals::SIGTERM | signals::SIGINT | signals::SIGQUIT | signals::SIGHUP => YELLOW,
+            _ => MAGENTA,
+        };
+        self.paint(color, &format!("{:<8}", signals::name(sig)))
+    }
+
+    pub fn render(&self, line: &Line) -> String {
+        // "2026-11-24T21:03:06.123456789Z" → "21:03:06.123456"
+        let clock = line.time.get(11..26).unwrap_or(&line.time);
+        let (label, detail) = match &line.event {
+            Event::Signal(e) => {
+                let result = match e.result {
+                    SignalResult::Delivered => String::new(),
+                    other => {
+                        let name = serde_json::to_value(other)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_uppercase))
+                            .unwrap_or_default();
+                        format!("  {}", self.paint(MAGENTA, &name))
+                    }
+                };
+                let origin = match e.origin {
+                    Origin::Kernel => "  (kernel)",
+                    Origin::Tkill if !e.group => "  (to thread)",
+                    _ => "",
+                };
+                (
+                    "signal",
+                    format!(
+                        "{} {}[{}] → {}{result}{origin}",
+                        self.signal_name(e.sig),
+                        e.sender.comm,
+                        e.sender.pid,
+                        thread(&e.target),
+                    ),
+                )
+            }
+            Event::SignalDelivered(e) => {
+                let handler = match e.handler {
+                    Handler::Default => "default action",
+                    Handler::Ignore => "ignored",
+                    Handler::Custom => "handler runs",
+                };
+                (
+                    "delivered",
+                    format!(
+                        "{} {}  {handler}",
+                        self.signal_name(e.sig),
+                        thread(&e.target)
+                    ),
+                )
+            }
+            Event::Exit(e) => {
+                let how = match (e.code, e.signal) {
+                    (Some(code), _) => {
+                        let text = format!("exit {code}");
+                        self.paint(if code == 0 { GREEN } else { RED }, &text)
+                    }
+                    (None, Some(sig)) => {
+                        let core = if e.core_dumped { ", core dumped" } else { "" };
+                        self.paint(RED, &format!("killed by {}{core}", signals::name(sig)))
+                    }
+                    (None, None) => "status unknown".to_string(),
+                };
+                let status = e
+                    .status
+                    .map(|s| format!(" (status {s})"))
+                    .unwrap_or_default();
+                let ppid = e.ppid.map(|p| format!("  ppid {p}")).unwrap_or_default();
+                (
+                    "exit",
+                    format!("{}[{}]  {how}{status}{ppid}", e.comm, e.pid),
+                )
+            }
+            Event::Lost(e) => (
+                "lost",
+                self.paint(
+                    BOLD_RED,
+                    &format!("{} events dropped: ring buffer full", e.count),
+                ),
+            ),
+        };
+        format!("{}  {:<9}  {detail}", self.paint(DIM, clock), label)
+    }
+}
+
+fn thread(target: &ThreadRef) -> String {
+    if target.pid == target.tid {
+        format!("{}[{}]", target.comm, target.pid)
+    } else {
+        format!("{}[{}/{}]", target.comm, target.pid, target.tid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ExitEvent, LostEvent, ProcessRef, SignalEvent, StatusSource};
+
+    fn line(event: Event) -> Line {
+        Line {
+            v: 1,
+            event,
+            time: "2026-11-24T21:03:06.123456789Z".into(),
+            mono_ns: 1,
+            host: "h".into(),
+        }
+    }
+
+    #[test]
+    fn renders_aligned_plain_lines() {
+        let plain = HumanFormat { color: false };
+        let signal = line(Event::Signal(SignalEvent {
+            sig: 15,
+            sig_name: "SIGTERM".into(),
+            sender: ProcessRef {
+                pid: 1,
+                comm: "systemd".into(),
+            },
+            target: ThreadRef {
+                pid: 1234,
+                tid: 1235,
+                comm: "node".into(),
+                cgroup: None,
+            },
+            group: false,
+            si_code: -6,
+            origin: Origin::Tkill,
+            result: SignalResult::Ignored,
+        }));
+        assert_eq!(
+            plain.render(&signal),
+            "21:03:06.123456  signal     SIGTERM  systemd[1] → node[1234/1235]  IGNORED  (to thread)"
+        );
+        let exit = line(Event::Exit(ExitEvent {
+            pid: 1234,
+            tid: 1234,
+            ppid: Some(1),
+            comm: "node".into(),
+            cgroup: None,
+            code: None,
+            signal: Some(11),
+            core_dumped: true,
+            status: Some(139),
+            status_source: StatusSource::Kernel,
+        }));
+        assert_eq!(
+            plain.render(&exit),
+            "21:03:06.123456  exit       node[1234]  killed by SIGSEGV, core dumped (status 139)  ppid 1"
+        );
+        let lost = line(Event::Lost(LostEvent { count: 17 }));
+        assert!(
+            plain
+                .render(&lost)
+                .ends_with("lost       17 events dropped: ring buffer full")
+        );
+    }
+
+    #[test]
+    fn colours_only_when_asked() {
+        let lost = line(Event::Lost(LostEvent { count: 1 }));
+        assert!(HumanFormat { color: true }.render(&lost).contains(BOLD_RED));
+        assert!(!HumanFormat { color: false }.render(&lost).contains('\x1b'));
+    }
+}

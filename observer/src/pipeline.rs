@@ -1,0 +1,72 @@
+//! Kernel records in, rendered lines out: decode → enrich → filter → render → sink.
+//! Free of aya and tokio, so it runs the same on live records and in tests.
+use anyhow::Result;
+
+use crate::{
+    clock::WallClock,
+    decode::decode,
+    enrich::{Enricher, HostView},
+    event::{Event, Line, LostEvent, SCHEMA_VERSION},
+    filter::Filter,
+    human::HumanFormat,
+    sink::Sink,
+};
+
+pub enum OutputFormat {
+    Json,
+    Human(HumanFormat),
+}
+
+pub struct Pipeline<H> {
+    pub enricher: Enricher<H>,
+    pub filter: Filter,
+    pub format: OutputFormat,
+    pub sink: Sink,
+    pub clock: WallClock,
+    pub host: String,
+    /// Records that did not decode (a kernel/userspace mismatch: a bug, never expected).
+    pub undecodable: u64,
+}
+
+impl<H: HostView> Pipeline<H> {
+    pub fn handle_record(&mut self, bytes: &[u8]) -> Result<()> {
+        let record = match decode(bytes) {
+            Ok(record) => record,
+            Err(error) => {
+                if self.undecodable == 0 {
+                    eprintln!("observer: warning: undecodable kernel record: {error}");
+                }
+                self.undecodable += 1;
+                return Ok(());
+            }
+        };
+        let mono_ns = record.header().mono_ns;
+        match self.enricher.enrich(&record) {
+            Some(event) => self.emit(mono_ns, event),
+            None => Ok(()),
+        }
+    }
+
+    /// `count` records were dropped by the kernel (ring buffer full) before `mono_ns`.
+    pub fn handle_lost(&mut self, count: u64, mono_ns: u64) -> Result<()> {
+        self.emit(mono_ns, Event::Lost(LostEvent { count }))
+    }
+
+    fn emit(&mut self, mono_ns: u64, event: Event) -> Result<()> {
+        if !self.filter.matches(&event) {
+            return Ok(());
+        }
+        let line = Line {
+            v: SCHEMA_VERSION,
+            event,
+            time: self.clock.rfc3339(mono_ns),
+            mono_ns,
+            host: self.host.clone(),
+        };
+        let text = match &self.format {
+            OutputFormat::Json => line.to_json(),
+            OutputFormat::Human(human) => human.render(&line),
+        };
+        self.sink.write_line(&text)
+    }
+}

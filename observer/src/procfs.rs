@@ -1,0 +1,181 @@
+//! [`HostView`] backed by /proc and the cgroup v2 filesystem.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::enrich::HostView;
+
+/// A cgroup id missing from the index triggers a rescan at most this often.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+pub struct ProcHost {
+    /// Where cgroup2 is mounted, and the cgroup path of that mount's root.
+    cgroup2: Option<(PathBuf, String)>,
+    /// cgroup id (directory inode) → path.
+    cgroup_index: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+}
+
+impl ProcHost {
+    pub fn new() -> Self {
+        Self {
+            cgroup2: find_cgroup2_mount(),
+            cgroup_index: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    fn rescan(&mut self) {
+        let Some((mount, root)) = &self.cgroup2 else {
+            return;
+        };
+        self.last_scan = Some(Instant::now());
+        self.cgroup_index.clear();
+        let mut pending = vec![mount.clone()];
+        while let Some(dir) = pending.pop() {
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                let relative = dir.strip_prefix(mount).unwrap_or(Path::new(""));
+                self.cgroup_index
+                    .insert(meta.ino(), join_cgroup(root, relative));
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|entry| entry.path()),
+            );
+        }
+    }
+}
+
+fn join_cgroup(root: &str, relative: &Path) -> String {
+    let relative = relative.to_string_lossy();
+    match (root.trim_end_matches('/'), relative.is_empty()) {
+        ("", true) => "/".to_string(),
+        (root, true) => root.to_string(),
+        (root, false) => format!("{root}/{relative}"),
+    }
+}
+
+impl HostView for ProcHost {
+    fn tgid_of(&mut self, tid: u32) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Tgid:"))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn cgroup_of_process(&mut self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        parse_cgroup2_line(&text)
+    }
+
+    fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
+        if let Some(path) = self.cgroup_index.get(&cgroup_id) {
+            return Some(path.clone());
+        }
+        if self
+            .last_scan
+            .is_none_or(|at| at.elapsed() >= RESCAN_INTERVAL)
+        {
+            self.rescan();
+        }
+        self.cgroup_index.get(&cgroup_id).cloned()
+    }
+}
+
+/// The cgroup v2 path in a /proc/PID/cgroup file (its `0::` line).
+pub fn parse_cgroup2_line(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end().to_string())
+}
+
+/// The cgroup2 mount point and its root, from /proc/self/mountinfo.
+fn find_cgroup2_mount() -> Option<(PathBuf, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_cgroup2_mount(&text)
+}
+
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
+    mountinfo.lines().find_map(|line| {
+        // "36 25 0:31 / /sys/fs/cgroup rw,… shared:9 - cgroup2 cgroup2 rw"
+        let (fields, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = fields.split_whitespace();
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        Some((PathBuf::from(mount_point), root.to_string()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_among_v1_ones() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw
+31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+40 30 0:35 / /sys/fs/cgroup/unified rw shared:5 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            parse_cgroup2_mount(mountinfo),
+            Some((PathBuf::from("/sys/fs/cgroup/unified"), "/".to_string()))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("30 25 0:26 / /x rw - tmpfs tmpfs rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_the_v2_line_of_a_proc_cgroup_file() {
+        let text = "12:pids:/user.slice\n0::/system.slice/app.service\n";
+        assert_eq!(
+            parse_cgroup2_line(text).as_deref(),
+            Some("/system.slice/app.service")
+        );
+        assert_eq!(parse_cgroup2_line("3:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn joins_paths_under_the_mount_root() {
+        assert_eq!(join_cgroup("/", Path::new("")), "/");
+        assert_eq!(join_cgroup("/", Path::new("a/b.scope")), "/a/b.scope");
+        assert_eq!(
+            join_cgroup("/kubepods", Path::new("pod1")),
+            "/kubepods/pod1"
+        );
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let mut host = ProcHost::new();
+        let me = std::process::id();
+        assert_eq!(host.tgid_of(me), Some(me));
+        if let Some(path) = host.cgroup_of_process(me) {
+            // The cgroup id index must agree with /proc about our own cgroup.
+            let (mount, _) = host
+                .cgroup2
+                .clone()
+                .expect("cgroup2 mounted if /proc shows 0::");
+            let dir = mount.join(path.trim_start_matches('/'));
+            if let Ok(meta) = std::fs::metadata(dir) {
+                assert_eq!(host.cgroup_path(meta.ino()), Some(path));
+            }
+        }
+    }
+}
