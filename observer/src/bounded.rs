@@ -39,6 +39,10 @@ impl<K: Eq + Hash + Copy, V> BoundedMap<K, V> {
         self.entries.get(key).map(|(value, _)| value)
     }
 
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.entries.remove(key).map(|(value, _)| value)
     }

@@ -28,6 +28,9 @@ pub trait HostView {
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String>;
 }
 
+/// An event and the CLOCK_MONOTONIC time of the kernel event behind it.
+pub type Timed = (u64, Event);
+
 /// Processes tracked at once for de-duplication.
 const TRACKED_PROCESSES: usize = 65_536;
 
@@ -38,6 +41,12 @@ pub struct Enricher<H> {
     inference: ExitInference,
     /// tgids whose fatal delivery was already reported (every thread sees one).
     dying: BoundedMap<u32, ()>,
+    /// tgid → the thread a fatal thread-directed signal was aimed at: its delivery is the
+    /// one to report when the whole group is torn down.
+    aimed: BoundedMap<u32, u32>,
+    /// tgid → the first teardown delivery (and its time), held while waiting for the
+    /// aimed thread's.
+    held: BoundedMap<u32, Timed>,
     /// (tgid, start time) of processes whose exit was reported; kernels without
     /// `group_dead` can report one exit twice.
     exited: BoundedMap<(u32, u64), ()>,
@@ -50,18 +59,31 @@ impl<H: HostView> Enricher<H> {
             signal_mask,
             inference: ExitInference::default(),
             dying: BoundedMap::new(TRACKED_PROCESSES),
+            aimed: BoundedMap::new(TRACKED_PROCESSES),
+            held: BoundedMap::new(TRACKED_PROCESSES),
             exited: BoundedMap::new(TRACKED_PROCESSES),
         }
     }
 
-    /// The event for `record`, if it is one to report.
-    pub fn enrich(&mut self, record: &Record) -> Option<Event> {
-        match record {
+    /// Appends to `out` the events `record` gives (usually one or none).
+    pub fn enrich(&mut self, record: &Record, out: &mut Vec<Timed>) {
+        let mono_ns = record.header().mono_ns;
+        let event = match record {
             Record::SignalGenerate(r) => self.signal(r),
             Record::SignalDeliver(r) => self.delivered(r),
-            Record::ProcessExit(r) => self.exit(r),
+            Record::ProcessExit(r) => {
+                out.extend(self.take_held(r.tgid));
+                self.exit(r)
+            }
             Record::ExitGroupCall(r) => self.exit_group_call(r),
-        }
+        };
+        out.extend(event.map(|event| (mono_ns, event)));
+    }
+
+    /// A held teardown delivery whose aimed thread never reported one.
+    fn take_held(&mut self, tgid: u32) -> Option<Timed> {
+        self.aimed.remove(&tgid);
+        self.held.remove(&tgid)
     }
 
     fn reported(&self, sig: i32) -> bool {
@@ -76,6 +98,13 @@ impl<H: HostView> Enricher<H> {
         let result = SignalResult::from_kernel(r.result);
         if result == SignalResult::Delivered {
             self.inference.fatal_signal_generated(tgid, r.sig);
+            if signals::is_fatal_by_default(r.sig) && !self.dying.contains(&tgid) {
+                if r.group == 0 {
+                    self.aimed.insert(tgid, r.target_tid);
+                } else {
+                    self.aimed.remove(&tgid);
+                }
+            }
         }
         if !self.reported(r.sig) {
             return None;
@@ -108,15 +137,7 @@ impl<H: HostView> Enricher<H> {
         if !self.reported(r.sig) {
             return None;
         }
-        // A fatal default action ends the whole group and every thread reports it; keep
-        // the first.
-        if default_action
-            && signals::is_fatal_by_default(r.sig)
-            && !self.dying.insert_new(r.tgid, ())
-        {
-            return None;
-        }
-        Some(Event::SignalDelivered(DeliveredEvent {
+        let event = Event::SignalDelivered(DeliveredEvent {
             sig: r.sig,
             sig_name: signals::name(r.sig),
             target: ThreadRef {
@@ -126,7 +147,22 @@ impl<H: HostView> Enricher<H> {
                 cgroup: None,
             },
             handler: Handler::from_sa_handler(r.sa_handler),
-        }))
+        });
+        if !(default_action && signals::is_fatal_by_default(r.sig)) {
+            return Some(event);
+        }
+        // A fatal default action ends the whole group and every thread reports it: keep
+        // one, the aimed thread's when the signal was thread-directed, else the first.
+        if self.dying.get(&r.tgid).is_some() {
+            return None;
+        }
+        if teardown && self.aimed.get(&r.tgid).is_some_and(|&tid| tid != r.tid) {
+            self.held.insert_new(r.tgid, (r.header.mono_ns, event));
+            return None;
+        }
+        self.dying.insert(r.tgid, ());
+        self.take_held(r.tgid);
+        Some(event)
     }
 
     fn exit(&mut self, r: &ProcessExitRecord) -> Option<Event> {
@@ -135,6 +171,7 @@ impl<H: HostView> Enricher<H> {
             return None;
         }
         self.dying.remove(&r.tgid);
+        self.aimed.remove(&r.tgid);
         let inferred = self.inference.take(r.tgid);
         let (status, source) = if r.flags & exit_flags::WAIT_STATUS_EXACT != 0 {
             (
@@ -212,6 +249,13 @@ pub(crate) mod tests {
         [15, 2, 3, 1, 9].iter().map(|&s| signal_bit(s)).sum()
     }
 
+    fn enrich(enricher: &mut Enricher<FakeHost>, record: Record) -> Option<Event> {
+        let mut out = Vec::new();
+        enricher.enrich(&record, &mut out);
+        assert!(out.len() <= 1, "{out:?}");
+        out.pop().map(|(_, event)| event)
+    }
+
     fn generate(sig: i32, target_tid: u32, target_tgid: u32) -> Record {
         Record::SignalGenerate(SignalGenerateRecord {
             header: header(kind::SIGNAL_GENERATE),
@@ -265,7 +309,7 @@ pub(crate) mod tests {
         host.cgroups
             .insert(1234, "/system.slice/app.service".into());
         let mut enricher = Enricher::new(host, default_mask());
-        let Some(Event::Signal(signal)) = enricher.enrich(&generate(15, 1235, 0)) else {
+        let Some(Event::Signal(signal)) = enrich(&mut enricher, generate(15, 1235, 0)) else {
             panic!("expected a signal event");
         };
         assert_eq!((signal.target.pid, signal.target.tid), (1234, 1235));
@@ -285,7 +329,7 @@ pub(crate) mod tests {
             (Origin::User, SignalResult::Delivered)
         );
         // A tgid the kernel already knew wins over the host's view.
-        let Some(Event::Signal(signal)) = enricher.enrich(&generate(15, 1235, 42)) else {
+        let Some(Event::Signal(signal)) = enrich(&mut enricher, generate(15, 1235, 42)) else {
             panic!("expected a signal event");
         };
         assert_eq!(signal.target.pid, 42);
@@ -294,32 +338,68 @@ pub(crate) mod tests {
     #[test]
     fn reports_only_the_chosen_signals() {
         let mut enricher = Enricher::new(FakeHost::default(), signal_bit(9));
-        assert!(enricher.enrich(&generate(15, 10, 10)).is_none());
-        assert!(enricher.enrich(&generate(9, 10, 10)).is_some());
+        assert!(enrich(&mut enricher, generate(15, 10, 10)).is_none());
+        assert!(enrich(&mut enricher, generate(9, 10, 10)).is_some());
     }
 
     #[test]
     fn reports_one_fatal_delivery_per_process() {
         let mut enricher = Enricher::new(FakeHost::default(), default_mask());
-        let first = enricher.enrich(&deliver(10, 10, 15, 9, SIG_DFL));
+        let first = enrich(&mut enricher, deliver(10, 10, 15, 9, SIG_DFL));
         let Some(Event::SignalDelivered(delivered)) = first else {
             panic!("expected a delivery");
         };
         assert_eq!((delivered.sig, delivered.handler), (15, Handler::Default));
         for tid in 11..26 {
-            assert!(enricher.enrich(&deliver(10, tid, 15, 9, SIG_DFL)).is_none());
+            assert!(enrich(&mut enricher, deliver(10, tid, 15, 9, SIG_DFL)).is_none());
         }
         // Handled signals are reported each time they are delivered.
         for _ in 0..2 {
-            assert!(enricher.enrich(&deliver(20, 20, 15, 15, 0x4000)).is_some());
+            assert!(enrich(&mut enricher, deliver(20, 20, 15, 15, 0x4000)).is_some());
         }
+    }
+
+    #[test]
+    fn reports_the_aimed_threads_delivery_for_a_thread_directed_fatal_signal() {
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let mut tgkill = generate(15, 12, 10);
+        if let Record::SignalGenerate(r) = &mut tgkill {
+            r.group = 0;
+        }
+        enrich(&mut enricher, tgkill);
+        // The main thread dequeues the group SIGKILL first: held back.
+        assert!(enrich(&mut enricher, deliver(10, 10, 15, 9, SIG_DFL)).is_none());
+        let Some(Event::SignalDelivered(aimed)) = enrich(&mut enricher, deliver(10, 12, 15, 9, SIG_DFL))
+        else {
+            panic!("expected the aimed thread's delivery");
+        };
+        assert_eq!(aimed.target.tid, 12);
+        assert!(enrich(&mut enricher, deliver(10, 11, 15, 9, SIG_DFL)).is_none());
+        let mut out = Vec::new();
+        enricher.enrich(&exit(10, exit_flags::WAIT_STATUS_EXACT, 15), &mut out);
+        assert_eq!(out.len(), 1, "only the exit: {out:?}");
+    }
+
+    #[test]
+    fn a_held_delivery_is_reported_before_the_exit_if_the_aimed_thread_never_dequeues() {
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let mut tgkill = generate(15, 12, 10);
+        if let Record::SignalGenerate(r) = &mut tgkill {
+            r.group = 0;
+        }
+        enrich(&mut enricher, tgkill);
+        assert!(enrich(&mut enricher, deliver(10, 10, 15, 9, SIG_DFL)).is_none());
+        let mut out = Vec::new();
+        enricher.enrich(&exit(10, exit_flags::WAIT_STATUS_EXACT, 15), &mut out);
+        let types: Vec<_> = out.iter().map(|(_, event)| event.type_name()).collect();
+        assert_eq!(types, ["signal_delivered", "exit"]);
     }
 
     #[test]
     fn exact_exit_status_comes_from_the_kernel() {
         let mut enricher = Enricher::new(FakeHost::default(), default_mask());
         let flags = exit_flags::WAIT_STATUS_EXACT | exit_flags::PARENT_KNOWN;
-        let Some(Event::Exit(exit)) = enricher.enrich(&exit(10, flags, 0x8b)) else {
+        let Some(Event::Exit(exit)) = enrich(&mut enricher, exit(10, flags, 0x8b)) else {
             panic!("expected an exit");
         };
         assert_eq!(
@@ -329,7 +409,7 @@ pub(crate) mod tests {
         assert_eq!((exit.status, exit.ppid), (Some(139), Some(1)));
         assert_eq!(exit.status_source, StatusSource::Kernel);
         // The same process reported twice (kernels without group_dead) is one exit.
-        assert!(enricher.enrich(&self::exit(10, flags, 0x8b)).is_none());
+        assert!(enrich(&mut enricher, self::exit(10, flags, 0x8b)).is_none());
     }
 
     #[test]
@@ -337,14 +417,14 @@ pub(crate) mod tests {
         let mut host = FakeHost::default();
         host.cgroup_ids.insert(7, "/user.slice".into());
         let mut enricher = Enricher::new(host, default_mask());
-        enricher.enrich(&Record::ExitGroupCall(ExitGroupCallRecord {
+        enrich(&mut enricher, Record::ExitGroupCall(ExitGroupCallRecord {
             header: header(kind::EXIT_GROUP_CALL),
             tgid: 10,
             tid: 10,
             code: 3,
             _pad: 0,
         }));
-        let Some(Event::Exit(exit)) = enricher.enrich(&exit(10, 0, 0)) else {
+        let Some(Event::Exit(exit)) = enrich(&mut enricher, exit(10, 0, 0)) else {
             panic!("expected an exit");
         };
         assert_eq!(
@@ -354,9 +434,9 @@ pub(crate) mod tests {
         assert_eq!(exit.status_source, StatusSource::Inferred);
         assert_eq!(exit.cgroup.as_deref(), Some("/user.slice"));
 
-        enricher.enrich(&generate(15, 11, 11));
-        enricher.enrich(&deliver(11, 11, 9, 9, SIG_DFL));
-        let Some(Event::Exit(exit)) = enricher.enrich(&self::exit(11, 0, 0)) else {
+        enrich(&mut enricher, generate(15, 11, 11));
+        enrich(&mut enricher, deliver(11, 11, 9, 9, SIG_DFL));
+        let Some(Event::Exit(exit)) = enrich(&mut enricher, self::exit(11, 0, 0)) else {
             panic!("expected an exit");
         };
         assert_eq!((exit.signal, exit.status), (Some(15), Some(143)));

@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::{
     clock::WallClock,
     decode::decode,
-    enrich::{Enricher, HostView},
+    enrich::{Enricher, HostView, Timed},
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
     filter::Filter,
     human::HumanFormat,
@@ -26,6 +26,8 @@ pub struct Pipeline<H> {
     pub host: String,
     /// Records that did not decode (a kernel/userspace mismatch: a bug, never expected).
     pub undecodable: u64,
+    /// Reused for the events of one record.
+    pub scratch: Vec<Timed>,
 }
 
 impl<H: HostView> Pipeline<H> {
@@ -40,11 +42,13 @@ impl<H: HostView> Pipeline<H> {
                 return Ok(());
             }
         };
-        let mono_ns = record.header().mono_ns;
-        match self.enricher.enrich(&record) {
-            Some(event) => self.emit(mono_ns, event),
-            None => Ok(()),
-        }
+        let mut events = std::mem::take(&mut self.scratch);
+        self.enricher.enrich(&record, &mut events);
+        let result = events
+            .drain(..)
+            .try_for_each(|(mono_ns, event)| self.emit(mono_ns, event));
+        self.scratch = events;
+        result
     }
 
     /// `count` records were dropped by the kernel (ring buffer full) before `mono_ns`.

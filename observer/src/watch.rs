@@ -105,6 +105,7 @@ pub fn run(args: WatchArgs) -> Result<()> {
         clock: WallClock::now(),
         host: host.clone(),
         undecodable: 0,
+        scratch: Vec::new(),
     };
     let names: Vec<String> = args.signals.0.iter().map(|&s| signals::name(s)).collect();
     eprintln!(

@@ -1,1 +1,261 @@
+//! Harness for the privileged tests: runs the real `observer` binary (path in
+//! `OBSERVER_BIN`, set by `cargo xtask test`) against real processes, and checks every
+//! line it writes against docs/events-v1.schema.json.
+//!
+//! These tests must run as root with the programs loadable; anything else is a failure,
+//! never a skip.
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
 
+use serde_json::Value;
+
+/// Longest any step may take before the test fails (generous: CI machines are slow).
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn observer_binary() -> PathBuf {
+    let path = std::env::var_os("OBSERVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
+    });
+    assert!(
+        path.is_file(),
+        "observer binary {} not found: run the suite with `cargo xtask test`",
+        path.display()
+    );
+    assert!(
+        // SAFETY: no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "the privileged tests load eBPF programs and must run as root"
+    );
+    path
+}
+
+/// A running `observer watch --json --output FILE`.
+pub struct Observer {
+    child: Child,
+    output: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Observer {
+    /// Starts observer with `args` (after `watch --json --output …`) and waits until its
+    /// programs are attached.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let output = temp_path("events.ndjson");
+        let mut child = Command::new(observer_binary())
+            .args(["watch", "--json", "--output"])
+            .arg(&output)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning observer");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = BufReader::new(child.stderr.take().unwrap());
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while pipe.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let observer = Self {
+            child,
+            output,
+            stderr,
+        };
+        observer.wait_until_watching();
+        observer
+    }
+
+    fn wait_until_watching(&self) {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if self.stderr().contains("observer: watching") {
+                return;
+            }
+            if let Ok(Some(status)) = unsafe_try_wait(self.child.id()) {
+                panic!(
+                    "observer exited ({status}) before attaching its programs:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("observer did not attach within {TIMEOUT:?}:\n{}", self.stderr());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends `sig` to observer, waits for it to exit 0, and returns every line it wrote,
+    /// each checked against the schema.
+    pub fn stop_with(mut self, sig: i32) -> Events {
+        send_signal(self.child.id(), sig);
+        let status = wait_timeout(&mut self.child);
+        // Give the stderr reader a moment to collect the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            status.success(),
+            "observer exited with {status} after signal {sig}:\n{}",
+            self.stderr()
+        );
+        let mut text = String::new();
+        std::fs::File::open(&self.output)
+            .and_then(|mut file| file.read_to_string(&mut text))
+            .expect("reading observer's output");
+        let _ = std::fs::remove_file(&self.output);
+        Events::parse(&text, self.stderr())
+    }
+
+    pub fn stop(self) -> Events {
+        self.stop_with(libc::SIGINT)
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_try_wait(pid: u32) -> std::io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: WNOHANG waitpid on our own child.
+    let rc = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => Ok(None),
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Ok(Some(status)),
+    }
+}
+
+/// Every line observer wrote.
+pub struct Events {
+    pub lines: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Events {
+    fn parse(text: &str, stderr: String) -> Self {
+        let validator = schema();
+        let lines = text
+            .lines()
+            .enumerate()
+            .map(|(index, line)| {
+                let value: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line}", index + 1));
+                if let Err(error) = validator.validate(&value) {
+                    panic!("line {} breaks the schema: {error}\n{line}", index + 1);
+                }
+                value
+            })
+            .collect();
+        Self { lines, stderr }
+    }
+
+    pub fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.lines.iter().filter(move |line| line["type"] == kind)
+    }
+
+    pub fn exits_of(&self, pid: u32) -> Vec<&Value> {
+        self.of_type("exit").filter(|e| e["pid"] == pid).collect()
+    }
+
+    /// The one exit of `pid`; fails if there is not exactly one.
+    pub fn exit_of(&self, pid: u32) -> &Value {
+        let exits = self.exits_of(pid);
+        assert_eq!(exits.len(), 1, "exits of {pid}: {exits:#?}\n{}", self.dump());
+        exits[0]
+    }
+
+    pub fn signals_to(&self, pid: u32) -> Vec<&Value> {
+        self.of_type("signal").filter(|e| e["target"]["pid"] == pid).collect()
+    }
+
+    pub fn deliveries_to(&self, pid: u32) -> Vec<&Value> {
+        self.of_type("signal_delivered")
+            .filter(|e| e["target"]["pid"] == pid)
+            .collect()
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.of_type("lost").map(|e| e["count"].as_u64().unwrap()).sum()
+    }
+
+    /// For failure messages.
+    pub fn dump(&self) -> String {
+        let shown: Vec<String> = self.lines.iter().take(200).map(Value::to_string).collect();
+        format!("{} lines; first 200:\n{}\nstderr:\n{}", self.lines.len(), shown.join("\n"), self.stderr)
+    }
+}
+
+fn schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events-v1.schema.json");
+        let text = std::fs::read_to_string(&path).expect("reading the schema");
+        let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("the schema compiles")
+    })
+}
+
+pub fn temp_path(name: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("observer-test-{}-{n}-{name}", std::process::id()))
+}
+
+pub fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with plain integers.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+}
+
+/// Waits for a child, failing the test after [`TIMEOUT`].
+pub fn wait_timeout(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {TIMEOUT:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads one line from a child's stdout (e.g. its "ready" line).
+pub fn read_line(child: &mut Child) -> String {
+    let stdout = child.stdout.as_mut().expect("stdout piped");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).expect("reading child stdout") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// This process's comm, as the kernel reports a sender.
+pub fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm").unwrap().trim_end().to_string()
+}

@@ -1,0 +1,266 @@
+//! Termination signals and process exits, checked against ground truth: the parent's
+//! waitpid() status, the pids and comms of the processes involved.
+use std::{
+    os::unix::process::ExitStatusExt,
+    process::{Child, Command, ExitStatus, Stdio},
+};
+
+use observer_tests::{
+    Events, Observer, own_comm, read_line, send_signal, temp_path, wait_timeout,
+};
+use serde_json::{Value, json};
+
+fn testee(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_testee"));
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    command
+}
+
+/// Starts a testee and waits for its "ready" line; returns the child and the rest of
+/// that line.
+fn start_ready(args: &[&str]) -> (Child, String) {
+    let mut child = testee(args).spawn().expect("spawning testee");
+    let line = read_line(&mut child);
+    let rest = line
+        .strip_prefix("ready")
+        .unwrap_or_else(|| panic!("testee {args:?} said {line:?}"))
+        .trim()
+        .to_string();
+    (child, rest)
+}
+
+/// Runs a testee to completion.
+fn run_to_exit(args: &[&str]) -> (u32, ExitStatus) {
+    let mut child = testee(args).spawn().expect("spawning testee");
+    let pid = child.id();
+    (pid, wait_timeout(&mut child))
+}
+
+/// The exit event agrees with what waitpid() returned to the parent (this process).
+fn assert_exit_matches(events: &Events, pid: u32, status: ExitStatus) {
+    let exit = events.exit_of(pid);
+    let expected_status = status.code().or(status.signal().map(|s| 128 + s));
+    assert_eq!(exit["code"], json!(status.code()), "code of {exit}");
+    assert_eq!(exit["signal"], json!(status.signal()), "signal of {exit}");
+    assert_eq!(exit["core_dumped"], json!(status.core_dumped()), "core of {exit}");
+    assert_eq!(exit["status"], json!(expected_status), "status of {exit}");
+    assert_eq!(exit["ppid"], json!(std::process::id()), "ppid of {exit}");
+    assert_eq!(exit["comm"], "testee", "comm of {exit}");
+    assert_eq!(exit["status_source"], "kernel", "{exit}");
+}
+
+/// Exactly one signal event to `pid`, with the given number.
+fn the_signal<'a>(events: &'a Events, pid: u32, sig: i32) -> &'a Value {
+    let signals: Vec<_> = events
+        .signals_to(pid)
+        .into_iter()
+        .filter(|s| s["sig"] == sig)
+        .collect();
+    assert_eq!(signals.len(), 1, "signals {sig} to {pid}: {signals:#?}\n{}", events.dump());
+    signals[0]
+}
+
+fn assert_sent_by_this_process(signal: &Value) {
+    assert_eq!(
+        signal["sender"],
+        json!({"pid": std::process::id(), "comm": own_comm()}),
+        "{signal}"
+    );
+}
+
+#[test]
+fn exit_codes_match_waitpid() {
+    let observer = Observer::start(&[]);
+    let runs: Vec<_> = ["0", "3", "255"]
+        .iter()
+        .map(|code| run_to_exit(&["exit", code]))
+        .collect();
+    let events = observer.stop();
+    for (pid, status) in runs {
+        assert_exit_matches(&events, pid, status);
+    }
+}
+
+#[test]
+fn sigterm_without_a_handler_ends_the_process_with_143() {
+    let observer = Observer::start(&[]);
+    let (mut child, _) = start_ready(&["wait"]);
+    let pid = child.id();
+    send_signal(pid, libc::SIGTERM);
+    let status = wait_timeout(&mut child);
+    let events = observer.stop();
+
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    assert_exit_matches(&events, pid, status);
+    assert_eq!(events.exit_of(pid)["status"], 143);
+    let signal = the_signal(&events, pid, libc::SIGTERM);
+    assert_sent_by_this_process(signal);
+    assert_eq!(signal["sig_name"], "SIGTERM");
+    assert_eq!(signal["target"]["tid"], pid);
+    assert_eq!(signal["target"]["comm"], "testee");
+    assert_eq!(
+        (&signal["group"], &signal["origin"], &signal["result"]),
+        (&json!(true), &json!("user"), &json!("delivered"))
+    );
+    let deliveries = events.deliveries_to(pid);
+    assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
+    assert_eq!((&deliveries[0]["sig"], &deliveries[0]["handler"]), (&json!(15), &json!("default")));
+}
+
+#[test]
+fn sigterm_with_a_handler_that_exits_0() {
+    let observer = Observer::start(&[]);
+    let (mut child, _) = start_ready(&["handler", "0"]);
+    let pid = child.id();
+    send_signal(pid, libc::SIGTERM);
+    let status = wait_timeout(&mut child);
+    let events = observer.stop();
+
+    assert_eq!(status.code(), Some(0));
+    assert_exit_matches(&events, pid, status);
+    assert_sent_by_this_process(the_signal(&events, pid, libc::SIGTERM));
+    let deliveries = events.deliveries_to(pid);
+    assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
+    assert_eq!(deliveries[0]["handler"], "custom");
+    assert_eq!(deliveries[0]["target"]["pid"], pid);
+}
+
+#[test]
+fn sigkill_ends_the_process_with_137() {
+    let observer = Observer::start(&[]);
+    let (mut child, _) = start_ready(&["wait"]);
+    let pid = child.id();
+    send_signal(pid, libc::SIGKILL);
+    let status = wait_timeout(&mut child);
+    let events = observer.stop();
+
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_exit_matches(&events, pid, status);
+    assert_eq!(events.exit_of(pid)["status"], 137);
+    let signal = the_signal(&events, pid, libc::SIGKILL);
+    assert_sent_by_this_process(signal);
+    assert_eq!(signal["sig_name"], "SIGKILL");
+}
+
+#[test]
+fn sigsegv_with_and_without_a_core_dump() {
+    let observer = Observer::start(&[]);
+    let (plain_pid, plain) = run_to_exit(&["segv"]);
+    let core_dir = temp_path("cores");
+    std::fs::create_dir_all(&core_dir).unwrap();
+    let (core_pid, cored) = run_to_exit(&["segv", core_dir.to_str().unwrap()]);
+    let events = observer.stop();
+    let _ = std::fs::remove_dir_all(&core_dir);
+
+    assert_eq!(plain.signal(), Some(libc::SIGSEGV));
+    assert_exit_matches(&events, plain_pid, plain);
+    // Whether the kernel dumped core depends on core_pattern; either way observer must
+    // say what waitpid says.
+    assert_eq!(cored.signal(), Some(libc::SIGSEGV));
+    assert_exit_matches(&events, core_pid, cored);
+    // SIGSEGV is not among the default signals: no signal events for it.
+    assert!(events.signals_to(plain_pid).is_empty(), "{}", events.dump());
+}
+
+#[test]
+fn pid1_of_a_pid_namespace_ignores_sigterm() {
+    let observer = Observer::start(&[]);
+    let (mut parent, init) = start_ready(&["pidns", "sh", "-c", "sleep 30; true"]);
+    let init: u32 = init.parse().unwrap();
+    // Wait until the namespace's init has exec'd sh and forked its sleep.
+    let children = format!("/proc/{init}/task/{init}/children");
+    let deadline = std::time::Instant::now() + observer_tests::TIMEOUT;
+    let sleeper: u32 = loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next() {
+            break pid.parse().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "sh never started its sleep");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    send_signal(init, libc::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    send_signal(init, libc::SIGKILL);
+    let status_line = read_line(&mut parent);
+    wait_timeout(&mut parent);
+    let events = observer.stop();
+
+    let raw: i32 = status_line.strip_prefix("status ").unwrap().parse().unwrap();
+    let init_status = ExitStatus::from_raw(raw);
+    assert_eq!(init_status.signal(), Some(libc::SIGKILL));
+
+    let term = the_signal(&events, init, libc::SIGTERM);
+    assert_eq!(term["result"], "ignored", "{term}");
+    assert_eq!(term["target"]["comm"], "sh");
+    assert_sent_by_this_process(term);
+    // Ignored by the kernel: never delivered, and the process lived on.
+    assert!(events.deliveries_to(init).iter().all(|d| d["sig"] != 15));
+    let exit = events.exit_of(init);
+    assert_eq!(exit["signal"], json!(init_status.signal()), "{exit}");
+    assert_eq!(exit["status"], 137);
+    // The dying init takes the namespace with it: the kernel SIGKILLs the sleep.
+    let reaped = the_signal(&events, sleeper, libc::SIGKILL);
+    assert_eq!(reaped["origin"], "kernel", "{reaped}");
+    assert_eq!(reaped["sender"]["pid"], init, "{reaped}");
+    assert_eq!(events.exit_of(sleeper)["signal"], 9);
+}
+
+#[test]
+fn a_thread_directed_signal_names_process_and_thread() {
+    let observer = Observer::start(&[]);
+    let (mut child, tid) = start_ready(&["thread-wait"]);
+    let pid = child.id();
+    let tid: u32 = tid.parse().unwrap();
+    assert_ne!(pid, tid);
+    // SAFETY: tgkill with plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = wait_timeout(&mut child);
+    let events = observer.stop();
+
+    let signal = the_signal(&events, pid, libc::SIGTERM);
+    assert_eq!(signal["target"]["tid"], tid, "{signal}");
+    assert_eq!(
+        (&signal["group"], &signal["origin"]),
+        (&json!(false), &json!("tkill")),
+        "{signal}"
+    );
+    assert_sent_by_this_process(signal);
+    let deliveries = events.deliveries_to(pid);
+    assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
+    assert_eq!(deliveries[0]["target"]["tid"], tid);
+    assert_exit_matches(&events, pid, status);
+}
+
+#[test]
+fn a_sixteen_thread_process_exits_once() {
+    let observer = Observer::start(&[]);
+    let (mut child, _) = start_ready(&["threads", "16", "7"]);
+    let pid = child.id();
+    let status = wait_timeout(&mut child);
+    let events = observer.stop();
+
+    assert_eq!(status.code(), Some(7));
+    assert_exit_matches(&events, pid, status);
+    // exit_group() tears the other 15 threads down; none of that is a signal.
+    assert!(events.deliveries_to(pid).is_empty(), "{}", events.dump());
+}
+
+#[test]
+fn the_sender_is_the_process_that_called_kill() {
+    let observer = Observer::start(&[]);
+    let (mut child, _) = start_ready(&["wait"]);
+    let pid = child.id();
+    let mut kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .spawn()
+        .expect("running kill(1)");
+    let kill_pid = kill.id();
+    assert!(wait_timeout(&mut kill).success());
+    let status = wait_timeout(&mut child);
+    let events = observer.stop();
+
+    let signal = the_signal(&events, pid, libc::SIGTERM);
+    assert_eq!(signal["sender"], json!({"pid": kill_pid, "comm": "kill"}), "{signal}");
+    assert_exit_matches(&events, pid, status);
+}
