@@ -48,7 +48,7 @@ fn try_tgkill_enter(ctx: &TracePointContext) -> Result<(), i32> {
         tgid: tgid as u32,
         tid: tid as u32,
     };
-    TGKILL_TARGETS.insert(&caller_tid, &target, 0)
+    TGKILL_TARGETS.insert(caller_tid, target, 0)
 }
 
 /// The thread group of `target_tid` if `caller_tid` is inside a tgkill aimed at it.

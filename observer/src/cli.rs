@@ -33,7 +33,7 @@ pub struct WatchArgs {
     pub output: Option<PathBuf>,
 
     /// Stop after SECS seconds (fractions allowed), flushing every event.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub duration: Option<Duration>,
 
     /// Signals to report, comma-separated names or numbers.
@@ -185,6 +185,7 @@ mod tests {
                 "unknown signal 'TERMINATE'",
             ),
             (&["--duration", "0"], "positive number of seconds"),
+            (&["--duration", "-1"], "positive number of seconds, not -1"),
             (&["--duration", "soon"], "not a number of seconds"),
             (&["--pid", "0"], "0"),
             (&["--pid", "abc"], "invalid digit"),

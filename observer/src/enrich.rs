@@ -369,7 +369,8 @@ pub(crate) mod tests {
         enrich(&mut enricher, tgkill);
         // The main thread dequeues the group SIGKILL first: held back.
         assert!(enrich(&mut enricher, deliver(10, 10, 15, 9, SIG_DFL)).is_none());
-        let Some(Event::SignalDelivered(aimed)) = enrich(&mut enricher, deliver(10, 12, 15, 9, SIG_DFL))
+        let Some(Event::SignalDelivered(aimed)) =
+            enrich(&mut enricher, deliver(10, 12, 15, 9, SIG_DFL))
         else {
             panic!("expected the aimed thread's delivery");
         };
@@ -417,13 +418,16 @@ pub(crate) mod tests {
         let mut host = FakeHost::default();
         host.cgroup_ids.insert(7, "/user.slice".into());
         let mut enricher = Enricher::new(host, default_mask());
-        enrich(&mut enricher, Record::ExitGroupCall(ExitGroupCallRecord {
-            header: header(kind::EXIT_GROUP_CALL),
-            tgid: 10,
-            tid: 10,
-            code: 3,
-            _pad: 0,
-        }));
+        enrich(
+            &mut enricher,
+            Record::ExitGroupCall(ExitGroupCallRecord {
+                header: header(kind::EXIT_GROUP_CALL),
+                tgid: 10,
+                tid: 10,
+                code: 3,
+                _pad: 0,
+            }),
+        );
         let Some(Event::Exit(exit)) = enrich(&mut enricher, exit(10, 0, 0)) else {
             panic!("expected an exit");
         };

@@ -14,13 +14,17 @@ use std::{
 
 use serde_json::Value;
 
+pub mod testee;
+
 /// Longest any step may take before the test fails (generous: CI machines are slow).
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn observer_binary() -> PathBuf {
-    let path = std::env::var_os("OBSERVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
-    });
+    let path = std::env::var_os("OBSERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
+        });
     assert!(
         path.is_file(),
         "observer binary {} not found: run the suite with `cargo xtask test`",
@@ -49,9 +53,18 @@ impl Observer {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let output = temp_path("events.ndjson");
+        Self::spawn(&[&["--json"], args].concat(), env)
+    }
+
+    /// Starts observer in its human format (`watch --output FILE ARGS…`).
+    pub fn start_human(args: &[&str]) -> Self {
+        Self::spawn(args, &[])
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let output = temp_path("events.out");
         let mut child = Command::new(observer_binary())
-            .args(["watch", "--json", "--output"])
+            .args(["watch", "--output"])
             .arg(&output)
             .args(args)
             .envs(env.iter().copied())
@@ -93,7 +106,10 @@ impl Observer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("observer did not attach within {TIMEOUT:?}:\n{}", self.stderr());
+        panic!(
+            "observer did not attach within {TIMEOUT:?}:\n{}",
+            self.stderr()
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -106,7 +122,13 @@ impl Observer {
 
     /// Sends `sig` to observer, waits for it to exit 0, and returns every line it wrote,
     /// each checked against the schema.
-    pub fn stop_with(mut self, sig: i32) -> Events {
+    pub fn stop_with(self, sig: i32) -> Events {
+        let (text, stderr) = self.stop_raw(sig);
+        Events::parse(&text, stderr)
+    }
+
+    /// Sends `sig`, waits for it to exit 0 and returns its output and stderr as text.
+    pub fn stop_raw(mut self, sig: i32) -> (String, String) {
         send_signal(self.child.id(), sig);
         let status = wait_timeout(&mut self.child);
         // Give the stderr reader a moment to collect the last lines.
@@ -121,7 +143,17 @@ impl Observer {
             .and_then(|mut file| file.read_to_string(&mut text))
             .expect("reading observer's output");
         let _ = std::fs::remove_file(&self.output);
-        Events::parse(&text, self.stderr())
+        (text, self.stderr())
+    }
+
+    /// Waits for observer to exit on its own (e.g. `--duration`), then returns like
+    /// [`Observer::stop_raw`].
+    pub fn wait_raw(mut self) -> (ExitStatus, String, String) {
+        let status = wait_timeout(&mut self.child);
+        std::thread::sleep(Duration::from_millis(50));
+        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.output);
+        (status, text, self.stderr())
     }
 
     pub fn stop(self) -> Events {
@@ -154,7 +186,7 @@ pub struct Events {
 }
 
 impl Events {
-    fn parse(text: &str, stderr: String) -> Self {
+    pub fn parse(text: &str, stderr: String) -> Self {
         let validator = schema();
         let lines = text
             .lines()
@@ -182,12 +214,19 @@ impl Events {
     /// The one exit of `pid`; fails if there is not exactly one.
     pub fn exit_of(&self, pid: u32) -> &Value {
         let exits = self.exits_of(pid);
-        assert_eq!(exits.len(), 1, "exits of {pid}: {exits:#?}\n{}", self.dump());
+        assert_eq!(
+            exits.len(),
+            1,
+            "exits of {pid}: {exits:#?}\n{}",
+            self.dump()
+        );
         exits[0]
     }
 
     pub fn signals_to(&self, pid: u32) -> Vec<&Value> {
-        self.of_type("signal").filter(|e| e["target"]["pid"] == pid).collect()
+        self.of_type("signal")
+            .filter(|e| e["target"]["pid"] == pid)
+            .collect()
     }
 
     pub fn deliveries_to(&self, pid: u32) -> Vec<&Value> {
@@ -197,13 +236,20 @@ impl Events {
     }
 
     pub fn lost(&self) -> u64 {
-        self.of_type("lost").map(|e| e["count"].as_u64().unwrap()).sum()
+        self.of_type("lost")
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum()
     }
 
     /// For failure messages.
     pub fn dump(&self) -> String {
         let shown: Vec<String> = self.lines.iter().take(200).map(Value::to_string).collect();
-        format!("{} lines; first 200:\n{}\nstderr:\n{}", self.lines.len(), shown.join("\n"), self.stderr)
+        format!(
+            "{} lines; first 200:\n{}\nstderr:\n{}",
+            self.lines.len(),
+            shown.join("\n"),
+            self.stderr
+        )
     }
 }
 
@@ -226,7 +272,12 @@ pub fn temp_path(name: &str) -> PathBuf {
 pub fn send_signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with plain integers.
     let rc = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Waits for a child, failing the test after [`TIMEOUT`].
@@ -257,5 +308,8 @@ pub fn read_line(child: &mut Child) -> String {
 
 /// This process's comm, as the kernel reports a sender.
 pub fn own_comm() -> String {
-    std::fs::read_to_string("/proc/self/comm").unwrap().trim_end().to_string()
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim_end()
+        .to_string()
 }

@@ -2,39 +2,15 @@
 //! waitpid() status, the pids and comms of the processes involved.
 use std::{
     os::unix::process::ExitStatusExt,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus},
 };
 
 use observer_tests::{
-    Events, Observer, own_comm, read_line, send_signal, temp_path, wait_timeout,
+    Events, Observer, own_comm, read_line, send_signal, temp_path,
+    testee::{run_to_exit, start_ready},
+    wait_timeout,
 };
 use serde_json::{Value, json};
-
-fn testee(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_testee"));
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-    command
-}
-
-/// Starts a testee and waits for its "ready" line; returns the child and the rest of
-/// that line.
-fn start_ready(args: &[&str]) -> (Child, String) {
-    let mut child = testee(args).spawn().expect("spawning testee");
-    let line = read_line(&mut child);
-    let rest = line
-        .strip_prefix("ready")
-        .unwrap_or_else(|| panic!("testee {args:?} said {line:?}"))
-        .trim()
-        .to_string();
-    (child, rest)
-}
-
-/// Runs a testee to completion.
-fn run_to_exit(args: &[&str]) -> (u32, ExitStatus) {
-    let mut child = testee(args).spawn().expect("spawning testee");
-    let pid = child.id();
-    (pid, wait_timeout(&mut child))
-}
 
 /// The exit event agrees with what waitpid() returned to the parent (this process).
 fn assert_exit_matches(events: &Events, pid: u32, status: ExitStatus) {
@@ -42,7 +18,11 @@ fn assert_exit_matches(events: &Events, pid: u32, status: ExitStatus) {
     let expected_status = status.code().or(status.signal().map(|s| 128 + s));
     assert_eq!(exit["code"], json!(status.code()), "code of {exit}");
     assert_eq!(exit["signal"], json!(status.signal()), "signal of {exit}");
-    assert_eq!(exit["core_dumped"], json!(status.core_dumped()), "core of {exit}");
+    assert_eq!(
+        exit["core_dumped"],
+        json!(status.core_dumped()),
+        "core of {exit}"
+    );
     assert_eq!(exit["status"], json!(expected_status), "status of {exit}");
     assert_eq!(exit["ppid"], json!(std::process::id()), "ppid of {exit}");
     assert_eq!(exit["comm"], "testee", "comm of {exit}");
@@ -50,13 +30,18 @@ fn assert_exit_matches(events: &Events, pid: u32, status: ExitStatus) {
 }
 
 /// Exactly one signal event to `pid`, with the given number.
-fn the_signal<'a>(events: &'a Events, pid: u32, sig: i32) -> &'a Value {
+fn the_signal(events: &Events, pid: u32, sig: i32) -> &Value {
     let signals: Vec<_> = events
         .signals_to(pid)
         .into_iter()
         .filter(|s| s["sig"] == sig)
         .collect();
-    assert_eq!(signals.len(), 1, "signals {sig} to {pid}: {signals:#?}\n{}", events.dump());
+    assert_eq!(
+        signals.len(),
+        1,
+        "signals {sig} to {pid}: {signals:#?}\n{}",
+        events.dump()
+    );
     signals[0]
 }
 
@@ -104,7 +89,10 @@ fn sigterm_without_a_handler_ends_the_process_with_143() {
     );
     let deliveries = events.deliveries_to(pid);
     assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
-    assert_eq!((&deliveries[0]["sig"], &deliveries[0]["handler"]), (&json!(15), &json!("default")));
+    assert_eq!(
+        (&deliveries[0]["sig"], &deliveries[0]["handler"]),
+        (&json!(15), &json!("default"))
+    );
 }
 
 #[test]
@@ -175,7 +163,10 @@ fn pid1_of_a_pid_namespace_ignores_sigterm() {
         if let Some(pid) = text.split_whitespace().next() {
             break pid.parse().unwrap();
         }
-        assert!(std::time::Instant::now() < deadline, "sh never started its sleep");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sh never started its sleep"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
     send_signal(init, libc::SIGTERM);
@@ -185,7 +176,11 @@ fn pid1_of_a_pid_namespace_ignores_sigterm() {
     wait_timeout(&mut parent);
     let events = observer.stop();
 
-    let raw: i32 = status_line.strip_prefix("status ").unwrap().parse().unwrap();
+    let raw: i32 = status_line
+        .strip_prefix("status ")
+        .unwrap()
+        .parse()
+        .unwrap();
     let init_status = ExitStatus::from_raw(raw);
     assert_eq!(init_status.signal(), Some(libc::SIGKILL));
 
@@ -261,6 +256,10 @@ fn the_sender_is_the_process_that_called_kill() {
     let events = observer.stop();
 
     let signal = the_signal(&events, pid, libc::SIGTERM);
-    assert_eq!(signal["sender"], json!({"pid": kill_pid, "comm": "kill"}), "{signal}");
+    assert_eq!(
+        signal["sender"],
+        json!({"pid": kill_pid, "comm": "kill"}),
+        "{signal}"
+    );
     assert_exit_matches(&events, pid, status);
 }

@@ -44,7 +44,7 @@ enum Task {
     /// rustfmt and clippy (-D warnings) on the host crates and the eBPF crate.
     Lint,
     /// The whole suite: lint, unit tests, and the privileged tests that load the real
-    /// programs (as root, one at a time).
+    /// programs (as root, through sudo if needed, one at a time).
     Test,
 }
 
@@ -283,8 +283,6 @@ fn test(root: &Path) -> Result<()> {
     mount_tracefs()?;
     lint(root)?;
     run(host_cargo(root).args(["build", "--package", "observer"]))?;
-    // Unit tests of every host crate, then the privileged suite, which loads the real
-    // programs and so runs as root, one test at a time.
     run(host_cargo(root).args([
         "test",
         "--package",
@@ -294,22 +292,54 @@ fn test(root: &Path) -> Result<()> {
         "--package",
         "xtask",
     ]))?;
+    // The privileged suite loads the real programs: build it as this user, run it as root
+    // (through sudo when needed), one test at a time.
     let observer = root.join("target/debug/observer");
-    let mut privileged = host_cargo(root);
-    privileged
+    for binary in privileged_test_binaries(root)? {
+        let mut command = if is_root() {
+            Command::new(&binary)
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("--preserve-env=OBSERVER_BIN").arg(&binary);
+            sudo
+        };
+        run(command
+            .arg("--test-threads=1")
+            .env("OBSERVER_BIN", &observer)
+            .current_dir(root.join("tests")))?;
+    }
+    Ok(())
+}
+
+/// Builds the privileged tests without running them; returns their executables.
+fn privileged_test_binaries(root: &Path) -> Result<Vec<PathBuf>> {
+    let output = host_cargo(root)
         .args([
             "test",
             "--package",
             "observer-tests",
-            "--",
-            "--test-threads=1",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
         ])
-        .env("OBSERVER_BIN", &observer);
-    if !is_root() {
-        bail!(
-            "the privileged tests load eBPF programs and must run as root: \
-             `sudo -E cargo xtask test`"
-        );
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the privileged tests")?;
+    if !output.status.success() {
+        bail!("building the privileged tests failed");
     }
-    run(&mut privileged)
+    let binaries: Vec<PathBuf> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            // Integration tests only: the package's lib and bin have no tests of their own.
+            message["reason"] == "compiler-artifact"
+                && message["profile"]["test"] == true
+                && message["target"]["kind"] == serde_json::json!(["test"])
+        })
+        .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .collect();
+    if binaries.is_empty() {
+        bail!("cargo built no privileged test binaries");
+    }
+    Ok(binaries)
 }

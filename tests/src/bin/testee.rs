@@ -112,7 +112,11 @@ fn run_as_namespace_init(command: &[String]) -> ! {
     argv_ptrs.push(std::ptr::null());
     // SAFETY: unshare/fork/execvp/waitpid with valid arguments; the child only execs.
     unsafe {
-        assert_eq!(libc::unshare(libc::CLONE_NEWPID), 0, "unshare(CLONE_NEWPID)");
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWPID),
+            0,
+            "unshare(CLONE_NEWPID)"
+        );
         match libc::fork() {
             -1 => panic!("fork failed"),
             0 => {

@@ -1,0 +1,243 @@
+//! `observer watch` as a user runs it: filters, output formats, stopping, losing events,
+//! running without BTF, and the errors it gives.
+use std::{
+    os::unix::process::{CommandExt, ExitStatusExt},
+    process::Command,
+};
+
+use observer_tests::{
+    Events, Observer, observer_binary, send_signal,
+    testee::{run_to_exit, start_ready},
+    wait_timeout,
+};
+use serde_json::json;
+
+#[test]
+fn pid_and_comm_filters_keep_only_the_chosen_processes() {
+    let (mut chosen, _) = start_ready(&["wait"]);
+    let chosen_pid = chosen.id();
+    let observer = Observer::start(&["--pid", &chosen_pid.to_string()]);
+    let (other_pid, _) = run_to_exit(&["exit", "4"]);
+    send_signal(chosen_pid, libc::SIGTERM);
+    wait_timeout(&mut chosen);
+    let by_pid = observer.stop();
+
+    assert_eq!(by_pid.exit_of(chosen_pid)["signal"], 15);
+    assert_eq!(by_pid.signals_to(chosen_pid).len(), 1);
+    let others: Vec<_> = by_pid
+        .lines
+        .iter()
+        .filter(|line| line["pid"] != chosen_pid && line["target"]["pid"] != chosen_pid)
+        .collect();
+    assert!(others.is_empty(), "events of other processes: {others:#?}");
+    assert!(by_pid.exits_of(other_pid).is_empty());
+
+    let observer = Observer::start(&["--comm", "testee"]);
+    let (testee_pid, _) = run_to_exit(&["exit", "5"]);
+    let mut shell = Command::new("sh").args(["-c", "exit 6"]).spawn().unwrap();
+    let shell_pid = shell.id();
+    assert_eq!(wait_timeout(&mut shell).code(), Some(6));
+    let by_comm = observer.stop();
+    assert_eq!(by_comm.exit_of(testee_pid)["code"], 5);
+    assert!(by_comm.exits_of(shell_pid).is_empty());
+    assert!(
+        by_comm.of_type("exit").all(|exit| exit["comm"] == "testee"),
+        "{}",
+        by_comm.dump()
+    );
+}
+
+#[test]
+fn signals_flag_chooses_which_signals_are_reported() {
+    let observer = Observer::start(&["--signals", "KILL"]);
+    let (mut handled, _) = start_ready(&["handler", "0"]);
+    let (mut killed, _) = start_ready(&["wait"]);
+    send_signal(handled.id(), libc::SIGTERM);
+    send_signal(killed.id(), libc::SIGKILL);
+    assert_eq!(wait_timeout(&mut handled).code(), Some(0));
+    assert_eq!(wait_timeout(&mut killed).signal(), Some(9));
+    let events = observer.stop();
+
+    assert!(
+        events.signals_to(handled.id()).is_empty(),
+        "{}",
+        events.dump()
+    );
+    assert!(events.deliveries_to(handled.id()).is_empty());
+    assert_eq!(events.signals_to(killed.id()).len(), 1);
+    // Exits are always reported.
+    assert_eq!(events.exit_of(handled.id())["code"], 0);
+    assert_eq!(events.exit_of(killed.id())["signal"], 9);
+}
+
+#[test]
+fn duration_stops_observer_by_itself() {
+    let observer = Observer::start(&["--duration", "1"]);
+    let (pid, _) = run_to_exit(&["exit", "9"]);
+    let (status, text, stderr) = observer.wait_raw();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("--duration elapsed"), "{stderr}");
+    let events = Events::parse(&text, stderr);
+    assert_eq!(events.exit_of(pid)["code"], 9);
+}
+
+#[test]
+fn sigterm_to_observer_flushes_every_event() {
+    let observer = Observer::start(&[]);
+    let runs: Vec<_> = (0..300)
+        .map(|i| run_to_exit(&["exit", &(i % 256).to_string()]))
+        .collect();
+    // Stop at once: whatever is still in the ring buffer must be drained, not dropped.
+    let events = observer.stop_with(libc::SIGTERM);
+    assert!(
+        events.stderr.contains("stopped (SIGTERM)"),
+        "{}",
+        events.stderr
+    );
+    assert_eq!(events.lost(), 0, "{}", events.dump());
+    for (pid, status) in runs {
+        assert_eq!(events.exit_of(pid)["code"], json!(status.code()));
+    }
+}
+
+#[test]
+fn a_full_ring_buffer_is_reported_as_lost_events() {
+    let observer = Observer::start(&["--ring-buffer-kib", "4"]);
+    // Freeze observer so that nothing drains the 4 KiB buffer (about 50 exit records).
+    send_signal(observer.pid(), libc::SIGSTOP);
+    let runs: Vec<_> = (0..300).map(|_| run_to_exit(&["exit", "0"])).collect();
+    send_signal(observer.pid(), libc::SIGCONT);
+    let events = observer.stop();
+
+    let seen = runs
+        .iter()
+        .filter(|(pid, _)| !events.exits_of(*pid).is_empty())
+        .count() as u64;
+    let lost = events.lost();
+    assert!(
+        lost > 0,
+        "nothing lost with a frozen reader: {}",
+        events.dump()
+    );
+    assert!(seen < 300, "all 300 exits fit in 4 KiB?");
+    // Every exit is either reported or counted as lost (lost may include other records).
+    assert!(seen + lost >= 300, "seen {seen} + lost {lost} < 300");
+    assert!(
+        events.stderr.contains(&format!("{lost} events lost")),
+        "{}",
+        events.stderr
+    );
+}
+
+#[test]
+fn without_btf_exit_statuses_are_inferred() {
+    let observer = Observer::start_with_env(&[], &[("OBSERVER_BTF", "/nonexistent/vmlinux")]);
+    let (exit_pid, exited) = run_to_exit(&["exit", "3"]);
+    let (mut termed, _) = start_ready(&["wait"]);
+    let (mut killed, _) = start_ready(&["wait"]);
+    let (mut handled, _) = start_ready(&["handler", "4"]);
+    let (mut threads, _) = start_ready(&["threads", "8", "2"]);
+    send_signal(termed.id(), libc::SIGTERM);
+    send_signal(killed.id(), libc::SIGKILL);
+    send_signal(handled.id(), libc::SIGTERM);
+    let statuses = [
+        (exit_pid, exited),
+        (termed.id(), wait_timeout(&mut termed)),
+        (killed.id(), wait_timeout(&mut killed)),
+        (handled.id(), wait_timeout(&mut handled)),
+        (threads.id(), wait_timeout(&mut threads)),
+    ];
+    let events = observer.stop();
+
+    assert!(
+        events.stderr.contains("no usable kernel BTF"),
+        "{}",
+        events.stderr
+    );
+    for (pid, status) in statuses {
+        let exit = events.exit_of(pid);
+        assert_eq!(exit["code"], json!(status.code()), "{exit}");
+        assert_eq!(exit["signal"], json!(status.signal()), "{exit}");
+        assert_eq!(exit["status_source"], "inferred", "{exit}");
+        assert_eq!(exit["ppid"], json!(null), "{exit}");
+    }
+}
+
+#[test]
+fn the_human_format_is_one_aligned_line_per_event() {
+    let observer = Observer::start_human(&[]);
+    let (mut child, _) = start_ready(&["wait"]);
+    let pid = child.id();
+    send_signal(pid, libc::SIGTERM);
+    wait_timeout(&mut child);
+    let (text, _) = observer.stop_raw(libc::SIGINT);
+
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(&format!("testee[{pid}]")))
+        .collect();
+    assert_eq!(ours.len(), 3, "{text}");
+    assert!(
+        ours[0].contains("  signal     SIGTERM  ")
+            && ours[0].ends_with(&format!("→ testee[{pid}]"))
+    );
+    assert!(ours[1].contains("  delivered  SIGTERM  ") && ours[1].ends_with("default action"));
+    assert!(ours[2].contains(&format!(
+        "  exit       testee[{pid}]  killed by SIGTERM (status 143)"
+    )));
+    assert!(!text.contains('\x1b'), "colour in a file");
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors() {
+    for (args, reason) in [
+        (&["--signals", "BOGUS"][..], "unknown signal 'BOGUS'"),
+        (&["--duration", "-1"], "positive number of seconds, not -1"),
+        (&["--ring-buffer-kib", "3"], "power of two"),
+    ] {
+        let output = Command::new(observer_binary())
+            .arg("watch")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn without_privileges_it_names_the_capabilities_it_needs() {
+    let output = Command::new(observer_binary())
+        .args(["watch", "--duration", "1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for needed in ["CAP_BPF", "CAP_PERFMON", "sudo observer watch"] {
+        assert!(stderr.contains(needed), "{stderr}");
+    }
+}
+
+#[test]
+fn without_tracefs_and_unable_to_mount_it_says_how_to_fix_it() {
+    // A private mount namespace without tracefs, and no CAP_SYS_ADMIN to mount it.
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         exec setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {} watch --duration 1",
+        observer_binary().display()
+    );
+    let output = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tracefs is not mounted"), "{stderr}");
+    assert!(
+        stderr.contains("mount -t tracefs tracefs /sys/kernel/tracing"),
+        "{stderr}"
+    );
+}
