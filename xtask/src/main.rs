@@ -21,6 +21,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// On sudo's secure_path, so that `sudo observer watch` works after install.
+const INSTALL_PATH: &str = "/usr/local/bin/observer";
 
 #[derive(Parser)]
 #[command(about = "observer's build, setup and test tasks")]
@@ -36,11 +38,14 @@ enum Task {
     Setup,
     /// Set up, then build the kernel programs into target/bpf/observer.bpf.o.
     BuildEbpf,
-    /// Build everything (release) and run `observer watch ARGS…`, with sudo if not root.
+    /// Build and install observer (release), then run `observer watch ARGS…`, with sudo
+    /// if not root.
     Watch {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build observer (release) and install it as /usr/local/bin/observer (sudo if needed).
+    Install,
     /// rustfmt and clippy (-D warnings) on the host crates and the eBPF crate.
     Lint,
     /// The whole suite: lint, unit tests, and the privileged tests that load the real
@@ -57,6 +62,7 @@ fn main() -> Result<()> {
         }
         Task::BuildEbpf => build_ebpf(&root).map(drop),
         Task::Watch { args } => watch(&root, &args),
+        Task::Install => install(&root).map(drop),
         Task::Lint => lint(&root),
         Task::Test => test(&root),
     }
@@ -241,21 +247,42 @@ fn host_cargo(root: &Path) -> Command {
     command
 }
 
-fn watch(root: &Path, args: &[String]) -> Result<()> {
+/// Runs `program args` as root: directly when root, else through sudo.
+fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(program);
+        sudo
+    }
+}
+
+/// Builds the release binary and installs it; returns where.
+fn install(root: &Path) -> Result<PathBuf> {
     build_ebpf(root)?;
     run(host_cargo(root).args(["build", "--release", "--package", "observer"]))?;
-    let binary = root.join("target/release/observer");
-    let mut command = if is_root() {
-        Command::new(&binary)
-    } else {
-        eprintln!("xtask: observer needs root to load eBPF programs; asking sudo");
-        let mut sudo = Command::new("sudo");
-        sudo.arg(&binary);
-        sudo
-    };
-    command.arg("watch").args(args);
+    let built = root.join("target/release/observer");
+    if !is_root() {
+        eprintln!("xtask: installing {INSTALL_PATH} needs root; asking sudo");
+    }
+    run(as_root(Path::new("install"))
+        .args(["-m", "0755"])
+        .arg(&built)
+        .arg(INSTALL_PATH))
+    .with_context(|| format!("installing {INSTALL_PATH}"))?;
+    eprintln!("xtask: installed {INSTALL_PATH}");
+    Ok(PathBuf::from(INSTALL_PATH))
+}
+
+fn watch(root: &Path, args: &[String]) -> Result<()> {
+    let binary = install(root)?;
     // Let observer's own exit status (and its graceful SIGINT handling) speak for itself.
-    let status = command.status().context("starting observer")?;
+    let status = as_root(&binary)
+        .arg("watch")
+        .args(args)
+        .status()
+        .context("starting observer")?;
     std::process::exit(status.code().unwrap_or(1));
 }
 
