@@ -18,6 +18,9 @@ pub mod kind {
     pub const SIGNAL_DELIVER: u32 = 2;
     pub const PROCESS_EXIT: u32 = 3;
     pub const EXIT_GROUP_CALL: u32 = 4;
+    pub const TCP_STATE: u32 = 5;
+    pub const TCP_RESET: u32 = 6;
+    pub const TCP_ACCEPT: u32 = 7;
 }
 
 /// Starts every record in the ring buffer.
@@ -121,6 +124,122 @@ pub struct ExitGroupCallRecord {
     pub _pad: u32,
 }
 
+/// A TCP connection's addresses, normalised from whichever layout the kernel used.
+/// Ports in host byte order; IPv4 addresses in the first 4 bytes of the arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpEndpoints {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Who a socket belongs to, as learnt in process context (listen, connect, accept).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOwner {
+    /// 0 when unknown.
+    pub tgid: u32,
+    /// One of [`role`].
+    pub role: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The part a socket plays for its owner.
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    pub const LISTENER: u8 = 1;
+    pub const INBOUND: u8 = 2;
+    pub const OUTBOUND: u8 = 3;
+}
+
+/// TCP states (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LISTEN: i32 = 10;
+
+    /// States of a socket nobody has closed yet: tcp_close() leaves one of these.
+    pub const fn is_open(state: i32) -> bool {
+        matches!(
+            state,
+            ESTABLISHED | SYN_SENT | SYN_RECV | CLOSE_WAIT | LISTEN
+        )
+    }
+}
+
+/// Bits of [`TcpStateRecord::flags`].
+pub mod tcp_flags {
+    /// The state changed in the context of a process that is exiting (`PF_EXITING`): the
+    /// kernel is closing the sockets the process still held.
+    pub const CLOSED_AT_EXIT: u8 = 1 << 0;
+}
+
+/// `sock:inet_sock_set_state`, only for what a report needs: a listener opening or
+/// closing, and sockets closed by the kernel while their process exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStateRecord {
+    pub header: RecordHeader,
+    pub endpoints: TcpEndpoints,
+    pub owner: SocketOwner,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// [`tcp_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Bits of [`TcpResetRecord::flags`].
+pub mod reset_flags {
+    /// The RST was received (tcp:tcp_receive_reset), not sent.
+    pub const RECEIVED: u8 = 1 << 0;
+    /// `reason` holds an `enum sk_rst_reason` value (kernels since 6.10 give one).
+    pub const REASON_KNOWN: u8 = 1 << 1;
+    /// `state` was read (always for sent RSTs; from the socket via BTF when received).
+    pub const STATE_KNOWN: u8 = 1 << 2;
+    /// The RST concerned a socket (its owner may still be unknown); without it, the
+    /// kernel answered a segment for which no socket exists (e.g. a closed port).
+    pub const HAS_SOCKET: u8 = 1 << 3;
+}
+
+/// `tcp:tcp_send_reset` / `tcp:tcp_receive_reset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpResetRecord {
+    pub header: RecordHeader,
+    pub endpoints: TcpEndpoints,
+    pub owner: SocketOwner,
+    pub reason: u32,
+    pub state: u8,
+    /// [`reset_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// accept()/accept4() returned a connection to a process that is shutting down (one
+/// that received a termination signal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpAcceptRecord {
+    pub header: RecordHeader,
+    pub endpoints: TcpEndpoints,
+    pub owner: SocketOwner,
+}
+
+const _: () = assert!(size_of::<TcpEndpoints>() == 40);
+const _: () = assert!(size_of::<SocketOwner>() == 24);
+const _: () = assert!(size_of::<TcpStateRecord>() == 88);
+const _: () = assert!(size_of::<TcpResetRecord>() == 88);
+const _: () = assert!(size_of::<TcpAcceptRecord>() == 80);
 const _: () = assert!(size_of::<RecordHeader>() == 16);
 const _: () = assert!(size_of::<SignalGenerateRecord>() == 80);
 const _: () = assert!(size_of::<SignalDeliverRecord>() == 72);
@@ -176,6 +295,107 @@ pub struct ExitGroupLayout {
     pub error_code: u32,
 }
 
+/// Offsets of a tracepoint's addresses when it stores them as `sport`, `dport`,
+/// `family`, `saddr[4]`, `daddr[4]`, `saddr_v6[16]`, `daddr_v6[16]` (inet_sock_set_state,
+/// tcp_receive_reset, and tcp_send_reset before 6.10).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplitAddrLayout {
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// Offsets into `sock:inet_sock_set_state`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InetSockSetStateLayout {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub protocol: u32,
+    pub addrs: SplitAddrLayout,
+}
+
+/// How `tcp:tcp_send_reset` stores addresses.
+pub mod addr_format {
+    /// `saddr[28]`/`daddr[28]` holding a sockaddr_in or sockaddr_in6 (6.10+).
+    pub const SOCKADDR: u32 = 0;
+    /// [`super::SplitAddrLayout`] fields.
+    pub const SPLIT: u32 = 1;
+}
+
+/// Offsets into `tcp:tcp_send_reset` / `tcp:tcp_receive_reset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpResetLayout {
+    pub skaddr: u32,
+    /// [`FIELD_ABSENT`] when the tracepoint has no `state` (tcp_receive_reset).
+    pub state: u32,
+    /// [`FIELD_ABSENT`] before 6.10.
+    pub reason: u32,
+    /// One of [`addr_format`].
+    pub addr_format: u32,
+    /// With [`addr_format::SOCKADDR`]: offsets of the two sockaddrs.
+    pub sockaddr_local: u32,
+    pub sockaddr_remote: u32,
+    /// With [`addr_format::SPLIT`].
+    pub addrs: SplitAddrLayout,
+}
+
+/// Offsets into `tcp:tcp_destroy_sock` (`const void *skaddr`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpDestroyLayout {
+    pub skaddr: u32,
+}
+
+/// Offsets into `syscalls:sys_exit_accept4` / `sys_exit_accept` (`long ret`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptLayout {
+    pub ret: u32,
+}
+
+/// Byte offsets to go from a task and a file descriptor to its `struct sock`, and of
+/// the `struct sock_common` members observer reads, from vmlinux BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLayout {
+    /// 1 when the offsets below are valid.
+    pub known: u32,
+    pub task_flags: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sock.sk_shutdown`: SHUTDOWN_MASK once __tcp_close() has begun.
+    pub sock_shutdown: u32,
+    pub skc_state: u32,
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub _pad: u32,
+}
+
+/// `task_struct.flags` bit set once a task has started exiting (include/linux/sched.h).
+pub const PF_EXITING: u32 = 0x0000_0004;
+/// `sk_shutdown` value when both directions are shut (include/net/sock.h).
+pub const SHUTDOWN_MASK: u8 = 3;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
 /// Byte offsets of kernel struct members, from vmlinux BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,6 +425,8 @@ pub struct Settings {
     /// default action, so that userspace can infer exit statuses when BTF is missing.
     /// 0 when BTF is present.
     pub fatal_default_mask: u64,
+    /// Signals after which a process counts as shutting down (its accepts are reported).
+    pub termination_mask: u64,
 }
 
 /// `sigaction.sa_handler` values with a fixed meaning.
@@ -237,6 +459,9 @@ unsafe impl WireRecord for SignalGenerateRecord {}
 unsafe impl WireRecord for SignalDeliverRecord {}
 unsafe impl WireRecord for ProcessExitRecord {}
 unsafe impl WireRecord for ExitGroupCallRecord {}
+unsafe impl WireRecord for TcpStateRecord {}
+unsafe impl WireRecord for TcpResetRecord {}
+unsafe impl WireRecord for TcpAcceptRecord {}
 
 /// Copies a record out of the ring buffer's bytes; `None` if they are too short.
 pub fn read_record<T: WireRecord>(bytes: &[u8]) -> Option<T> {
@@ -259,4 +484,9 @@ mod pod {
     unsafe impl aya::Pod for ExitGroupLayout {}
     unsafe impl aya::Pod for TaskLayout {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for InetSockSetStateLayout {}
+    unsafe impl aya::Pod for TcpResetLayout {}
+    unsafe impl aya::Pod for AcceptLayout {}
+    unsafe impl aya::Pod for TcpDestroyLayout {}
+    unsafe impl aya::Pod for SockLayout {}
 }

@@ -2,14 +2,81 @@
 //! `.rodata`, so the verifier sees them as constants.
 use aya_ebpf::Global;
 use observer_common::{
-    ExitGroupLayout, ProcessExitLayout, Settings, SignalDeliverLayout, SignalGenerateLayout,
-    TaskLayout, TgkillLayout,
+    AcceptLayout, ExitGroupLayout, InetSockSetStateLayout, ProcessExitLayout, Settings,
+    SignalDeliverLayout, SignalGenerateLayout, SockLayout, SplitAddrLayout, TaskLayout,
+    TcpDestroyLayout, TcpResetLayout, TgkillLayout,
 };
 
 #[unsafe(no_mangle)]
 pub static SETTINGS: Global<Settings> = Global::new(Settings {
     signal_mask: 0,
     fatal_default_mask: 0,
+    termination_mask: 0,
+});
+
+const NO_SPLIT_ADDRS: SplitAddrLayout = SplitAddrLayout {
+    sport: 0,
+    dport: 0,
+    family: 0,
+    saddr: 0,
+    daddr: 0,
+    saddr_v6: 0,
+    daddr_v6: 0,
+};
+
+const NO_RESET_LAYOUT: TcpResetLayout = TcpResetLayout {
+    skaddr: 0,
+    state: 0,
+    reason: 0,
+    addr_format: 0,
+    sockaddr_local: 0,
+    sockaddr_remote: 0,
+    addrs: NO_SPLIT_ADDRS,
+};
+
+#[unsafe(no_mangle)]
+pub static INET_SOCK_SET_STATE_LAYOUT: Global<InetSockSetStateLayout> =
+    Global::new(InetSockSetStateLayout {
+        skaddr: 0,
+        oldstate: 0,
+        newstate: 0,
+        protocol: 0,
+        addrs: NO_SPLIT_ADDRS,
+    });
+
+#[unsafe(no_mangle)]
+pub static TCP_SEND_RESET_LAYOUT: Global<TcpResetLayout> = Global::new(NO_RESET_LAYOUT);
+
+#[unsafe(no_mangle)]
+pub static TCP_RECEIVE_RESET_LAYOUT: Global<TcpResetLayout> = Global::new(NO_RESET_LAYOUT);
+
+#[unsafe(no_mangle)]
+pub static TCP_DESTROY_LAYOUT: Global<TcpDestroyLayout> =
+    Global::new(TcpDestroyLayout { skaddr: 0 });
+
+#[unsafe(no_mangle)]
+pub static ACCEPT_LAYOUT: Global<AcceptLayout> = Global::new(AcceptLayout { ret: 0 });
+
+#[unsafe(no_mangle)]
+pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout {
+    known: 0,
+    task_flags: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_fd: 0,
+    fdtable_max_fds: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    sock_shutdown: 0,
+    skc_state: 0,
+    skc_family: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    skc_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    _pad: 0,
 });
 
 #[unsafe(no_mangle)]

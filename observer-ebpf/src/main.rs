@@ -9,9 +9,15 @@ mod emit;
 mod exit_group;
 mod globals;
 mod process_exit;
+mod shutting;
 mod signal_deliver;
 mod signal_generate;
+mod sockets;
 mod task;
+mod tcp_accept;
+mod tcp_destroy;
+mod tcp_reset;
+mod tcp_state;
 mod tgkill;
 
 #[cfg(not(test))]

@@ -22,7 +22,7 @@ use observer_common::{
 use crate::{
     emit::{header, submit},
     globals::PROCESS_EXIT_LAYOUT,
-    task,
+    shutting, task,
 };
 
 #[tracepoint]
@@ -39,6 +39,7 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     if !is_group_dead(ctx, tgid, tid, task_layout)? {
         return Ok(());
     }
+    shutting::forget(tgid);
     let mut record = ProcessExitRecord {
         header: header(kind::PROCESS_EXIT),
         tgid,

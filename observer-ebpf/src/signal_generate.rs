@@ -14,6 +14,7 @@ use observer_common::{COMM_LEN, SignalGenerateRecord, kind, signal_bit};
 use crate::{
     emit::{header, submit},
     globals::{SETTINGS, SIGNAL_GENERATE_LAYOUT},
+    shutting,
     task::current_process_comm,
     tgkill::take_tgkill_target,
 };
@@ -30,7 +31,10 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     // bpf_probe_read_kernel, which fails cleanly on a bad address.
     let sig: i32 = unsafe { ctx.read_at(layout.sig as usize)? };
     let settings = SETTINGS.load();
-    if (settings.signal_mask | settings.fatal_default_mask) & signal_bit(sig) == 0 {
+    let bit = signal_bit(sig);
+    let reported = (settings.signal_mask | settings.fatal_default_mask) & bit != 0;
+    let terminating = settings.termination_mask & bit != 0;
+    if !reported && !terminating {
         return Ok(());
     }
     let si_code: i32 = unsafe { ctx.read_at(layout.code as usize)? };
@@ -52,6 +56,17 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
         take_tgkill_target(sender_tid, target_tid).unwrap_or(0)
     };
 
+    if result == 0 && terminating {
+        // kill() names a process by its leader's id, so an unresolved target is its tgid.
+        shutting::mark(if target_tgid != 0 {
+            target_tgid
+        } else {
+            target_tid
+        });
+    }
+    if !reported {
+        return Ok(());
+    }
     submit(SignalGenerateRecord {
         header: header(kind::SIGNAL_GENERATE),
         sig,

@@ -38,7 +38,9 @@ fn try_tgkill_enter(ctx: &TracePointContext) -> Result<(), i32> {
     let layout = TGKILL_LAYOUT.load();
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
     let sig: u64 = unsafe { ctx.read_at(layout.sig as usize)? };
-    if SETTINGS.load().signal_mask & signal_bit(sig as i32) == 0 {
+    let settings = SETTINGS.load();
+    let wanted = settings.signal_mask | settings.termination_mask | settings.fatal_default_mask;
+    if wanted & signal_bit(sig as i32) == 0 {
         return Ok(());
     }
     let tgid: u64 = unsafe { ctx.read_at(layout.tgid as usize)? };

@@ -43,6 +43,8 @@ struct Type {
     /// Referenced type for typedef/const/volatile/restrict/type_tag.
     referenced: u32,
     members: Vec<Member>,
+    /// Enumerators (name offset, value) of an enum.
+    enumerators: Vec<(u32, i64)>,
 }
 
 /// Parsed kernel type information (only what member lookups need).
@@ -51,6 +53,7 @@ pub struct Btf {
     /// Index `id - 1` holds type `id` (type 0 is void).
     types: Vec<Type>,
     structs_by_name: HashMap<String, u32>,
+    enums_by_name: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -81,20 +84,24 @@ impl Btf {
             strings,
             types,
             structs_by_name: HashMap::new(),
+            enums_by_name: HashMap::new(),
         };
         for (index, ty) in btf.types.iter().enumerate() {
-            if ty.kind == KIND_STRUCT && ty.name_off != 0 {
-                let name = btf.string(ty.name_off).to_string();
-                btf.structs_by_name.entry(name).or_insert(index as u32 + 1);
+            let names = match ty.kind {
+                KIND_STRUCT => &mut btf.structs_by_name,
+                KIND_ENUM | KIND_ENUM64 => &mut btf.enums_by_name,
+                _ => continue,
+            };
+            if ty.name_off != 0 {
+                let name = string_at(&btf.strings, ty.name_off).to_string();
+                names.entry(name).or_insert(index as u32 + 1);
             }
         }
         Ok(btf)
     }
 
     fn string(&self, offset: u32) -> &str {
-        let tail = self.strings.get(offset as usize..).unwrap_or(&[]);
-        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        std::str::from_utf8(&tail[..end]).unwrap_or("")
+        string_at(&self.strings, offset)
     }
 
     fn get(&self, id: u32) -> Option<&Type> {
@@ -113,6 +120,20 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// The enumerators of `enum name`, as (name, value).
+    pub fn enum_values(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
+        let id = *self
+            .enums_by_name
+            .get(enum_name)
+            .with_context(|| format!("enum {enum_name} not found in BTF"))?;
+        let ty = self.get(id).expect("indexed id exists");
+        Ok(ty
+            .enumerators
+            .iter()
+            .map(|&(name_off, value)| (self.string(name_off).to_string(), value))
+            .collect())
     }
 
     /// Byte offset of `member` in `struct name`, searching anonymous structs and unions.
@@ -150,6 +171,13 @@ impl Btf {
     }
 }
 
+/// The NUL-terminated string at `offset` of the string section.
+fn string_at(strings: &[u8], offset: u32) -> &str {
+    let tail = strings.get(offset as usize..).unwrap_or(&[]);
+    let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+    std::str::from_utf8(&tail[..end]).unwrap_or("")
+}
+
 fn parse_types(data: &[u8]) -> Result<Vec<Type>> {
     let mut types = Vec::new();
     let mut at = 0usize;
@@ -166,6 +194,7 @@ fn parse_types(data: &[u8]) -> Result<Vec<Type>> {
         let kind = (info >> 24) & 0x1f;
         let kind_flag = info >> 31 == 1;
         let mut members = Vec::new();
+        let mut enumerators = Vec::new();
         let trailing = match kind {
             KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
             KIND_ARRAY => 12,
@@ -186,8 +215,23 @@ fn parse_types(data: &[u8]) -> Result<Vec<Type>> {
                 }
                 vlen * 12
             }
-            KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-            KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+            KIND_ENUM => {
+                for i in 0..vlen {
+                    let base = at + i * 8;
+                    enumerators.push((word(base)?, word(base + 4)? as i32 as i64));
+                }
+                vlen * 8
+            }
+            KIND_ENUM64 => {
+                for i in 0..vlen {
+                    let base = at + i * 12;
+                    let value = ((word(base + 8)? as u64) << 32) | word(base + 4)? as u64;
+                    enumerators.push((word(base)?, value as i64));
+                }
+                vlen * 12
+            }
+            KIND_FUNC_PROTO => vlen * 8,
+            KIND_DATASEC => vlen * 12,
             KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
             | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
             other => bail!("unknown BTF kind {other} at byte {}", at - 12),
@@ -199,6 +243,7 @@ fn parse_types(data: &[u8]) -> Result<Vec<Type>> {
             kind,
             referenced: size_or_type,
             members,
+            enumerators,
         });
     }
     Ok(types)
@@ -267,6 +312,16 @@ pub(crate) mod tests {
             id
         }
 
+        pub fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) -> u32 {
+            let id = self.push(name, KIND_ENUM, values.len() as u32, 4);
+            for &(enumerator, value) in values {
+                let name_off = self.string(enumerator);
+                self.types.extend_from_slice(&name_off.to_le_bytes());
+                self.types.extend_from_slice(&value.to_le_bytes());
+            }
+            id
+        }
+
         pub fn build(&self) -> Vec<u8> {
             let mut out = Vec::new();
             out.extend_from_slice(&MAGIC.to_le_bytes());
@@ -311,6 +366,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reads_enumerators() {
+        let mut b = BtfBuilder::new();
+        b.enumeration(
+            "sk_rst_reason",
+            &[("SK_RST_REASON_NO_SOCKET", 1), ("NEG", -2)],
+        );
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(
+            btf.enum_values("sk_rst_reason").unwrap(),
+            vec![
+                ("SK_RST_REASON_NO_SOCKET".to_string(), 1),
+                ("NEG".to_string(), -2)
+            ]
+        );
+        assert!(btf.enum_values("nope").is_err());
+    }
+
+    #[test]
     fn rejects_garbage_with_a_reason() {
         assert!(Btf::parse(b"short").is_err());
         let Err(error) = Btf::parse(&[0u8; 64]) else {
@@ -342,5 +415,7 @@ pub(crate) mod tests {
         assert!(exit_code > 0 && exit_code < 16384);
         btf.member_offset("signal_struct", "group_exit_code")
             .unwrap();
+        let reasons = btf.enum_values("sk_rst_reason").unwrap();
+        assert!(reasons.contains(&("SK_RST_REASON_NO_SOCKET".to_string(), 1)));
     }
 }

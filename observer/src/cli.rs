@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print every termination signal and every process exit on this host as they happen.
+    /// Print termination signals, process exits and the TCP evidence of shutdowns (resets,
+    /// connections open at exit, listeners) on this host as they happen.
     Watch(WatchArgs),
 }
 
@@ -53,6 +54,11 @@ pub struct WatchArgs {
     /// characters, as the kernel keeps them).
     #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
+
+    /// Only TCP events on this local port, and the signals and exits of the processes
+    /// seen holding it (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
 
     /// Size of the kernel→userspace ring buffer in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
@@ -165,6 +171,8 @@ mod tests {
             "64",
             "--color",
             "never",
+            "--port",
+            "8080",
         ])
         .unwrap();
         assert!(args.json);
@@ -175,6 +183,7 @@ mod tests {
             (vec![10, 11], vec!["node".to_string()])
         );
         assert_eq!((args.ring_buffer_kib, args.color), (64, ColorChoice::Never));
+        assert_eq!(args.ports, vec![8080]);
     }
 
     #[test]
@@ -189,6 +198,8 @@ mod tests {
             (&["--duration", "soon"], "not a number of seconds"),
             (&["--pid", "0"], "0"),
             (&["--pid", "abc"], "invalid digit"),
+            (&["--port", "70000"], "70000"),
+            (&["--port", "0"], "0"),
             (&["--comm", "a-very-long-command-name"], "only the first 15"),
             (&["--ring-buffer-kib", "100"], "power of two"),
             (&["--color", "sometimes"], "sometimes"),

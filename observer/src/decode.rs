@@ -1,7 +1,8 @@
 //! Ring-buffer bytes → typed records. Pure: no I/O, no aya.
 use observer_common::{
     ExitGroupCallRecord, ProcessExitRecord, RecordHeader, SignalDeliverRecord,
-    SignalGenerateRecord, WireRecord, kind, read_record,
+    SignalGenerateRecord, TcpAcceptRecord, TcpResetRecord, TcpStateRecord, WireRecord, kind,
+    read_record,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +11,9 @@ pub enum Record {
     SignalDeliver(SignalDeliverRecord),
     ProcessExit(ProcessExitRecord),
     ExitGroupCall(ExitGroupCallRecord),
+    TcpState(TcpStateRecord),
+    TcpReset(TcpResetRecord),
+    TcpAccept(TcpAcceptRecord),
 }
 
 impl Record {
@@ -19,6 +23,9 @@ impl Record {
             Record::SignalDeliver(r) => &r.header,
             Record::ProcessExit(r) => &r.header,
             Record::ExitGroupCall(r) => &r.header,
+            Record::TcpState(r) => &r.header,
+            Record::TcpReset(r) => &r.header,
+            Record::TcpAccept(r) => &r.header,
         }
     }
 }
@@ -49,6 +56,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind::SIGNAL_DELIVER => Record::SignalDeliver(read(bytes, header.kind)?),
         kind::PROCESS_EXIT => Record::ProcessExit(read(bytes, header.kind)?),
         kind::EXIT_GROUP_CALL => Record::ExitGroupCall(read(bytes, header.kind)?),
+        kind::TCP_STATE => Record::TcpState(read(bytes, header.kind)?),
+        kind::TCP_RESET => Record::TcpReset(read(bytes, header.kind)?),
+        kind::TCP_ACCEPT => Record::TcpAccept(read(bytes, header.kind)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

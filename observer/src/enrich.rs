@@ -15,6 +15,7 @@ use crate::{
     },
     exit_inference::ExitInference,
     signals,
+    tcp::TcpTracker,
     wait_status::WaitStatus,
 };
 
@@ -50,11 +51,13 @@ pub struct Enricher<H> {
     /// (tgid, start time) of processes whose exit was reported; kernels without
     /// `group_dead` can report one exit twice.
     exited: BoundedMap<(u32, u64), ()>,
+    tcp: TcpTracker,
 }
 
 impl<H: HostView> Enricher<H> {
-    pub fn new(host: H, signal_mask: u64) -> Self {
+    pub fn new(host: H, signal_mask: u64, tcp: TcpTracker) -> Self {
         Self {
+            tcp,
             host,
             signal_mask,
             inference: ExitInference::default(),
@@ -76,6 +79,9 @@ impl<H: HostView> Enricher<H> {
                 self.exit(r)
             }
             Record::ExitGroupCall(r) => self.exit_group_call(r),
+            Record::TcpState(r) => self.tcp.state_change(r),
+            Record::TcpReset(r) => Some(self.tcp.reset(r)),
+            Record::TcpAccept(r) => Some(self.tcp.accept(r)),
         };
         out.extend(event.map(|event| (mono_ns, event)));
     }
@@ -230,6 +236,10 @@ pub(crate) mod tests {
         }
     }
 
+    fn no_tcp() -> TcpTracker {
+        TcpTracker::new(HashMap::new())
+    }
+
     fn comm_bytes(name: &str) -> [u8; COMM_LEN] {
         let mut bytes = [0u8; COMM_LEN];
         bytes[..name.len()].copy_from_slice(name.as_bytes());
@@ -308,7 +318,7 @@ pub(crate) mod tests {
         host.tgids.insert(1235, 1234);
         host.cgroups
             .insert(1234, "/system.slice/app.service".into());
-        let mut enricher = Enricher::new(host, default_mask());
+        let mut enricher = Enricher::new(host, default_mask(), no_tcp());
         let Some(Event::Signal(signal)) = enrich(&mut enricher, generate(15, 1235, 0)) else {
             panic!("expected a signal event");
         };
@@ -337,14 +347,14 @@ pub(crate) mod tests {
 
     #[test]
     fn reports_only_the_chosen_signals() {
-        let mut enricher = Enricher::new(FakeHost::default(), signal_bit(9));
+        let mut enricher = Enricher::new(FakeHost::default(), signal_bit(9), no_tcp());
         assert!(enrich(&mut enricher, generate(15, 10, 10)).is_none());
         assert!(enrich(&mut enricher, generate(9, 10, 10)).is_some());
     }
 
     #[test]
     fn reports_one_fatal_delivery_per_process() {
-        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask(), no_tcp());
         let first = enrich(&mut enricher, deliver(10, 10, 15, 9, SIG_DFL));
         let Some(Event::SignalDelivered(delivered)) = first else {
             panic!("expected a delivery");
@@ -361,7 +371,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reports_the_aimed_threads_delivery_for_a_thread_directed_fatal_signal() {
-        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask(), no_tcp());
         let mut tgkill = generate(15, 12, 10);
         if let Record::SignalGenerate(r) = &mut tgkill {
             r.group = 0;
@@ -383,7 +393,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_held_delivery_is_reported_before_the_exit_if_the_aimed_thread_never_dequeues() {
-        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask(), no_tcp());
         let mut tgkill = generate(15, 12, 10);
         if let Record::SignalGenerate(r) = &mut tgkill {
             r.group = 0;
@@ -398,7 +408,7 @@ pub(crate) mod tests {
 
     #[test]
     fn exact_exit_status_comes_from_the_kernel() {
-        let mut enricher = Enricher::new(FakeHost::default(), default_mask());
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask(), no_tcp());
         let flags = exit_flags::WAIT_STATUS_EXACT | exit_flags::PARENT_KNOWN;
         let Some(Event::Exit(exit)) = enrich(&mut enricher, exit(10, flags, 0x8b)) else {
             panic!("expected an exit");
@@ -417,7 +427,7 @@ pub(crate) mod tests {
     fn without_btf_the_status_is_inferred() {
         let mut host = FakeHost::default();
         host.cgroup_ids.insert(7, "/user.slice".into());
-        let mut enricher = Enricher::new(host, default_mask());
+        let mut enricher = Enricher::new(host, default_mask(), no_tcp());
         enrich(
             &mut enricher,
             Record::ExitGroupCall(ExitGroupCallRecord {

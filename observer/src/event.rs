@@ -41,6 +41,10 @@ impl Line {
             Event::Signal(e) => serde_json::to_vec(e),
             Event::SignalDelivered(e) => serde_json::to_vec(e),
             Event::Exit(e) => serde_json::to_vec(e),
+            Event::TcpReset(e) => serde_json::to_vec(e),
+            Event::TcpCloseAtExit(e) => serde_json::to_vec(e),
+            Event::TcpListen(e) => serde_json::to_vec(e),
+            Event::TcpAccept(e) => serde_json::to_vec(e),
             Event::Lost(e) => serde_json::to_vec(e),
         };
         let mut out = serde_json::to_vec(&envelope).expect("plain struct serialises");
@@ -59,6 +63,10 @@ pub enum Event {
     Signal(SignalEvent),
     SignalDelivered(DeliveredEvent),
     Exit(ExitEvent),
+    TcpReset(TcpResetEvent),
+    TcpCloseAtExit(TcpCloseAtExitEvent),
+    TcpListen(TcpListenEvent),
+    TcpAccept(TcpAcceptEvent),
     Lost(LostEvent),
 }
 
@@ -68,6 +76,10 @@ impl Event {
             Event::Signal(_) => "signal",
             Event::SignalDelivered(_) => "signal_delivered",
             Event::Exit(_) => "exit",
+            Event::TcpReset(_) => "tcp_reset",
+            Event::TcpCloseAtExit(_) => "tcp_close_at_exit",
+            Event::TcpListen(_) => "tcp_listen",
+            Event::TcpAccept(_) => "tcp_accept",
             Event::Lost(_) => "lost",
         }
     }
@@ -198,6 +210,77 @@ pub struct ExitEvent {
     pub core_dumped: bool,
     pub status: Option<i32>,
     pub status_source: StatusSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+/// An RST sent or received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpResetEvent {
+    pub direction: Direction,
+    /// The kernel's `enum sk_rst_reason` name (sent RSTs, 6.10+), else null.
+    pub reason: Option<String>,
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    /// The socket's owner; null when no process owns it (e.g. a closed port).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// For an RST from a port no socket holds: the process that last listened there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub former_owner: Option<ProcessRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Inbound,
+    Outbound,
+    Listener,
+}
+
+/// A TCP socket the process still held when it exited, closed by the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpCloseAtExitEvent {
+    pub pid: u32,
+    pub comm: String,
+    pub local: String,
+    pub remote: String,
+    /// The state it was in when the kernel closed it.
+    pub state: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenAction {
+    Open,
+    Close,
+}
+
+/// A listening socket opened, or closed by its process (closes at exit are
+/// `tcp_close_at_exit` with role listener). An addition to contract v1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpListenEvent {
+    pub action: ListenAction,
+    pub pid: u32,
+    pub comm: String,
+    pub local: String,
+}
+
+/// A connection accepted by a process after its first termination signal. An addition
+/// to contract v1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpAcceptEvent {
+    pub pid: u32,
+    pub comm: String,
+    pub local: String,
+    pub remote: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

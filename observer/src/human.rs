@@ -1,6 +1,6 @@
 //! The terminal format: one aligned line per event, coloured on a TTY.
 use crate::{
-    event::{Event, Handler, Line, Origin, SignalResult, ThreadRef},
+    event::{Direction, Event, Handler, Line, ListenAction, Origin, Role, SignalResult, ThreadRef},
     signals,
 };
 
@@ -102,6 +102,70 @@ impl HumanFormat {
                     format!("{}[{}]  {how}{status}{ppid}", e.comm, e.pid),
                 )
             }
+            Event::TcpReset(e) => {
+                let (verb, arrow) = match e.direction {
+                    Direction::Sent => ("sent", "→"),
+                    Direction::Received => ("received", "←"),
+                };
+                let owner = match (&e.pid, &e.comm, &e.former_owner) {
+                    (Some(pid), Some(comm), _) => format!("{comm}[{pid}]"),
+                    (_, _, Some(former)) => {
+                        format!("no owner (was {}[{}])", former.comm, former.pid)
+                    }
+                    _ => "no owner".to_string(),
+                };
+                let reason = e.reason.as_deref().unwrap_or("-");
+                (
+                    "reset",
+                    format!(
+                        "{owner}  {verb} RST {}  {} {arrow} {}  {}",
+                        self.paint(RED, reason),
+                        e.local,
+                        e.remote,
+                        e.state
+                    ),
+                )
+            }
+            Event::TcpCloseAtExit(e) => {
+                let role = match e.role {
+                    Role::Inbound => "inbound",
+                    Role::Outbound => "outbound",
+                    Role::Listener => "listener",
+                };
+                (
+                    "open@exit",
+                    format!(
+                        "{}[{}]  {role} {} ↔ {}  {}  {}",
+                        e.comm,
+                        e.pid,
+                        e.local,
+                        e.remote,
+                        e.state,
+                        self.paint(YELLOW, "closed by the kernel at exit")
+                    ),
+                )
+            }
+            Event::TcpListen(e) => {
+                let action = match e.action {
+                    ListenAction::Open => "listens on",
+                    ListenAction::Close => "stopped listening on",
+                };
+                (
+                    "listen",
+                    format!("{}[{}]  {action} {}", e.comm, e.pid, e.local),
+                )
+            }
+            Event::TcpAccept(e) => (
+                "accept",
+                format!(
+                    "{}[{}]  accepted {} ← {}  {}",
+                    e.comm,
+                    e.pid,
+                    e.local,
+                    e.remote,
+                    self.paint(YELLOW, "after its termination signal")
+                ),
+            ),
             Event::Lost(e) => (
                 "lost",
                 self.paint(

@@ -1,14 +1,28 @@
 //! What the kernel programs need to know about this kernel: tracepoint field offsets
 //! (tracefs `format` files) and struct member offsets (vmlinux BTF).
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
-use anyhow::Result;
+use anyhow::{Context, Result, ensure};
 use observer_common::{
-    ExitGroupLayout, FIELD_ABSENT, ProcessExitLayout, SignalDeliverLayout, SignalGenerateLayout,
-    TaskLayout, TgkillLayout,
+    AcceptLayout, ExitGroupLayout, FIELD_ABSENT, InetSockSetStateLayout, ProcessExitLayout,
+    SignalDeliverLayout, SignalGenerateLayout, SockLayout, SplitAddrLayout, TaskLayout,
+    TcpDestroyLayout, TcpResetLayout, TgkillLayout, addr_format,
 };
 
-use crate::{btf::Btf, tracefs};
+use crate::{
+    btf::Btf,
+    tracefs::{self, Format},
+};
+
+/// Offsets for the TCP programs.
+pub struct TcpLayout {
+    pub set_state: InetSockSetStateLayout,
+    pub send_reset: TcpResetLayout,
+    pub receive_reset: TcpResetLayout,
+    pub destroy: TcpDestroyLayout,
+    /// None without syscall tracepoints: inbound sockets then have no known owner.
+    pub accept: Option<AcceptLayout>,
+}
 
 pub struct KernelLayout {
     pub signal_generate: SignalGenerateLayout,
@@ -20,6 +34,12 @@ pub struct KernelLayout {
     pub task: TaskLayout,
     /// Why BTF offsets are unknown, when they are.
     pub btf_problem: Option<String>,
+    /// None when the TCP tracepoints are missing; `tcp_problem` says why.
+    pub tcp: Option<TcpLayout>,
+    pub tcp_problem: Option<String>,
+    pub sock: SockLayout,
+    /// `enum sk_rst_reason` value → name without its prefix ("NO_SOCKET"), from BTF.
+    pub rst_reasons: HashMap<u32, String>,
 }
 
 impl KernelLayout {
@@ -64,9 +84,23 @@ impl KernelLayout {
                 })
             })
             .ok();
-        let (task, btf_problem) = match Btf::from_file(btf_path).and_then(|btf| task_layout(&btf)) {
-            Ok(task) => (task, None),
+        let btf = Btf::from_file(btf_path);
+        let (task, btf_problem) = match btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")) {
+            Ok(btf) => match task_layout(btf) {
+                Ok(task) => (task, None),
+                Err(error) => (TaskLayout::default(), Some(format!("{error:#}"))),
+            },
             Err(error) => (TaskLayout::default(), Some(format!("{error:#}"))),
+        };
+        let btf = btf.ok().filter(|_| btf_problem.is_none());
+        let sock = btf
+            .as_ref()
+            .and_then(|btf| sock_layout(btf).ok())
+            .unwrap_or_default();
+        let rst_reasons = btf.as_ref().map(rst_reason_names).unwrap_or_default();
+        let (tcp, tcp_problem) = match tcp_layout(events) {
+            Ok(tcp) => (Some(tcp), None),
+            Err(error) => (None, Some(format!("{error:#}"))),
         };
         Ok(Self {
             signal_generate,
@@ -76,8 +110,147 @@ impl KernelLayout {
             exit_group,
             task,
             btf_problem,
+            tcp,
+            tcp_problem,
+            sock,
+            rst_reasons,
         })
     }
+}
+
+fn split_addrs(format: &Format, tp: &str) -> Result<SplitAddrLayout> {
+    Ok(SplitAddrLayout {
+        sport: format.offset(tp, "sport", &[2])?,
+        dport: format.offset(tp, "dport", &[2])?,
+        family: format.offset(tp, "family", &[2])?,
+        saddr: format.offset(tp, "saddr", &[4])?,
+        daddr: format.offset(tp, "daddr", &[4])?,
+        saddr_v6: format.offset(tp, "saddr_v6", &[16])?,
+        daddr_v6: format.offset(tp, "daddr_v6", &[16])?,
+    })
+}
+
+/// Reads a reset tracepoint's layout, whichever way it stores addresses.
+fn reset_layout(format: &Format, tp: &str) -> Result<TcpResetLayout> {
+    let sockaddr = format
+        .fields
+        .get("saddr")
+        .is_some_and(|field| field.size == 28);
+    Ok(TcpResetLayout {
+        skaddr: format.offset(tp, "skaddr", &[8])?,
+        state: format.optional_offset("state").unwrap_or(FIELD_ABSENT),
+        reason: format.optional_offset("reason").unwrap_or(FIELD_ABSENT),
+        addr_format: if sockaddr {
+            addr_format::SOCKADDR
+        } else {
+            addr_format::SPLIT
+        },
+        sockaddr_local: if sockaddr {
+            format.offset(tp, "saddr", &[28])?
+        } else {
+            0
+        },
+        sockaddr_remote: if sockaddr {
+            format.offset(tp, "daddr", &[28])?
+        } else {
+            0
+        },
+        addrs: if sockaddr {
+            SplitAddrLayout::default()
+        } else {
+            split_addrs(format, tp)?
+        },
+    })
+}
+
+fn tcp_layout(events: &Path) -> Result<TcpLayout> {
+    let tp = "sock:inet_sock_set_state";
+    let format = tracefs::read_format(events, "sock", "inet_sock_set_state")?;
+    let set_state = InetSockSetStateLayout {
+        skaddr: format.offset(tp, "skaddr", &[8])?,
+        oldstate: format.offset(tp, "oldstate", &[4])?,
+        newstate: format.offset(tp, "newstate", &[4])?,
+        protocol: format.offset(tp, "protocol", &[2])?,
+        addrs: split_addrs(&format, tp)?,
+    };
+    let send_reset = reset_layout(
+        &tracefs::read_format(events, "tcp", "tcp_send_reset")?,
+        "tcp:tcp_send_reset",
+    )?;
+    let receive_reset = reset_layout(
+        &tracefs::read_format(events, "tcp", "tcp_receive_reset")?,
+        "tcp:tcp_receive_reset",
+    )?;
+    let destroy = TcpDestroyLayout {
+        skaddr: tracefs::read_format(events, "tcp", "tcp_destroy_sock")?.offset(
+            "tcp:tcp_destroy_sock",
+            "skaddr",
+            &[8],
+        )?,
+    };
+    // One program serves accept4() and accept(): their `ret` must sit at one offset.
+    let accept_ret = |name: &str| -> Result<u32> {
+        let format = tracefs::read_format(events, "syscalls", name)?;
+        format.offset(&format!("syscalls:{name}"), "ret", &[8])
+    };
+    let accept = match (
+        accept_ret("sys_exit_accept4"),
+        accept_ret("sys_exit_accept"),
+    ) {
+        (Ok(a), Ok(b)) if a == b => Some(AcceptLayout { ret: a }),
+        _ => None,
+    };
+    Ok(TcpLayout {
+        set_state,
+        send_reset,
+        receive_reset,
+        destroy,
+        accept,
+    })
+}
+
+fn sock_layout(btf: &Btf) -> Result<SockLayout> {
+    let member = |st: &str, m: &str| btf.member_offset(st, m);
+    // struct sock begins with struct sock_common __sk_common.
+    let common = member("sock", "__sk_common")?;
+    ensure!(common == 0, "sock.__sk_common is at {common}, not 0");
+    let skc = |m: &str| member("sock_common", m);
+    Ok(SockLayout {
+        known: 1,
+        task_flags: member("task_struct", "flags")?,
+        task_files: member("task_struct", "files")?,
+        files_fdt: member("files_struct", "fdt")?,
+        fdtable_fd: member("fdtable", "fd")?,
+        fdtable_max_fds: member("fdtable", "max_fds")?,
+        file_private_data: member("file", "private_data")?,
+        socket_sk: member("socket", "sk")?,
+        sock_shutdown: member("sock", "sk_shutdown").context("sock.sk_shutdown")?,
+        skc_state: skc("skc_state")?,
+        skc_family: skc("skc_family")?,
+        skc_num: skc("skc_num")?,
+        skc_dport: skc("skc_dport")?,
+        skc_rcv_saddr: skc("skc_rcv_saddr")?,
+        skc_daddr: skc("skc_daddr")?,
+        skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
+        skc_v6_daddr: skc("skc_v6_daddr")?,
+        _pad: 0,
+    })
+}
+
+/// `SK_RST_REASON_NO_SOCKET = 1` → (1, "NO_SOCKET"). Empty before 6.10 (no such enum).
+fn rst_reason_names(btf: &Btf) -> HashMap<u32, String> {
+    btf.enum_values("sk_rst_reason")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, _)| name != "SK_RST_REASON_MAX")
+        .map(|(name, value)| {
+            let short = name
+                .strip_prefix("SK_RST_REASON_")
+                .unwrap_or(&name)
+                .to_string();
+            (value as u32, short)
+        })
+        .collect()
 }
 
 fn task_layout(btf: &Btf) -> Result<TaskLayout> {

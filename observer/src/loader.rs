@@ -10,47 +10,72 @@ use observer_common::Settings;
 
 use crate::layout::KernelLayout;
 
-/// A kernel program and the tracepoint it belongs on.
+/// A kernel program, the tracepoints it belongs on, and when to attach it.
 struct ProgramSpec {
     program: &'static str,
-    category: &'static str,
-    tracepoint: &'static str,
-    /// Whether to attach it on this kernel.
+    /// (category, tracepoint) pairs.
+    tracepoints: &'static [(&'static str, &'static str)],
     wanted: fn(&KernelLayout) -> bool,
 }
 
-const PROGRAMS: [ProgramSpec; 5] = [
+const PROGRAMS: [ProgramSpec; 10] = [
     ProgramSpec {
         program: "signal_generate",
-        category: "signal",
-        tracepoint: "signal_generate",
+        tracepoints: &[("signal", "signal_generate")],
         wanted: |_| true,
     },
     ProgramSpec {
         program: "signal_deliver",
-        category: "signal",
-        tracepoint: "signal_deliver",
+        tracepoints: &[("signal", "signal_deliver")],
         wanted: |_| true,
     },
     ProgramSpec {
         program: "process_exit",
-        category: "sched",
-        tracepoint: "sched_process_exit",
+        tracepoints: &[("sched", "sched_process_exit")],
         wanted: |_| true,
     },
     // Exact thread group of tgkill() targets; without syscall tracepoints, /proc is used.
     ProgramSpec {
         program: "tgkill_enter",
-        category: "syscalls",
-        tracepoint: "sys_enter_tgkill",
+        tracepoints: &[("syscalls", "sys_enter_tgkill")],
         wanted: |layout| layout.tgkill.is_some(),
     },
     // Exit codes for status inference, needed only when BTF is missing.
     ProgramSpec {
         program: "exit_group_enter",
-        category: "syscalls",
-        tracepoint: "sys_enter_exit_group",
+        tracepoints: &[("syscalls", "sys_enter_exit_group")],
         wanted: |layout| layout.btf_problem.is_some() && layout.exit_group.is_some(),
+    },
+    ProgramSpec {
+        program: "tcp_state",
+        tracepoints: &[("sock", "inet_sock_set_state")],
+        wanted: |layout| layout.tcp.is_some(),
+    },
+    ProgramSpec {
+        program: "tcp_send_reset",
+        tracepoints: &[("tcp", "tcp_send_reset")],
+        wanted: |layout| layout.tcp.is_some(),
+    },
+    ProgramSpec {
+        program: "tcp_receive_reset",
+        tracepoints: &[("tcp", "tcp_receive_reset")],
+        wanted: |layout| layout.tcp.is_some(),
+    },
+    ProgramSpec {
+        program: "tcp_destroy",
+        tracepoints: &[("tcp", "tcp_destroy_sock")],
+        wanted: |layout| layout.tcp.is_some(),
+    },
+    // Owners of accepted sockets; needs the fd → sock walk, so BTF.
+    ProgramSpec {
+        program: "accept_exit",
+        tracepoints: &[
+            ("syscalls", "sys_exit_accept4"),
+            ("syscalls", "sys_exit_accept"),
+        ],
+        wanted: |layout| {
+            layout.sock.known != 0 && layout.tcp.as_ref().is_some_and(|tcp| tcp.accept.is_some())
+        },
     },
 ];
 
@@ -83,15 +108,21 @@ impl Probes {
         if let Some(exit_group) = &layout.exit_group {
             loader.override_global("EXIT_GROUP_LAYOUT", exit_group, true);
         }
+        loader.override_global("SOCK_LAYOUT", &layout.sock, true);
+        if let Some(tcp) = &layout.tcp {
+            loader
+                .override_global("INET_SOCK_SET_STATE_LAYOUT", &tcp.set_state, true)
+                .override_global("TCP_SEND_RESET_LAYOUT", &tcp.send_reset, true)
+                .override_global("TCP_RECEIVE_RESET_LAYOUT", &tcp.receive_reset, true)
+                .override_global("TCP_DESTROY_LAYOUT", &tcp.destroy, true);
+            if let Some(accept) = &tcp.accept {
+                loader.override_global("ACCEPT_LAYOUT", accept, true);
+            }
+        }
         let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         let mut attached = Vec::new();
         for spec in PROGRAMS.iter().filter(|spec| (spec.wanted)(layout)) {
-            attach(&mut ebpf, spec).with_context(|| {
-                format!(
-                    "program {} on tracepoint {}:{}",
-                    spec.program, spec.category, spec.tracepoint
-                )
-            })?;
+            attach(&mut ebpf, spec).with_context(|| format!("program {}", spec.program))?;
             attached.push(spec.program);
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
@@ -121,6 +152,10 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
         .context("not in the object")?
         .try_into()?;
     program.load()?;
-    program.attach(spec.category, spec.tracepoint)?;
+    for &(category, tracepoint) in spec.tracepoints {
+        program
+            .attach(category, tracepoint)
+            .with_context(|| format!("attaching to tracepoint {category}:{tracepoint}"))?;
+    }
     Ok(())
 }

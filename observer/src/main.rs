@@ -17,6 +17,7 @@ mod preflight;
 mod procfs;
 mod signals;
 mod sink;
+mod tcp;
 mod tracefs;
 mod wait_status;
 mod watch;

@@ -42,6 +42,9 @@ pub const SIGQUIT: i32 = 3;
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
 const SIGRTMIN: i32 = 34;
+
+/// The signals after which a process counts as shutting down (its accepts are reported).
+pub const TERMINATION_SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGKILL];
 const SIGRTMAX: i32 = 64;
 
 /// The conventional name of `sig` ("SIGTERM", "SIGRTMIN+3"), or "SIG<n>" for others.

@@ -24,6 +24,7 @@ use crate::{
     procfs::ProcHost,
     signals,
     sink::Sink,
+    tcp::TcpTracker,
     tracefs,
 };
 
@@ -46,6 +47,14 @@ pub fn run(args: WatchArgs) -> Result<()> {
             "observer: warning: no usable kernel BTF ({problem}); exit statuses are \
              inferred from exit_group() calls and fatal signals, core dumps and parent \
              pids are not reported"
+        );
+    }
+    if let Some(problem) = &layout.tcp_problem {
+        eprintln!("observer: warning: TCP tracepoints unavailable ({problem}); no TCP events");
+    } else if layout.sock.known == 0 {
+        eprintln!(
+            "observer: warning: without BTF, owners of accepted connections and \
+             connections closed at exit are not reported"
         );
     }
     if layout.tgkill.is_none() {
@@ -88,18 +97,24 @@ pub fn run(args: WatchArgs) -> Result<()> {
         None => Sink::stdout(),
     };
 
+    let termination_mask = signals::TERMINATION_SIGNALS
+        .iter()
+        .map(|&sig| signal_bit(sig))
+        .fold(0, |a, b| a | b);
     let settings = Settings {
         signal_mask,
         fatal_default_mask,
+        termination_mask,
     };
     let (probes, ring) = Probes::load(object, &layout, settings, args.ring_buffer_kib * 1024)?;
     let host = hostname();
     let pipeline = Pipeline {
-        enricher: Enricher::new(ProcHost::new(), signal_mask),
-        filter: Filter {
-            pids: args.pids.clone(),
-            comms: args.comms.clone(),
-        },
+        enricher: Enricher::new(
+            ProcHost::new(),
+            signal_mask,
+            TcpTracker::new(layout.rst_reasons.clone()),
+        ),
+        filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()),
         format,
         sink,
         clock: WallClock::now(),
@@ -109,7 +124,7 @@ pub fn run(args: WatchArgs) -> Result<()> {
     };
     let names: Vec<String> = args.signals.0.iter().map(|&s| signals::name(s)).collect();
     eprintln!(
-        "observer: watching {} and process exits on {host} ({} programs attached{})",
+        "observer: watching {}, process exits and TCP on {host} ({} programs attached{})",
         names.join(","),
         probes.attached.len(),
         if layout.btf_problem.is_some() {

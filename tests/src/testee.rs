@@ -26,11 +26,31 @@ pub fn testee(args: &[&str]) -> Command {
 /// Starts a testee and waits for its "ready" line; returns the child and the rest of
 /// that line.
 pub fn start_ready(args: &[&str]) -> (Child, String) {
-    let mut child = testee(args).spawn().expect("spawning testee");
+    start_ready_with(testee(args))
+}
+
+/// Like [`start_ready`], with the testee's stdin piped for commands.
+pub fn start_interactive(args: &[&str]) -> (Child, String) {
+    let mut command = testee(args);
+    command.stdin(Stdio::piped());
+    start_ready_with(command)
+}
+
+/// Sends one command line to an interactive testee.
+pub fn command(child: &mut Child, line: &str) {
+    use std::io::Write;
+    let stdin = child.stdin.as_mut().expect("stdin piped");
+    writeln!(stdin, "{line}")
+        .and_then(|()| stdin.flush())
+        .expect("writing to testee");
+}
+
+fn start_ready_with(mut command: Command) -> (Child, String) {
+    let mut child = command.spawn().expect("spawning testee");
     let line = read_line(&mut child);
     let rest = line
         .strip_prefix("ready")
-        .unwrap_or_else(|| panic!("testee {args:?} said {line:?}"))
+        .unwrap_or_else(|| panic!("testee {command:?} said {line:?}"))
         .trim()
         .to_string();
     (child, rest)

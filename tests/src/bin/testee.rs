@@ -8,6 +8,12 @@
 //! testee thread-wait        start one more thread, print "ready TID" with its tid, wait
 //! testee pidns CMD ARGS…    run CMD as PID 1 of a new PID namespace; print "ready PID"
 //!                           (its pid here), then "status RAW" with its raw wait status
+//! testee tcp-server ADDR [handler]
+//!                           listen on ADDR (e.g. 127.0.0.1:0), print "ready PORT"; accept
+//!                           and hold every connection, printing "accepted PORT" (the
+//!                           client's); with `handler`, print "term" when SIGTERM arrives
+//!                           and keep serving. Commands on stdin: "connect PORT" (hold an
+//!                           outbound connection to ADDR's host, print "connected"), "exit"
 use std::{
     io::Write,
     sync::atomic::{AtomicBool, Ordering},
@@ -21,9 +27,7 @@ extern "C" fn on_sigterm(_: libc::c_int) {
 }
 
 fn ready(extra: &str) {
-    let mut out = std::io::stdout();
-    writeln!(out, "ready{extra}").unwrap();
-    out.flush().unwrap();
+    ready_line(&format!("ready{extra}"));
 }
 
 fn wait_forever() -> ! {
@@ -96,6 +100,7 @@ fn main() {
             wait_forever()
         }
         "pidns" => run_as_namespace_init(&args[1..]),
+        "tcp-server" => tcp_server(arg(1), arg(2) == "handler"),
         other => {
             eprintln!("testee: unknown mode '{other}'");
             std::process::exit(64)
@@ -132,4 +137,52 @@ fn run_as_namespace_init(command: &[String]) -> ! {
             }
         }
     }
+}
+
+fn tcp_server(addr: &str, handler: bool) -> ! {
+    use std::{
+        io::BufRead,
+        net::{SocketAddr, TcpListener, TcpStream},
+    };
+    if handler {
+        // SAFETY: as in "handler" mode.
+        unsafe { libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t) };
+        std::thread::spawn(|| {
+            while !TERM_RECEIVED.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            ready_line("term");
+        });
+    }
+    let listener = TcpListener::bind(addr).expect("bind");
+    let local: SocketAddr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let stream = stream.expect("accept");
+            ready_line(&format!("accepted {}", stream.peer_addr().unwrap().port()));
+            held.push(stream);
+        }
+    });
+    ready(&format!(" {}", local.port()));
+    let mut outbound = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["connect", port] => {
+                let target = SocketAddr::new(local.ip(), port.parse().unwrap());
+                outbound.push(TcpStream::connect(target).expect("connect"));
+                ready_line("connected");
+            }
+            ["exit"] => std::process::exit(0),
+            _ => panic!("unknown command {line:?}"),
+        }
+    }
+    std::process::exit(0)
+}
+
+fn ready_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
 }

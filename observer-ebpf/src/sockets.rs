@@ -1,0 +1,164 @@
+//! Socket ownership and addresses, shared by the TCP programs.
+//!
+//! TCP events often fire in softirq context, where the current task is not the socket's
+//! owner. Ownership is therefore learnt where it is certain — in process context at
+//! listen() (CLOSE→LISTEN), connect() (→SYN_SENT) and accept() — and looked up by the
+//! socket's address later.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap, programs::TracePointContext,
+};
+use observer_common::{AF_INET, SockLayout, SocketOwner, SplitAddrLayout, TcpEndpoints, role};
+
+use crate::{globals::SOCK_LAYOUT, task};
+
+/// `struct sock *` → owner. Entries go when the socket is destroyed; the LRU bound covers
+/// sockets destroyed while observer was not running.
+#[map]
+static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(65_536, 0);
+
+pub fn sock_layout() -> Option<SockLayout> {
+    let layout = SOCK_LAYOUT.load();
+    (layout.known != 0).then_some(layout)
+}
+
+/// The current process as the owner of a socket playing `role`.
+pub fn current_owner(role: u8) -> SocketOwner {
+    SocketOwner {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        role,
+        _pad: [0; 3],
+        comm: task::current_process_comm(),
+    }
+}
+
+pub fn remember_owner(sk: u64, owner: &SocketOwner) {
+    let _ = SOCKET_OWNERS.insert(sk, *owner, 0);
+}
+
+// The lookups below branch explicitly and return defined values on both paths: with an
+// `Option<SocketOwner>`, LLVM may compare the (undefined) payload of `None`, which the
+// verifier rejects as a read of an uninitialised register.
+
+/// The socket's known owner, else `fallback`.
+pub fn owner_or(sk: u64, fallback: SocketOwner) -> SocketOwner {
+    match SOCKET_OWNERS.get_ptr(sk) {
+        // SAFETY: a successful lookup's pointer; entries are plain integers.
+        Some(owner) => unsafe { *owner },
+        None => fallback,
+    }
+}
+
+/// The tgid of the socket's known owner, else `fallback`.
+pub fn owner_tgid_or(sk: u64, fallback: u32) -> u32 {
+    match SOCKET_OWNERS.get_ptr(sk) {
+        // SAFETY: as above.
+        Some(owner) => unsafe { (*owner).tgid },
+        None => fallback,
+    }
+}
+
+pub fn forget(sk: u64) {
+    let _ = SOCKET_OWNERS.remove(sk);
+}
+
+/// Reads a tracepoint's `sport`/`dport`/`family`/`saddr`/`daddr`(`_v6`) fields.
+pub fn read_split(ctx: &TracePointContext, layout: &SplitAddrLayout) -> Result<TcpEndpoints, i32> {
+    // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
+    let family: u16 = unsafe { ctx.read_at(layout.family as usize)? };
+    let mut endpoints = TcpEndpoints {
+        family,
+        local_port: unsafe { ctx.read_at(layout.sport as usize)? },
+        remote_port: unsafe { ctx.read_at(layout.dport as usize)? },
+        ..Default::default()
+    };
+    if family == AF_INET {
+        let local: [u8; 4] = unsafe { ctx.read_at(layout.saddr as usize)? };
+        let remote: [u8; 4] = unsafe { ctx.read_at(layout.daddr as usize)? };
+        endpoints.local_addr[..4].copy_from_slice(&local);
+        endpoints.remote_addr[..4].copy_from_slice(&remote);
+    } else {
+        endpoints.local_addr = unsafe { ctx.read_at(layout.saddr_v6 as usize)? };
+        endpoints.remote_addr = unsafe { ctx.read_at(layout.daddr_v6 as usize)? };
+    }
+    Ok(endpoints)
+}
+
+/// Reads two 28-byte sockaddr fields (sockaddr_in or sockaddr_in6, ports big-endian).
+pub fn read_sockaddrs(
+    ctx: &TracePointContext,
+    local_offset: u32,
+    remote_offset: u32,
+) -> Result<TcpEndpoints, i32> {
+    // SAFETY: offsets from the format file; bpf_probe_read_kernel underneath.
+    let local: [u8; 28] = unsafe { ctx.read_at(local_offset as usize)? };
+    let remote: [u8; 28] = unsafe { ctx.read_at(remote_offset as usize)? };
+    let family = u16::from_ne_bytes([local[0], local[1]]);
+    let mut endpoints = TcpEndpoints {
+        family,
+        local_port: u16::from_be_bytes([local[2], local[3]]),
+        remote_port: u16::from_be_bytes([remote[2], remote[3]]),
+        ..Default::default()
+    };
+    if family == AF_INET {
+        endpoints.local_addr[..4].copy_from_slice(&local[4..8]);
+        endpoints.remote_addr[..4].copy_from_slice(&remote[4..8]);
+    } else {
+        // sockaddr_in6: family, port, flowinfo, then the address.
+        endpoints.local_addr.copy_from_slice(&local[8..24]);
+        endpoints.remote_addr.copy_from_slice(&remote[8..24]);
+    }
+    Ok(endpoints)
+}
+
+/// Reads a socket's addresses from its `struct sock_common`.
+pub fn sock_endpoints(sk: u64, layout: &SockLayout) -> Option<TcpEndpoints> {
+    let family = task::read::<u16>(sk, layout.skc_family)?;
+    let mut endpoints = TcpEndpoints {
+        family,
+        local_port: task::read::<u16>(sk, layout.skc_num)?,
+        remote_port: u16::from_be(task::read::<u16>(sk, layout.skc_dport)?),
+        ..Default::default()
+    };
+    if family == AF_INET {
+        endpoints.local_addr[..4]
+            .copy_from_slice(&task::read::<[u8; 4]>(sk, layout.skc_rcv_saddr)?);
+        endpoints.remote_addr[..4].copy_from_slice(&task::read::<[u8; 4]>(sk, layout.skc_daddr)?);
+    } else {
+        endpoints.local_addr = task::read::<[u8; 16]>(sk, layout.skc_v6_rcv_saddr)?;
+        endpoints.remote_addr = task::read::<[u8; 16]>(sk, layout.skc_v6_daddr)?;
+    }
+    Some(endpoints)
+}
+
+/// The `struct sock *` behind file descriptor `fd` of the current task:
+/// `current->files->fdt->fd[fd]->private_data` (a `struct socket *`) `->sk`.
+pub fn current_fd_sock(fd: u64, layout: &SockLayout) -> Option<u64> {
+    let files = task::read::<u64>(task::current(), layout.task_files)?;
+    let fdt = task::read::<u64>(files, layout.files_fdt)?;
+    let max_fds = task::read::<u32>(fdt, layout.fdtable_max_fds)?;
+    if fd >= max_fds as u64 {
+        return None;
+    }
+    let fd_array = task::read::<u64>(fdt, layout.fdtable_fd)?;
+    let file = task::read::<u64>(fd_array + fd * 8, 0)?;
+    let socket = task::read::<u64>(file, layout.file_private_data)?;
+    task::read::<u64>(socket, layout.socket_sk).filter(|&sk| sk != 0)
+}
+
+/// Whether the current task is exiting (`PF_EXITING`).
+pub fn current_is_exiting(layout: &SockLayout) -> bool {
+    task::read::<u32>(task::current(), layout.task_flags)
+        .is_some_and(|flags| flags & observer_common::PF_EXITING != 0)
+}
+
+/// The owner to report for a socket: the one learnt in process context, else unknown
+/// (tgid 0).
+pub fn reported_owner(sk: u64) -> SocketOwner {
+    owner_or(
+        sk,
+        SocketOwner {
+            role: role::UNKNOWN,
+            ..Default::default()
+        },
+    )
+}

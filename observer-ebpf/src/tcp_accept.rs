@@ -1,0 +1,49 @@
+//! `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept`: a process accepted a
+//! connection. Runs in the accepting process's context, so this is where an inbound
+//! socket's owner is learnt: the returned fd leads to its `struct sock`. Reported to
+//! userspace only for processes that are shutting down.
+//!
+//! Tracepoint record: `int __syscall_nr; long ret;` (`ret` is the new fd, or -errno).
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use observer_common::{TcpAcceptRecord, kind, role};
+
+use crate::{
+    emit::{header, submit},
+    globals::ACCEPT_LAYOUT,
+    shutting, sockets,
+};
+
+#[tracepoint]
+pub fn accept_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_accept_exit(&ctx);
+    0
+}
+
+fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
+    let fd: i64 = unsafe { ctx.read_at(ACCEPT_LAYOUT.load().ret as usize)? };
+    let Some(layout) = sockets::sock_layout() else {
+        return Ok(());
+    };
+    if fd < 0 {
+        return Ok(());
+    }
+    let Some(sk) = sockets::current_fd_sock(fd as u64, &layout) else {
+        return Ok(());
+    };
+    let owner = sockets::current_owner(role::INBOUND);
+    sockets::remember_owner(sk, &owner);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if shutting::is_shutting_down(tgid)
+        && let Some(endpoints) = sockets::sock_endpoints(sk, &layout)
+    {
+        submit(TcpAcceptRecord {
+            header: header(kind::TCP_ACCEPT),
+            endpoints,
+            owner,
+        });
+    }
+    Ok(())
+}

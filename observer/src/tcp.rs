@@ -1,0 +1,395 @@
+//! TCP records → events: addresses and states as text, socket roles, and which process
+//! last listened on a port (so that an RST from a port nobody holds any more — a client
+//! refused by a dead instance — names the process that used to serve it).
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use observer_common::{
+    AF_INET, SocketOwner, TcpAcceptRecord, TcpEndpoints, TcpResetRecord, TcpStateRecord,
+    reset_flags, role, tcp_flags, tcp_state,
+};
+
+use crate::{
+    bounded::BoundedMap,
+    decode::comm,
+    event::{
+        Direction, Event, ListenAction, ProcessRef, Role, TcpAcceptEvent, TcpCloseAtExitEvent,
+        TcpListenEvent, TcpResetEvent,
+    },
+};
+
+/// Ports remembered for processes whose listeners closed.
+const FORMER_LISTENERS: usize = 65_536;
+
+pub struct TcpTracker {
+    /// `enum sk_rst_reason` names, from BTF.
+    rst_reasons: HashMap<u32, String>,
+    /// Local port → listening processes (several may share a port, e.g. forked workers).
+    listeners: HashMap<u16, HashSet<u32>>,
+    /// Local port → the process whose listener there closed last.
+    former_listeners: BoundedMap<u16, ProcessRef>,
+}
+
+impl TcpTracker {
+    pub fn new(rst_reasons: HashMap<u32, String>) -> Self {
+        Self {
+            rst_reasons,
+            listeners: HashMap::new(),
+            former_listeners: BoundedMap::new(FORMER_LISTENERS),
+        }
+    }
+
+    pub fn state_change(&mut self, r: &TcpStateRecord) -> Option<Event> {
+        let (local, remote) = endpoints(&r.endpoints);
+        let port = r.endpoints.local_port;
+        let owner = owner_ref(&r.owner);
+        let old_state = i32::from(r.old_state);
+        if i32::from(r.new_state) == tcp_state::LISTEN {
+            self.listeners.entry(port).or_default().insert(owner.pid);
+            self.former_listeners.remove(&port);
+            return Some(Event::TcpListen(TcpListenEvent {
+                action: ListenAction::Open,
+                pid: owner.pid,
+                comm: owner.comm,
+                local,
+            }));
+        }
+        if old_state == tcp_state::LISTEN {
+            self.listener_closed(port, &owner);
+        }
+        if r.flags & tcp_flags::CLOSED_AT_EXIT != 0 {
+            let role = self.role(&r.owner, old_state, port);
+            return Some(Event::TcpCloseAtExit(TcpCloseAtExitEvent {
+                pid: owner.pid,
+                comm: owner.comm,
+                local,
+                remote,
+                state: state_name(old_state).to_string(),
+                role,
+            }));
+        }
+        (old_state == tcp_state::LISTEN).then_some(Event::TcpListen(TcpListenEvent {
+            action: ListenAction::Close,
+            pid: owner.pid,
+            comm: owner.comm,
+            local,
+        }))
+    }
+
+    fn listener_closed(&mut self, port: u16, owner: &ProcessRef) {
+        if let Some(pids) = self.listeners.get_mut(&port) {
+            pids.remove(&owner.pid);
+            if pids.is_empty() {
+                self.listeners.remove(&port);
+            }
+        }
+        self.former_listeners.insert(port, owner.clone());
+    }
+
+    /// A socket's role: as learnt in the kernel, else from its state and ports.
+    fn role(&self, owner: &SocketOwner, old_state: i32, port: u16) -> Role {
+        match owner.role {
+            role::LISTENER => Role::Listener,
+            role::INBOUND => Role::Inbound,
+            role::OUTBOUND => Role::Outbound,
+            _ if old_state == tcp_state::LISTEN => Role::Listener,
+            _ if self
+                .listeners
+                .get(&port)
+                .is_some_and(|pids| pids.contains(&owner.tgid))
+                || self
+                    .former_listeners
+                    .get(&port)
+                    .is_some_and(|p| p.pid == owner.tgid) =>
+            {
+                Role::Inbound
+            }
+            _ => Role::Outbound,
+        }
+    }
+
+    pub fn reset(&mut self, r: &TcpResetRecord) -> Event {
+        let (local, remote) = endpoints(&r.endpoints);
+        let owner = (r.owner.tgid != 0).then(|| owner_ref(&r.owner));
+        let has_socket = r.flags & reset_flags::HAS_SOCKET != 0;
+        let former_owner = if owner.is_none() && !has_socket {
+            let port = r.endpoints.local_port;
+            self.former_listeners
+                .get(&port)
+                .filter(|_| !self.listeners.contains_key(&port))
+                .cloned()
+        } else {
+            None
+        };
+        let state = if r.flags & reset_flags::STATE_KNOWN != 0 && r.state != 0 {
+            state_name(i32::from(r.state)).to_string()
+        } else if has_socket {
+            "UNKNOWN".to_string()
+        } else {
+            // No socket holds the port: RFC 793's fictional CLOSED state.
+            "CLOSE".to_string()
+        };
+        Event::TcpReset(TcpResetEvent {
+            direction: if r.flags & reset_flags::RECEIVED != 0 {
+                Direction::Received
+            } else {
+                Direction::Sent
+            },
+            reason: (r.flags & reset_flags::REASON_KNOWN != 0).then(|| self.reason_name(r.reason)),
+            local,
+            remote,
+            state,
+            pid: owner.as_ref().map(|o| o.pid),
+            comm: owner.map(|o| o.comm),
+            former_owner,
+        })
+    }
+
+    fn reason_name(&self, reason: u32) -> String {
+        self.rst_reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{reason}"))
+    }
+
+    pub fn accept(&mut self, r: &TcpAcceptRecord) -> Event {
+        let (local, remote) = endpoints(&r.endpoints);
+        let owner = owner_ref(&r.owner);
+        Event::TcpAccept(TcpAcceptEvent {
+            pid: owner.pid,
+            comm: owner.comm,
+            local,
+            remote,
+        })
+    }
+}
+
+fn owner_ref(owner: &SocketOwner) -> ProcessRef {
+    ProcessRef {
+        pid: owner.tgid,
+        comm: comm(&owner.comm),
+    }
+}
+
+/// (local, remote) as `addr:port`, IPv6 in brackets.
+pub fn endpoints(e: &TcpEndpoints) -> (String, String) {
+    let ip = |bytes: &[u8; 16]| -> IpAddr {
+        if e.family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*bytes))
+        }
+    };
+    (
+        SocketAddr::new(ip(&e.local_addr), e.local_port).to_string(),
+        SocketAddr::new(ip(&e.remote_addr), e.remote_port).to_string(),
+    )
+}
+
+/// include/net/tcp_states.h names.
+pub fn state_name(state: i32) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        13 => "BOUND_INACTIVE",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_common::{COMM_LEN, RecordHeader, kind};
+
+    use super::*;
+
+    fn owner(tgid: u32, role: u8, name: &str) -> SocketOwner {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..name.len()].copy_from_slice(name.as_bytes());
+        SocketOwner {
+            tgid,
+            role,
+            _pad: [0; 3],
+            comm,
+        }
+    }
+
+    fn v4(local_port: u16, remote_port: u16) -> TcpEndpoints {
+        let mut e = TcpEndpoints {
+            family: AF_INET,
+            local_port,
+            remote_port,
+            ..Default::default()
+        };
+        e.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        e
+    }
+
+    fn state(owner: SocketOwner, old: i32, new: i32, flags: u8, port: u16) -> TcpStateRecord {
+        TcpStateRecord {
+            header: RecordHeader {
+                kind: kind::TCP_STATE,
+                cpu: 0,
+                mono_ns: 1,
+            },
+            endpoints: v4(port, if old == 10 || new == 10 { 0 } else { 50_000 }),
+            owner,
+            old_state: old as u8,
+            new_state: new as u8,
+            flags,
+            _pad: [0; 5],
+        }
+    }
+
+    fn refused(port: u16) -> TcpResetRecord {
+        TcpResetRecord {
+            header: RecordHeader {
+                kind: kind::TCP_RESET,
+                cpu: 0,
+                mono_ns: 1,
+            },
+            endpoints: v4(port, 40_000),
+            owner: SocketOwner::default(),
+            reason: 1,
+            state: 0,
+            flags: reset_flags::REASON_KNOWN | reset_flags::STATE_KNOWN,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn formats_v4_and_v6_endpoints() {
+        assert_eq!(
+            endpoints(&v4(80, 5)),
+            ("127.0.0.1:80".into(), "127.0.0.2:5".into())
+        );
+        let mut e = TcpEndpoints {
+            family: 10,
+            local_port: 443,
+            remote_port: 1,
+            ..Default::default()
+        };
+        e.local_addr[15] = 1;
+        assert_eq!(endpoints(&e).0, "[::1]:443");
+    }
+
+    #[test]
+    fn a_refused_connect_after_exit_names_the_former_listener() {
+        let reasons = HashMap::from([(1, "NO_SOCKET".to_string())]);
+        let mut tracker = TcpTracker::new(reasons);
+        let server = owner(100, role::LISTENER, "node");
+        tracker.state_change(&state(server, 7, 10, 0, 8080));
+        // While it listens, an RST on its port is not attributed to a former owner.
+        let Event::TcpReset(live) = tracker.reset(&refused(8080)) else {
+            unreachable!()
+        };
+        assert_eq!(live.former_owner, None);
+        let closed = tracker.state_change(&state(server, 10, 7, tcp_flags::CLOSED_AT_EXIT, 8080));
+        let Some(Event::TcpCloseAtExit(close)) = closed else {
+            panic!("{closed:?}")
+        };
+        assert_eq!(
+            (close.role, close.state.as_str()),
+            (Role::Listener, "LISTEN")
+        );
+        let Event::TcpReset(reset) = tracker.reset(&refused(8080)) else {
+            unreachable!()
+        };
+        assert_eq!(reset.pid, None);
+        assert_eq!(reset.reason.as_deref(), Some("NO_SOCKET"));
+        assert_eq!(reset.state, "CLOSE");
+        assert_eq!(reset.local, "127.0.0.1:8080");
+        assert_eq!(
+            reset.former_owner,
+            Some(ProcessRef {
+                pid: 100,
+                comm: "node".into()
+            })
+        );
+        // A new listener on the port ends the attribution.
+        tracker.state_change(&state(owner(200, role::LISTENER, "node"), 7, 10, 0, 8080));
+        let Event::TcpReset(again) = tracker.reset(&refused(8080)) else {
+            unreachable!()
+        };
+        assert_eq!(again.former_owner, None);
+    }
+
+    #[test]
+    fn roles_at_exit_come_from_the_kernel_or_the_ports() {
+        let mut tracker = TcpTracker::new(HashMap::new());
+        tracker.state_change(&state(owner(100, role::LISTENER, "srv"), 7, 10, 0, 9000));
+        let at_exit = tcp_flags::CLOSED_AT_EXIT;
+        let cases = [
+            (owner(100, role::INBOUND, "srv"), 9000, Role::Inbound),
+            (owner(100, role::OUTBOUND, "srv"), 41000, Role::Outbound),
+            // Sockets opened before observer started: inferred from the listening port.
+            (owner(100, role::UNKNOWN, "srv"), 9000, Role::Inbound),
+            (owner(100, role::UNKNOWN, "srv"), 41000, Role::Outbound),
+        ];
+        for (owner, port, expected) in cases {
+            let event = tracker.state_change(&state(owner, 1, 4, at_exit, port));
+            let Some(Event::TcpCloseAtExit(close)) = event else {
+                panic!("{event:?}")
+            };
+            assert_eq!(
+                (close.role, close.state.as_str()),
+                (expected, "ESTABLISHED")
+            );
+        }
+        // A listener closed by its program (not at exit) is a tcp_listen close.
+        let closed =
+            tracker.state_change(&state(owner(100, role::LISTENER, "srv"), 10, 7, 0, 9000));
+        assert!(matches!(
+            closed,
+            Some(Event::TcpListen(TcpListenEvent {
+                action: ListenAction::Close,
+                ..
+            }))
+        ));
+        // Other transitions are not reported.
+        assert!(
+            tracker
+                .state_change(&state(owner(5, 0, "x"), 1, 8, 0, 1))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn reasons_and_states_are_named() {
+        let mut tracker = TcpTracker::new(HashMap::from([(11, "TCP_ABORT_ON_CLOSE".into())]));
+        let mut r = refused(1);
+        r.owner = owner(7, role::INBOUND, "app");
+        r.reason = 11;
+        r.state = 1;
+        r.flags |= reset_flags::HAS_SOCKET;
+        let Event::TcpReset(reset) = tracker.reset(&r) else {
+            unreachable!()
+        };
+        assert_eq!((reset.pid, reset.comm.as_deref()), (Some(7), Some("app")));
+        assert_eq!(
+            (reset.reason.as_deref(), reset.state.as_str()),
+            (Some("TCP_ABORT_ON_CLOSE"), "ESTABLISHED")
+        );
+        r.reason = 99;
+        r.flags |= reset_flags::RECEIVED;
+        let Event::TcpReset(unknown) = tracker.reset(&r) else {
+            unreachable!()
+        };
+        assert_eq!(
+            (unknown.reason.as_deref(), unknown.direction),
+            (Some("REASON_99"), Direction::Received)
+        );
+    }
+}

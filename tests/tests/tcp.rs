@@ -1,0 +1,330 @@
+//! TCP evidence against real sockets on loopback, IPv4 and IPv6: resets with their
+//! reasons and owners, connections held at exit, accepts after a termination signal, and
+//! clients refused by a dead server.
+use std::{
+    io::Write,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use observer_tests::{
+    Events, Observer, own_comm, read_line, send_signal,
+    testee::{command, start_interactive},
+    wait_timeout,
+};
+use serde_json::{Value, json};
+
+const LOOPBACKS: [&str; 2] = ["127.0.0.1", "[::1]"];
+
+fn me() -> Value {
+    json!(std::process::id())
+}
+
+/// The one tcp_reset in `direction` whose local and remote match.
+fn the_reset<'a>(events: &'a Events, direction: &str, local: &str, remote: &str) -> &'a Value {
+    let resets: Vec<_> = events
+        .of_type("tcp_reset")
+        .filter(|r| r["direction"] == direction && r["local"] == local && r["remote"] == remote)
+        .collect();
+    assert_eq!(
+        resets.len(),
+        1,
+        "{direction} resets {local} -> {remote}: {resets:#?}\n{}",
+        events.dump()
+    );
+    resets[0]
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a linger struct of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+/// Waits until the peer has seen our RST (a read fails or returns EOF).
+fn wait_for_reset(stream: &mut TcpStream) {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let _ = stream.read(&mut buf);
+}
+
+#[test]
+fn closing_with_unread_data_sends_tcp_abort_on_close() {
+    for host in LOOPBACKS {
+        let observer = Observer::start(&[]);
+        let listener = TcpListener::bind(format!("{host}:0")).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(b"unread request").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let (server_addr, client_addr) =
+            (server.local_addr().unwrap(), server.peer_addr().unwrap());
+        drop(server); // unread data: the kernel aborts the connection
+        wait_for_reset(&mut client);
+        let events = observer.stop();
+
+        let sent = the_reset(
+            &events,
+            "sent",
+            &server_addr.to_string(),
+            &client_addr.to_string(),
+        );
+        assert_eq!(sent["reason"], "TCP_ABORT_ON_CLOSE", "{sent}");
+        assert_eq!(
+            (&sent["pid"], &sent["comm"]),
+            (&me(), &json!(own_comm())),
+            "{sent}"
+        );
+        let received = the_reset(
+            &events,
+            "received",
+            &client_addr.to_string(),
+            &server_addr.to_string(),
+        );
+        assert_eq!(received["pid"], me(), "{received}");
+        assert_eq!(received["reason"], json!(null), "{received}");
+    }
+}
+
+#[test]
+fn so_linger_zero_sends_tcp_state_and_the_peer_receives_it() {
+    for host in LOOPBACKS {
+        let observer = Observer::start(&[]);
+        let listener = TcpListener::bind(format!("{host}:0")).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let (client_addr, server_addr) =
+            (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        set_linger_zero(&client);
+        drop(client);
+        wait_for_reset(&mut server);
+        let events = observer.stop();
+
+        let sent = the_reset(
+            &events,
+            "sent",
+            &client_addr.to_string(),
+            &server_addr.to_string(),
+        );
+        assert_eq!(sent["reason"], "TCP_STATE", "{sent}");
+        assert_eq!(sent["pid"], me(), "{sent}");
+        // The peer's RST received, on the accepted (inbound) socket.
+        let received = the_reset(
+            &events,
+            "received",
+            &server_addr.to_string(),
+            &client_addr.to_string(),
+        );
+        assert_eq!(
+            (&received["pid"], &received["state"]),
+            (&me(), &json!("ESTABLISHED"))
+        );
+    }
+}
+
+#[test]
+fn a_connect_to_a_closed_port_is_refused_with_no_socket() {
+    for host in LOOPBACKS {
+        // A port nobody listens on (briefly ours, so it is free).
+        let port = TcpListener::bind(format!("{host}:0"))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target: SocketAddr = format!("{host}:{port}").parse().unwrap();
+        let observer = Observer::start(&[]);
+        let refused = TcpStream::connect(target).unwrap_err();
+        let events = observer.stop();
+
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let sent: Vec<_> = events
+            .of_type("tcp_reset")
+            .filter(|r| r["direction"] == "sent" && r["local"] == target.to_string())
+            .collect();
+        assert_eq!(sent.len(), 1, "{}", events.dump());
+        assert_eq!(sent[0]["reason"], "NO_SOCKET");
+        assert_eq!(
+            (&sent[0]["pid"], &sent[0]["comm"]),
+            (&json!(null), &json!(null))
+        );
+        // The client's SYN_SENT socket receives it.
+        let received: Vec<_> = events
+            .of_type("tcp_reset")
+            .filter(|r| r["direction"] == "received" && r["remote"] == target.to_string())
+            .collect();
+        assert_eq!(received.len(), 1, "{}", events.dump());
+        assert_eq!(
+            (&received[0]["pid"], &received[0]["state"]),
+            (&me(), &json!("SYN_SENT"))
+        );
+    }
+}
+
+#[test]
+fn connections_held_at_exit_are_closed_by_the_kernel_with_their_roles() {
+    for host in LOOPBACKS {
+        let ours = TcpListener::bind(format!("{host}:0")).unwrap();
+        let observer = Observer::start(&[]);
+        let (mut server, port) = start_interactive(&["tcp-server", &format!("{host}:0")]);
+        let pid = server.id();
+        let server_addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+        let clients: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(server_addr).unwrap())
+            .collect();
+        for _ in 0..2 {
+            assert!(read_line(&mut server).starts_with("accepted"));
+        }
+        command(
+            &mut server,
+            &format!("connect {}", ours.local_addr().unwrap().port()),
+        );
+        assert_eq!(read_line(&mut server), "connected");
+        let (outbound_peer, _) = ours.accept().unwrap();
+        command(&mut server, "exit");
+        assert_eq!(wait_timeout(&mut server).code(), Some(0));
+        std::thread::sleep(Duration::from_millis(100));
+        let events = observer.stop();
+
+        let mut closes: Vec<(String, String, String, String)> = events
+            .of_type("tcp_close_at_exit")
+            .filter(|c| c["pid"] == pid)
+            .map(|c| {
+                assert_eq!(c["comm"], "testee");
+                let text = |k: &str| c[k].as_str().unwrap().to_string();
+                (text("role"), text("local"), text("remote"), text("state"))
+            })
+            .collect();
+        closes.sort();
+        let mut expected = vec![
+            (
+                "listener".to_string(),
+                server_addr.to_string(),
+                unspecified(host),
+                "LISTEN".to_string(),
+            ),
+            (
+                "outbound".to_string(),
+                outbound_peer.peer_addr().unwrap().to_string(),
+                ours.local_addr().unwrap().to_string(),
+                "ESTABLISHED".to_string(),
+            ),
+        ];
+        for client in &clients {
+            expected.push((
+                "inbound".to_string(),
+                server_addr.to_string(),
+                client.local_addr().unwrap().to_string(),
+                "ESTABLISHED".to_string(),
+            ));
+        }
+        expected.sort();
+        assert_eq!(closes, expected, "{}", events.dump());
+        // The clients' sockets (ours) were not closed by an exit.
+        assert!(
+            events
+                .of_type("tcp_close_at_exit")
+                .all(|c| c["pid"] != me())
+        );
+        assert_eq!(events.exit_of(pid)["code"], 0);
+    }
+}
+
+fn unspecified(host: &str) -> String {
+    if host.starts_with('[') {
+        "[::]:0".to_string()
+    } else {
+        "0.0.0.0:0".to_string()
+    }
+}
+
+#[test]
+fn accepts_after_sigterm_are_counted_exactly() {
+    let observer = Observer::start(&[]);
+    let (mut server, port) = start_interactive(&["tcp-server", "127.0.0.1:0", "handler"]);
+    let pid = server.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut before: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for _ in 0..2 {
+        assert!(read_line(&mut server).starts_with("accepted"));
+    }
+    send_signal(pid, libc::SIGTERM);
+    assert_eq!(read_line(&mut server), "term");
+    let after: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for _ in 0..3 {
+        assert!(read_line(&mut server).starts_with("accepted"));
+    }
+    command(&mut server, "exit");
+    wait_timeout(&mut server);
+    let events = observer.stop();
+
+    let accepts: Vec<_> = events
+        .of_type("tcp_accept")
+        .filter(|a| a["pid"] == pid)
+        .collect();
+    let mut remotes: Vec<&str> = accepts
+        .iter()
+        .map(|a| a["remote"].as_str().unwrap())
+        .collect();
+    remotes.sort();
+    let mut expected: Vec<String> = after
+        .iter()
+        .map(|c| c.local_addr().unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(remotes, expected, "{}", events.dump());
+    assert!(accepts.iter().all(|a| a["local"] == addr.to_string()));
+    before
+        .iter_mut()
+        .for_each(|c| c.shutdown(Shutdown::Both).unwrap());
+}
+
+#[test]
+fn clients_refused_after_the_server_exits_are_tied_to_its_port() {
+    for host in LOOPBACKS {
+        let observer = Observer::start(&[]);
+        let (mut server, port) = start_interactive(&["tcp-server", &format!("{host}:0")]);
+        let pid = server.id();
+        command(&mut server, "exit");
+        wait_timeout(&mut server);
+        let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+        let refusals = (0..3)
+            .filter(|_| {
+                TcpStream::connect(addr)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .count();
+        let events = observer.stop();
+
+        assert_eq!(refusals, 3);
+        let refused: Vec<_> = events
+            .of_type("tcp_reset")
+            .filter(|r| r["direction"] == "sent" && r["local"] == addr.to_string())
+            .collect();
+        assert_eq!(refused.len(), 3, "{}", events.dump());
+        for reset in refused {
+            assert_eq!(reset["pid"], json!(null), "{reset}");
+            assert_eq!(reset["reason"], "NO_SOCKET", "{reset}");
+            assert_eq!(
+                reset["former_owner"],
+                json!({"pid": pid, "comm": "testee"}),
+                "{reset}"
+            );
+        }
+    }
+}
