@@ -39,6 +39,19 @@ impl<K: Eq + Hash + Copy, V> BoundedMap<K, V> {
         self.entries.get(key).map(|(value, _)| value)
     }
 
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(value, _)| value)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.entries.values_mut().map(|(value, _)| value)
+    }
+
+    /// Removes and returns every value.
+    pub fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
+        self.entries.drain().map(|(_, (value, _))| value)
+    }
+
     pub fn contains(&self, key: &K) -> bool {
         self.entries.contains_key(key)
     }

@@ -18,6 +18,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Replay a saved `watch --json` log and print its shutdown and deploy reports
+    /// (the JSON is byte-identical to the reports `watch` wrote live).
+    Report(ReportArgs),
     /// Print termination signals, process exits and the TCP evidence of shutdowns (resets,
     /// connections open at exit, listeners) on this host as they happen.
     Watch(WatchArgs),
@@ -67,6 +70,49 @@ pub struct WatchArgs {
     /// When to colour the human format.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+
+    #[command(flatten)]
+    pub reports: ReportTiming,
+}
+
+/// When reports are written.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ReportTiming {
+    /// After a process exits, keep counting clients refused on its ports for SECS
+    /// before writing its shutdown report.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub after_exit: Duration,
+
+    /// A deploy ends SECS after the last termination signal in its service.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub deploy_window: Duration,
+}
+
+impl ReportTiming {
+    pub fn config(&self) -> crate::correlate::Config {
+        crate::correlate::Config {
+            after_exit_ns: self.after_exit.as_nanos() as u64,
+            deploy_window_ns: self.deploy_window.as_nanos() as u64,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The log (NDJSON from `observer watch --json`); `-` for standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Print the reports as NDJSON instead of human-readable text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// When to colour the human format.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    #[command(flatten)]
+    pub reports: ReportTiming,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,6 +128,18 @@ pub struct SignalList(pub Vec<i32>);
 
 fn parse_signal_list(text: &str) -> Result<SignalList, String> {
     signals::parse_list(text).map(SignalList)
+}
+
+/// Zero or more seconds.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(secs >= 0.0 && secs.is_finite()) {
+        return Err(format!("expected zero or more seconds, not {text}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -134,6 +192,7 @@ mod tests {
             Ok(Cli {
                 command: Command::Watch(args),
             }) => Ok(args),
+            Ok(other) => panic!("{other:?}"),
             Err(error) => Err(error.to_string()),
         }
     }

@@ -64,6 +64,42 @@ pub fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
+/// Parses what [`rfc3339`] writes (and any `YYYY-MM-DDThh:mm:ss[.fraction]Z`) back into
+/// Unix-epoch nanoseconds.
+pub fn parse_rfc3339(text: &str) -> Option<i128> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || bytes[4] != b'-' || bytes[10] != b'T' || !text.ends_with('Z') {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let fraction = &text[19..text.len() - 1];
+    let nanos = match fraction.strip_prefix('.') {
+        Some(digits) if !digits.is_empty() && digits.len() <= 9 => {
+            digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
+        }
+        None if fraction.is_empty() => 0,
+        _ => return None,
+    };
+    let secs = days_from_civil(year, month as u32, day as u32) * 86_400
+        + hour * 3600
+        + minute * 60
+        + second;
+    Some(secs as i128 * 1_000_000_000 + nanos as i128)
+}
+
+/// (year, month, day) → days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = (month as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -92,6 +128,24 @@ mod tests {
             "2000-02-29T12:34:56.000000007Z"
         );
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for ns in [
+            0i128,
+            951_827_696_000_000_007,
+            1_795_000_000_123_456_789,
+            -1,
+        ] {
+            assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-24T21:03:06Z").map(|n| n % 1_000_000_000),
+            Some(0)
+        );
+        assert_eq!(parse_rfc3339("2026-11-24 21:03:06Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub trait HostView {
     fn cgroup_of_process(&mut self, pid: u32) -> Option<String>;
     /// The path of the cgroup v2 directory whose inode number is `cgroup_id`.
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String>;
+    /// A live process's pid in its own (innermost) PID namespace.
+    fn ns_pid(&mut self, pid: u32) -> Option<u32>;
 }
 
 /// An event and the CLOCK_MONOTONIC time of the kernel event behind it.
@@ -79,7 +81,12 @@ impl<H: HostView> Enricher<H> {
                 self.exit(r)
             }
             Record::ExitGroupCall(r) => self.exit_group_call(r),
-            Record::TcpState(r) => self.tcp.state_change(r),
+            Record::TcpState(r) => self.tcp.state_change(r).map(|mut event| {
+                if let Event::TcpListen(listen) = &mut event {
+                    listen.cgroup = self.host.cgroup_of_process(listen.pid);
+                }
+                event
+            }),
             Record::TcpReset(r) => Some(self.tcp.reset(r)),
             Record::TcpAccept(r) => Some(self.tcp.accept(r)),
         };
@@ -127,6 +134,7 @@ impl<H: HostView> Enricher<H> {
                 tid: r.target_tid,
                 comm: comm(&r.target_comm),
                 cgroup: self.host.cgroup_of_process(tgid),
+                ns_pid: self.host.ns_pid(tgid),
             },
             group: r.group != 0,
             si_code: r.si_code,
@@ -151,6 +159,7 @@ impl<H: HostView> Enricher<H> {
                 tid: r.tid,
                 comm: comm(&r.comm),
                 cgroup: None,
+                ns_pid: None,
             },
             handler: Handler::from_sa_handler(r.sa_handler),
         });
@@ -233,6 +242,9 @@ pub(crate) mod tests {
         }
         fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
             self.cgroup_ids.get(&cgroup_id).cloned()
+        }
+        fn ns_pid(&mut self, _pid: u32) -> Option<u32> {
+            None
         }
     }
 

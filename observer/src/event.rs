@@ -46,6 +46,8 @@ impl Line {
             Event::TcpListen(e) => serde_json::to_vec(e),
             Event::TcpAccept(e) => serde_json::to_vec(e),
             Event::Lost(e) => serde_json::to_vec(e),
+            Event::Shutdown(e) => serde_json::to_vec(e),
+            Event::Deploy(e) => serde_json::to_vec(e),
         };
         let mut out = serde_json::to_vec(&envelope).expect("plain struct serialises");
         let body = body.expect("plain struct serialises");
@@ -68,6 +70,8 @@ pub enum Event {
     TcpListen(TcpListenEvent),
     TcpAccept(TcpAcceptEvent),
     Lost(LostEvent),
+    Shutdown(Box<ShutdownReport>),
+    Deploy(DeployReport),
 }
 
 impl Event {
@@ -81,6 +85,8 @@ impl Event {
             Event::TcpListen(_) => "tcp_listen",
             Event::TcpAccept(_) => "tcp_accept",
             Event::Lost(_) => "lost",
+            Event::Shutdown(_) => "shutdown",
+            Event::Deploy(_) => "deploy",
         }
     }
 }
@@ -98,6 +104,9 @@ pub struct ThreadRef {
     pub comm: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Its pid inside its own PID namespace (1: the namespace's init), when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
 }
 
 /// How a signal came to be, from its `si_code`.
@@ -271,6 +280,9 @@ pub struct TcpListenEvent {
     pub pid: u32,
     pub comm: String,
     pub local: String,
+    /// The listening process's cgroup, so that a replacement can be tied to its service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// A connection accepted by a process after its first termination signal. An addition
@@ -286,6 +298,112 @@ pub struct TcpAcceptEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostEvent {
     pub count: u64,
+}
+
+/// The first termination signal a process received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigtermInfo {
+    pub time: String,
+    pub sig_name: String,
+    pub from: ProcessRef,
+    pub result: SignalResult,
+    /// From its delivery; null if it was never delivered.
+    pub handler: Option<Handler>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigkillInfo {
+    pub time: String,
+    pub from: ProcessRef,
+    pub after_sigterm_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub time: String,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub status: Option<i32>,
+    pub core_dumped: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenConnection {
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Clean,
+    Dropped,
+    Killed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FindingCode {
+    NoSigtermHandler,
+    SignalIgnoredByPid1,
+    SignalNotForwarded,
+    HandlerNeverRan,
+    SigkillAfterGrace,
+    SigkillWithoutSigterm,
+    KilledByKernel,
+    ConnectionsOpenAtExit,
+    KeepaliveOpenAtExit,
+    AcceptedAfterSignal,
+    ListenerNotClosed,
+    ResetsSent,
+    RefusedAfterExit,
+    ExitNonzeroAfterSigterm,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub code: FindingCode,
+    /// What happened and what to change, in one line.
+    pub message: String,
+}
+
+/// How one process that was told to stop (or killed) actually stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownReport {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub sigterm: Option<SigtermInfo>,
+    pub sigkill: Option<SigkillInfo>,
+    pub sigkill_first: bool,
+    pub exit: Option<ExitInfo>,
+    pub drain_ms: Option<u64>,
+    pub listener_closed_ms: Option<u64>,
+    pub accepted_after_signal: u32,
+    pub open_at_exit: Vec<OpenConnection>,
+    pub resets_sent: u32,
+    pub refused_after_exit: u32,
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
+    pub complete: bool,
+}
+
+/// The shutdowns of one service within one deploy, and what replaced them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployReport {
+    pub service: String,
+    pub started: String,
+    pub ended: String,
+    pub stopped: Vec<u32>,
+    pub started_pids: Vec<u32>,
+    pub listener_gap_ms: Option<u64>,
+    pub dropped_connections: u32,
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
 }
 
 #[cfg(test)]

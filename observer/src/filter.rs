@@ -63,7 +63,8 @@ fn subject(event: &Event) -> Option<Subject<'_>> {
             processes: one(e.pid, &e.comm),
             local_port: port(&e.local),
         },
-        Event::Lost(_) => return None,
+        // Lost events concern everyone; reports derive from lines that passed already.
+        Event::Lost(_) | Event::Shutdown(_) | Event::Deploy(_) => return None,
     })
 }
 
@@ -138,6 +139,7 @@ mod tests {
             pid,
             comm: "srv".into(),
             local: format!("127.0.0.1:{port}"),
+            cgroup: None,
         })
     }
 

@@ -1,14 +1,14 @@
 //! The terminal format: one aligned line per event, coloured on a TTY.
 use crate::{
     event::{Direction, Event, Handler, Line, ListenAction, Origin, Role, SignalResult, ThreadRef},
-    signals,
+    human_report, signals,
 };
 
 const RESET: &str = "\x1b[0m";
-const BOLD_RED: &str = "\x1b[1;31m";
-const RED: &str = "\x1b[31m";
-const GREEN: &str = "\x1b[32m";
-const YELLOW: &str = "\x1b[33m";
+pub const BOLD_RED: &str = "\x1b[1;31m";
+pub const RED: &str = "\x1b[31m";
+pub const GREEN: &str = "\x1b[32m";
+pub const YELLOW: &str = "\x1b[33m";
 const MAGENTA: &str = "\x1b[35m";
 const DIM: &str = "\x1b[2m";
 
@@ -17,7 +17,7 @@ pub struct HumanFormat {
 }
 
 impl HumanFormat {
-    fn paint(&self, color: &str, text: &str) -> String {
+    pub fn paint(&self, color: &str, text: &str) -> String {
         if self.color {
             format!("{color}{text}{RESET}")
         } else {
@@ -166,6 +166,8 @@ impl HumanFormat {
                     self.paint(YELLOW, "after its termination signal")
                 ),
             ),
+            Event::Shutdown(report) => ("SHUTDOWN", human_report::shutdown(self, report)),
+            Event::Deploy(report) => ("DEPLOY", human_report::deploy(self, report)),
             Event::Lost(e) => (
                 "lost",
                 self.paint(
@@ -216,6 +218,7 @@ mod tests {
                 tid: 1235,
                 comm: "node".into(),
                 cgroup: None,
+                ns_pid: None,
             },
             group: false,
             si_code: -6,

@@ -3,18 +3,24 @@ mod bounded;
 mod btf;
 mod cli;
 mod clock;
+mod correlate;
 mod decode;
+mod deploy;
 mod enrich;
 mod event;
 mod exit_inference;
 mod filter;
 mod human;
+mod human_report;
+mod identity;
 mod layout;
 mod loader;
 mod object;
 mod pipeline;
 mod preflight;
 mod procfs;
+mod report;
+mod shutdown;
 mod signals;
 mod sink;
 mod tcp;
@@ -30,6 +36,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Watch(args) => watch::run(args),
+        cli::Command::Report(args) => report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

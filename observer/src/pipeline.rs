@@ -1,9 +1,12 @@
-//! Kernel records in, rendered lines out: decode → enrich → filter → render → sink.
+//! Kernel records in, rendered lines out: decode → enrich → filter → render → sink, with
+//! every written line also fed to the correlator, whose reports are written after it.
 //! Free of aya and tokio, so it runs the same on live records and in tests.
 use anyhow::Result;
 
 use crate::{
+    cli::ColorChoice,
     clock::WallClock,
+    correlate::Correlator,
     decode::decode,
     enrich::{Enricher, HostView, Timed},
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
@@ -17,11 +20,31 @@ pub enum OutputFormat {
     Human(HumanFormat),
 }
 
+impl OutputFormat {
+    /// JSON, or the human format coloured per `--color` (auto: a terminal on stdout,
+    /// and NO_COLOR unset).
+    pub fn choose(json: bool, color: ColorChoice, to_file: bool) -> Self {
+        if json {
+            return OutputFormat::Json;
+        }
+        let color = match color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                !to_file
+                    && std::io::IsTerminal::is_terminal(&std::io::stdout())
+                    && std::env::var_os("NO_COLOR").is_none()
+            }
+        };
+        OutputFormat::Human(HumanFormat { color })
+    }
+}
+
 pub struct Pipeline<H> {
     pub enricher: Enricher<H>,
     pub filter: Filter,
-    pub format: OutputFormat,
-    pub sink: Sink,
+    pub correlator: Correlator,
+    pub output: Output,
     pub clock: WallClock,
     pub host: String,
     /// Records that did not decode (a kernel/userspace mismatch: a bug, never expected).
@@ -67,10 +90,41 @@ impl<H: HostView> Pipeline<H> {
             mono_ns,
             host: self.host.clone(),
         };
+        self.output.write(&line)?;
+        let reports = self.correlator.observe(&line);
+        self.output.write_all(&reports)
+    }
+
+    /// The clock reached `mono_ns`: writes the reports now due.
+    pub fn advance(&mut self, mono_ns: u64) -> Result<()> {
+        let reports = self.correlator.advance(mono_ns);
+        self.output.write_all(&reports)
+    }
+
+    /// Writes every pending report, then flushes and syncs the output.
+    pub fn finish(&mut self) -> Result<()> {
+        let reports = self.correlator.finish();
+        self.output.write_all(&reports)?;
+        self.output.sink.finish()
+    }
+}
+
+/// A format and a sink.
+pub struct Output {
+    pub format: OutputFormat,
+    pub sink: Sink,
+}
+
+impl Output {
+    pub fn write(&mut self, line: &Line) -> Result<()> {
         let text = match &self.format {
             OutputFormat::Json => line.to_json(),
-            OutputFormat::Human(human) => human.render(&line),
+            OutputFormat::Human(human) => human.render(line),
         };
         self.sink.write_line(&text)
+    }
+
+    pub fn write_all(&mut self, lines: &[Line]) -> Result<()> {
+        lines.iter().try_for_each(|line| self.write(line))
     }
 }

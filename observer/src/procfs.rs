@@ -79,6 +79,11 @@ impl HostView for ProcHost {
         parse_cgroup2_line(&text)
     }
 
+    fn ns_pid(&mut self, pid: u32) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        parse_ns_pid(&status)
+    }
+
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
         if let Some(path) = self.cgroup_index.get(&cgroup_id) {
             return Some(path.clone());
@@ -91,6 +96,17 @@ impl HostView for ProcHost {
         }
         self.cgroup_index.get(&cgroup_id).cloned()
     }
+}
+
+/// The innermost namespace's pid from a /proc/PID/status `NSpid:` line (its last value).
+fn parse_ns_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 /// The cgroup v2 path in a /proc/PID/cgroup file (its `0::` line).
@@ -149,6 +165,13 @@ mod tests {
             Some("/system.slice/app.service")
         );
         assert_eq!(parse_cgroup2_line("3:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn reads_the_innermost_namespace_pid() {
+        assert_eq!(parse_ns_pid("Name:\tsh\nNSpid:\t4242\t1\n"), Some(1));
+        assert_eq!(parse_ns_pid("NSpid:\t77\n"), Some(77));
+        assert_eq!(parse_ns_pid("Name:\tx\n"), None);
     }
 
     #[test]

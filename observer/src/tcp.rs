@@ -54,6 +54,7 @@ impl TcpTracker {
                 pid: owner.pid,
                 comm: owner.comm,
                 local,
+                cgroup: None,
             }));
         }
         if old_state == tcp_state::LISTEN {
@@ -75,6 +76,7 @@ impl TcpTracker {
             pid: owner.pid,
             comm: owner.comm,
             local,
+            cgroup: None,
         }))
     }
 

@@ -1,6 +1,6 @@
 //! `observer watch`: set up, load, then move records from the ring buffer to the sink
 //! until told to stop — and on the way out, detach, drain, and flush everything.
-use std::{io::IsTerminal, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -11,15 +11,15 @@ use tokio::{
 };
 
 use crate::{
-    cli::{ColorChoice, WatchArgs},
+    cli::WatchArgs,
     clock::{self, WallClock},
+    correlate::Correlator,
     enrich::Enricher,
     filter::Filter,
-    human::HumanFormat,
     layout::KernelLayout,
     loader::Probes,
     object,
-    pipeline::{OutputFormat, Pipeline},
+    pipeline::{Output, OutputFormat, Pipeline},
     preflight,
     procfs::ProcHost,
     signals,
@@ -78,20 +78,7 @@ pub fn run(args: WatchArgs) -> Result<()> {
     } else {
         0
     };
-    let format = if args.json {
-        OutputFormat::Json
-    } else {
-        let color = match args.color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => {
-                args.output.is_none()
-                    && std::io::stdout().is_terminal()
-                    && std::env::var_os("NO_COLOR").is_none()
-            }
-        };
-        OutputFormat::Human(HumanFormat { color })
-    };
+    let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
     let sink = match &args.output {
         Some(path) => Sink::file(path)?,
         None => Sink::stdout(),
@@ -109,14 +96,14 @@ pub fn run(args: WatchArgs) -> Result<()> {
     let (probes, ring) = Probes::load(object, &layout, settings, args.ring_buffer_kib * 1024)?;
     let host = hostname();
     let pipeline = Pipeline {
+        correlator: Correlator::new(args.reports.config()),
         enricher: Enricher::new(
             ProcHost::new(),
             signal_mask,
             TcpTracker::new(layout.rst_reasons.clone()),
         ),
         filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()),
-        format,
-        sink,
+        output: Output { format, sink },
         clock: WallClock::now(),
         host: host.clone(),
         undecodable: 0,
@@ -166,18 +153,19 @@ async fn event_loop(
                 // A record committed between the drain and clear_ready() woke nobody:
                 // drain once more so it cannot wait for the next wake-up.
                 drain(guard.get_inner_mut(), &mut pipeline)?;
-                pipeline.sink.flush()?;
+                pipeline.output.sink.flush()?;
             }
             _ = lost_poll.tick() => {
                 drain(ring.get_mut(), &mut pipeline)?;
                 report_lost(&probes, &mut pipeline, &mut lost_reported)?;
-                pipeline.sink.flush()?;
+                pipeline.advance(clock::monotonic_ns())?;
+                pipeline.output.sink.flush()?;
             }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = &mut stop_at => break "--duration elapsed",
         }
-        if pipeline.sink.is_closed() {
+        if pipeline.output.sink.is_closed() {
             break "output closed";
         }
     };
@@ -185,7 +173,7 @@ async fn event_loop(
     probes.detach();
     drain(ring.get_mut(), &mut pipeline)?;
     report_lost(&probes, &mut pipeline, &mut lost_reported)?;
-    pipeline.sink.finish()?;
+    pipeline.finish()?;
     if pipeline.undecodable > 0 {
         eprintln!(
             "observer: warning: {} kernel records could not be decoded",
