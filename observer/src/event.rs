@@ -362,6 +362,16 @@ pub enum FindingCode {
     ExitNonzeroAfterSigterm,
 }
 
+impl FindingCode {
+    /// The contract's name, e.g. `NO_SIGTERM_HANDLER`.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .expect("a unit variant serialises as a string")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub code: FindingCode,

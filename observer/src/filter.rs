@@ -12,6 +12,8 @@ pub struct Filter {
     pub ports: Vec<u16>,
     /// Processes seen holding a chosen port: their signals and exits are shown too.
     pids_on_ports: HashSet<u32>,
+    /// observer's own process: its stop (SIGINT/SIGTERM) is not an event to report.
+    own_pid: Option<u32>,
 }
 
 /// What an event is about.
@@ -75,7 +77,14 @@ impl Filter {
             comms,
             ports,
             pids_on_ports: HashSet::new(),
+            own_pid: None,
         }
+    }
+
+    /// Leaves out events about process `pid` (observer itself).
+    pub fn excluding(mut self, pid: u32) -> Self {
+        self.own_pid = Some(pid);
+        self
     }
 
     /// True when the event concerns a chosen process or port. Values of one flag are
@@ -84,6 +93,12 @@ impl Filter {
         let Some(subject) = subject(event) else {
             return true;
         };
+        if self
+            .own_pid
+            .is_some_and(|own| subject.processes.iter().any(|(pid, _)| *pid == own))
+        {
+            return false;
+        }
         let by_pid = self.pids.is_empty()
             || subject
                 .processes
@@ -181,5 +196,8 @@ mod tests {
             Filter::new(vec![7], vec![], vec![]).matches(&refused),
             "former owner counts"
         );
+        let mut not_self = Filter::default().excluding(7);
+        assert!(!not_self.matches(&refused) && !not_self.matches(&exit(7, "observer")));
+        assert!(not_self.matches(&exit(8, "x")));
     }
 }

@@ -2,7 +2,7 @@
 //! is a short timeline (first signal → listener closed → SIGKILL → exit, in ms from the
 //! first signal), then the evidence, the verdict and each finding with its fix.
 use crate::{
-    event::{DeployReport, Handler, ShutdownReport, SignalResult, Verdict},
+    event::{DeployReport, Finding, Handler, ShutdownReport, SignalResult, Verdict},
     human::HumanFormat,
     signals,
 };
@@ -98,10 +98,7 @@ pub fn shutdown(format: &HumanFormat, report: &ShutdownReport) -> String {
         "{INDENT}accepted after signal {} · open at exit {open} · RSTs sent {} · refused after exit {}",
         report.accepted_after_signal, report.resets_sent, report.refused_after_exit
     ));
-    for finding in &report.findings {
-        let code = format.paint(crate::human::RED, &format!("{:?}", finding.code));
-        lines.push(format!("{INDENT}✗ {code} {}", finding.message));
-    }
+    lines.extend(finding_lines(format, &report.findings));
     lines.join("\n")
 }
 
@@ -134,9 +131,17 @@ pub fn deploy(format: &HumanFormat, report: &DeployReport) -> String {
             report.dropped_connections
         ),
     ];
-    for finding in &report.findings {
-        let code = format.paint(crate::human::RED, &format!("{:?}", finding.code));
-        lines.push(format!("{INDENT}✗ {code} {}", finding.message));
-    }
+    lines.extend(finding_lines(format, &report.findings));
     lines.join("\n")
+}
+
+/// `✗ CODE message`, one line a finding.
+fn finding_lines<'a>(
+    format: &'a HumanFormat,
+    findings: &'a [Finding],
+) -> impl Iterator<Item = String> + 'a {
+    findings.iter().map(move |finding| {
+        let code = format.paint(crate::human::RED, &finding.code.name());
+        format!("{INDENT}✗ {code} {}", finding.message)
+    })
 }

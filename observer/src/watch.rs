@@ -102,7 +102,8 @@ pub fn run(args: WatchArgs) -> Result<()> {
             signal_mask,
             TcpTracker::new(layout.rst_reasons.clone()),
         ),
-        filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()),
+        filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone())
+            .excluding(std::process::id()),
         output: Output { format, sink },
         clock: WallClock::now(),
         host: host.clone(),

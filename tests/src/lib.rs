@@ -182,6 +182,8 @@ fn unsafe_try_wait(pid: u32) -> std::io::Result<Option<i32>> {
 /// Every line observer wrote.
 pub struct Events {
     pub lines: Vec<Value>,
+    /// The output as written.
+    pub text: String,
     pub stderr: String,
 }
 
@@ -200,7 +202,54 @@ impl Events {
                 value
             })
             .collect();
-        Self { lines, stderr }
+        Self {
+            lines,
+            text: text.to_string(),
+            stderr,
+        }
+    }
+
+    /// `observer report ARGS` on this output prints exactly the report lines written
+    /// live (ARGS: the report timing flags `watch` was given).
+    pub fn assert_replay_is_identical(&self, args: &[&str]) {
+        let log = temp_path("replay.ndjson");
+        std::fs::write(&log, &self.text).unwrap();
+        let output = Command::new(observer_binary())
+            .args(["report", "--json"])
+            .args(args)
+            .arg(&log)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&log);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "observer report failed: {stderr}");
+        let replayed = String::from_utf8(output.stdout).unwrap();
+        let live: Vec<&str> = self
+            .text
+            .lines()
+            .filter(|l| l.contains(r#""type":"shutdown""#) || l.contains(r#""type":"deploy""#))
+            .collect();
+        assert!(
+            !live.is_empty(),
+            "no reports were written live:\n{}",
+            self.dump()
+        );
+        assert_eq!(replayed.lines().collect::<Vec<_>>(), live, "replay differs");
+    }
+
+    /// The one shutdown report of `pid`.
+    pub fn shutdown_of(&self, pid: u32) -> &Value {
+        let reports: Vec<_> = self
+            .of_type("shutdown")
+            .filter(|r| r["pid"] == pid)
+            .collect();
+        assert_eq!(
+            reports.len(),
+            1,
+            "shutdowns of {pid}: {reports:#?}\n{}",
+            self.dump()
+        );
+        reports[0]
     }
 
     pub fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {

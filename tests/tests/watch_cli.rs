@@ -27,7 +27,10 @@ fn pid_and_comm_filters_keep_only_the_chosen_processes() {
     let others: Vec<_> = by_pid
         .lines
         .iter()
-        .filter(|line| line["pid"] != chosen_pid && line["target"]["pid"] != chosen_pid)
+        .filter(|line| match line["type"].as_str() {
+            Some("deploy") => line["stopped"] != json!([chosen_pid]),
+            _ => line["pid"] != chosen_pid && line["target"]["pid"] != chosen_pid,
+        })
         .collect();
     assert!(others.is_empty(), "events of other processes: {others:#?}");
     assert!(by_pid.exits_of(other_pid).is_empty());
@@ -176,7 +179,7 @@ fn the_human_format_is_one_aligned_line_per_event() {
         .lines()
         .filter(|line| line.contains(&format!("testee[{pid}]")))
         .collect();
-    assert_eq!(ours.len(), 3, "{text}");
+    assert_eq!(ours.len(), 4, "{text}");
     assert!(
         ours[0].contains("  signal     SIGTERM  ")
             && ours[0].ends_with(&format!("→ testee[{pid}]"))
@@ -185,6 +188,26 @@ fn the_human_format_is_one_aligned_line_per_event() {
     assert!(ours[2].contains(&format!(
         "  exit       testee[{pid}]  killed by SIGTERM (status 143)"
     )));
+    // Then its shutdown report: a timeline and the finding with its fix.
+    assert!(
+        ours[3].contains(&format!("  SHUTDOWN   testee[{pid}]  DROPPED")),
+        "{text}"
+    );
+    let report: Vec<&str> = text
+        .lines()
+        .skip_while(|line| !line.contains("SHUTDOWN"))
+        .skip(1)
+        .take_while(|line| line.starts_with("    "))
+        .map(str::trim)
+        .collect();
+    assert!(
+        report[0].starts_with("+0 ms  SIGTERM from ")
+            && report[0].ends_with("default action (no handler)"),
+        "{report:?}"
+    );
+    assert_eq!(report[1], "+0 ms  killed by SIGTERM (status 143)");
+    let finding = "✗ NO_SIGTERM_HANDLER `testee` died of SIGTERM's default action";
+    assert!(report.iter().any(|l| l.starts_with(finding)), "{report:?}");
     assert!(!text.contains('\x1b'), "colour in a file");
 }
 
