@@ -59,14 +59,14 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
     let listener_closed = old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE;
     let closed_at_exit = tcp_state::is_open(old_state) && closed_by_exiting_owner(sk);
     if listener_closed || closed_at_exit {
-        // Listeners close in process context (close(), shutdown(), exit): the current
-        // process owns one it did not open while observer was watching.
-        let role = if listener_closed {
-            role::LISTENER
+        // A listener closes in the process context of whoever held it last (close(),
+        // shutdown(), exit): that process, not its opener, which may have forked it
+        // away (a daemonizing server) and be gone.
+        let owner = if listener_closed {
+            sockets::current_owner(role::LISTENER)
         } else {
-            role::UNKNOWN
+            sockets::owner_or(sk, sockets::current_owner(role::UNKNOWN))
         };
-        let owner = sockets::owner_or(sk, sockets::current_owner(role));
         let flags = if closed_at_exit {
             tcp_flags::CLOSED_AT_EXIT
         } else {

@@ -51,6 +51,10 @@ pub struct Correlator {
     live: BoundedMap<u32, ProcessShutdown>,
     /// Exited, waiting for their deadline.
     exited: Vec<(u64, ProcessShutdown)>,
+    /// Children that exited after their parent's termination signal without one of
+    /// their own (workers told to stop by their master): child pid → parent pid. Their
+    /// connections and RSTs at exit count in the parent's report.
+    adopted: BoundedMap<u32, u32>,
     deploys: Vec<Deploy>,
     out: Vec<Line>,
 }
@@ -65,6 +69,7 @@ impl Correlator {
             listening: BoundedMap::new(TRACKED_LISTENERS),
             live: BoundedMap::new(TRACKED_LISTENERS),
             exited: Vec::new(),
+            adopted: BoundedMap::new(TRACKED_LISTENERS),
             deploys: Vec::new(),
             out: Vec::new(),
         }
@@ -148,8 +153,15 @@ impl Correlator {
     }
 
     /// The record of `pid` that an event at `mono_ns` belongs to: the live one, else the
-    /// latest exited one whose window is still open.
+    /// latest exited one whose window is still open; for an adopted child, its parent's.
     fn record(&mut self, pid: u32, mono_ns: u64) -> Option<&mut ProcessShutdown> {
+        let pid = match self.live.get(&pid) {
+            Some(_) => return self.live.get_mut(&pid),
+            None if !self.exited.iter().any(|(_, s)| s.pid == pid) => {
+                self.adopted.get(&pid).copied().unwrap_or(pid)
+            }
+            None => pid,
+        };
         if self.live.get(&pid).is_some() {
             return self.live.get_mut(&pid);
         }
@@ -166,16 +178,30 @@ impl Correlator {
             Event::Signal(e) if signals::TERMINATION_SIGNALS.contains(&e.sig) => {
                 let pid = e.target.pid;
                 if self.live.get(&pid).is_none() {
-                    let listening = self.listening.get(&pid).map(|l| l.sockets.clone());
+                    let mut listening = self
+                        .listening
+                        .get(&pid)
+                        .map(|l| l.sockets.clone())
+                        .unwrap_or_default();
+                    listening.extend(e.target.listening.iter().cloned());
                     let shutdown = ProcessShutdown::new(
                         pid,
                         &e.target.comm,
                         e.target.cgroup.clone(),
-                        listening.unwrap_or_default(),
+                        listening,
                     );
                     self.live.insert(pid, shutdown);
                 }
                 let shutdown = self.live.get_mut(&pid).expect("inserted above");
+                // A SIGHUP its handler took, then SIGTERM/INT/QUIT: the SIGHUP was a reload
+                // (nginx, many daemons); the shutdown starts now.
+                let reloaded = shutdown.sigterm.as_ref().is_some_and(|t| {
+                    t.sig_name == "SIGHUP" && t.handler == Some(crate::event::Handler::Custom)
+                }) && e.sig != signals::SIGHUP
+                    && e.sig != signals::SIGKILL;
+                if reloaded {
+                    shutdown.restart_at_signal();
+                }
                 if shutdown.first_signal_ns.is_none() {
                     shutdown.first_signal_ns = Some(mono);
                     shutdown.namespace_init = e.target.ns_pid == Some(1);
@@ -252,7 +278,16 @@ impl Correlator {
                     && let Some(parent) = self.record(ppid, mono)
                     && parent.sigterm_ns.is_some_and(|term| term <= mono)
                 {
-                    parent.unsignalled_children.push(e.pid);
+                    // Killed without being told (e.g. by its namespace's init dying): the
+                    // parent did not forward the signal. Exited by itself: it was told
+                    // some other way (nginx's channel), and is part of the parent's stop.
+                    if e.signal.is_some() {
+                        parent.unsignalled_children.push(e.pid);
+                    }
+                    if shutdown.is_none() {
+                        let parent = parent.pid;
+                        self.adopted.insert(e.pid, parent);
+                    }
                 }
                 if let Some(mut shutdown) = shutdown {
                     shutdown.exit = Some(ExitInfo {
@@ -290,12 +325,13 @@ impl Correlator {
                     if let Some(entry) = self.listening.get_mut(&e.pid) {
                         entry.sockets.remove(&e.local);
                     }
-                    if let Some(shutdown) = self.live.get_mut(&e.pid) {
+                    if let Some(shutdown) = self.record(e.pid, mono) {
                         shutdown.listener_closed(&e.local, mono, true);
                     }
                 }
             },
             Event::TcpCloseAtExit(e) => {
+                // A worker's sockets count for its master (adoption, in `record`).
                 if let Some(shutdown) = self.record(e.pid, mono) {
                     shutdown.open_at_exit.push(OpenConnection {
                         local: e.local.clone(),
@@ -326,11 +362,25 @@ impl Correlator {
                     {
                         shutdown.resets_sent += 1;
                     }
-                } else if let Some(ProcessRef { pid, .. }) = &e.former_owner
-                    && let Some(shutdown) = self.record(*pid, mono)
-                    && shutdown.exit_ns.is_some_and(|exit| exit <= mono)
-                {
-                    shutdown.refused_after_exit += 1;
+                } else if let Some(ProcessRef { pid, .. }) = &e.former_owner {
+                    // A client refused on a port its last listener (or that one's master)
+                    // left when it exited.
+                    if let Some(shutdown) = self.record(*pid, mono)
+                        && shutdown.exit_ns.is_some_and(|exit| exit <= mono)
+                    {
+                        shutdown.refused_after_exit += 1;
+                    }
+                } else if e.reason.as_deref() == Some("NO_SOCKET") {
+                    // No listener was seen closing (it opened before observer started): the
+                    // exited processes that listened on the port, in their window.
+                    let port = port_of(&e.local);
+                    for (deadline, shutdown) in &mut self.exited {
+                        let listened = port.is_some_and(|p| shutdown.ports().contains(&p));
+                        let exited = shutdown.exit_ns.is_some_and(|exit| exit <= mono);
+                        if listened && exited && mono <= *deadline {
+                            shutdown.refused_after_exit += 1;
+                        }
+                    }
                 }
             }
             Event::Lost(_) => {
@@ -394,6 +444,7 @@ mod tests {
                     comm: "app".into(),
                     cgroup: Some(UNIT.into()),
                     ns_pid,
+                    listening: Vec::new(),
                 },
                 group: true,
                 si_code: 0,
@@ -439,6 +490,7 @@ mod tests {
                     comm: "app".into(),
                     cgroup: None,
                     ns_pid: None,
+                    listening: Vec::new(),
                 },
                 handler,
             }),
@@ -815,6 +867,90 @@ mod tests {
             report.findings[2].message
         );
         assert_eq!(report.listener_closed_ms, Some(1));
+    }
+
+    #[test]
+    fn a_forking_server_is_one_shutdown_with_its_workers() {
+        // nginx: the process that opened the listener forked the master and exited; the
+        // master's listener is known from /proc at its SIGTERM. Workers are told over a
+        // channel, exit by themselves, and drop their connections at exit.
+        let (master, worker) = (200, 201);
+        let mut stop = term(1_000, master);
+        if let Event::Signal(signal) = &mut stop.event {
+            signal.target.listening = vec!["127.0.0.1:8080".into()];
+        }
+        let lines = [
+            listen(0, 199, ListenAction::Open),
+            exit(1, 199, 1, Some(0), None),
+            stop,
+            delivered(1_000, master, 15, Handler::Custom),
+            exit(1_010, worker, master, Some(0), None),
+            at_exit(1_010, worker, Role::Inbound, 7001),
+            at_exit(1_010, worker, Role::Inbound, 7002),
+            reset(1_010, Some(worker), None),
+            at_exit(1_020, master, Role::Listener, 0),
+            exit(1_020, master, 1, Some(0), None),
+            reset(1_500, None, Some(worker)),
+            reset(1_600, None, None),
+        ];
+        let reports = shutdowns(&lines);
+        assert_eq!(
+            reports.len(),
+            1,
+            "only the master was told to stop: {reports:#?}"
+        );
+        let report = &reports[0];
+        assert_eq!(report.pid, master);
+        assert_eq!(
+            report.open_at_exit.len(),
+            3,
+            "the worker's two connections and the master's listener: {report:#?}"
+        );
+        assert_eq!((report.resets_sent, report.refused_after_exit), (1, 2));
+        assert_eq!(report.listener_closed_ms, Some(20));
+        assert_eq!(
+            codes(report),
+            vec![
+                ConnectionsOpenAtExit,
+                ListenerNotClosed,
+                ResetsSent,
+                RefusedAfterExit
+            ],
+            "no SIGNAL_NOT_FORWARDED: the worker exited by itself"
+        );
+    }
+
+    #[test]
+    fn a_reload_is_not_the_start_of_the_shutdown() {
+        let mut reload = signal_with(
+            0,
+            P,
+            1,
+            SignalResult::Delivered,
+            Origin::User,
+            Some(P),
+            SUPERVISOR,
+        );
+        if let Event::Signal(signal) = &mut reload.event {
+            signal.sig_name = "SIGHUP".into();
+        }
+        let report = only(&[
+            reload,
+            delivered(0, P, 1, Handler::Custom),
+            accept(100, P),
+            term(5_000, P),
+            delivered(5_000, P, 15, Handler::Custom),
+            exit(5_040, P, 1, Some(0), None),
+        ]);
+        assert_eq!(
+            report.sigterm.as_ref().map(|t| t.sig_name.as_str()),
+            Some("SIGTERM")
+        );
+        assert_eq!(
+            (report.drain_ms, report.accepted_after_signal),
+            (Some(40), 0)
+        );
+        assert_eq!(report.verdict, Verdict::Clean);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub trait HostView {
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String>;
     /// A live process's pid in its own (innermost) PID namespace.
     fn ns_pid(&mut self, pid: u32) -> Option<u32>;
+    /// The TCP listening sockets a live process holds, as `addr:port`.
+    fn listening(&mut self, pid: u32) -> Vec<String>;
 }
 
 /// An event and the CLOCK_MONOTONIC time of the kernel event behind it.
@@ -135,6 +137,11 @@ impl<H: HostView> Enricher<H> {
                 comm: comm(&r.target_comm),
                 cgroup: self.host.cgroup_of_process(tgid),
                 ns_pid: self.host.ns_pid(tgid),
+                listening: if signals::TERMINATION_SIGNALS.contains(&r.sig) {
+                    self.host.listening(tgid)
+                } else {
+                    Vec::new()
+                },
             },
             group: r.group != 0,
             si_code: r.si_code,
@@ -160,6 +167,7 @@ impl<H: HostView> Enricher<H> {
                 comm: comm(&r.comm),
                 cgroup: None,
                 ns_pid: None,
+                listening: Vec::new(),
             },
             handler: Handler::from_sa_handler(r.sa_handler),
         });
@@ -245,6 +253,9 @@ pub(crate) mod tests {
         }
         fn ns_pid(&mut self, _pid: u32) -> Option<u32> {
             None
+        }
+        fn listening(&mut self, _pid: u32) -> Vec<String> {
+            Vec::new()
         }
     }
 

@@ -107,6 +107,10 @@ pub struct ThreadRef {
     /// Its pid inside its own PID namespace (1: the namespace's init), when readable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns_pid: Option<u32>,
+    /// For a termination signal: the listening sockets the target held (read from
+    /// /proc), including inherited ones and those opened before observer started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listening: Vec<String>,
 }
 
 /// How a signal came to be, from its `si_code`.

@@ -219,6 +219,7 @@ mod tests {
                 comm: "node".into(),
                 cgroup: None,
                 ns_pid: None,
+                listening: Vec::new(),
             },
             group: false,
             si_code: -6,

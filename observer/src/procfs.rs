@@ -79,6 +79,32 @@ impl HostView for ProcHost {
         parse_cgroup2_line(&text)
     }
 
+    fn listening(&mut self, pid: u32) -> Vec<String> {
+        let inodes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+                    .filter_map(|link| socket_inode(&link.to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if inodes.is_empty() {
+            return Vec::new();
+        }
+        // The process's own network namespace: /proc/PID/net.
+        let mut listening: Vec<String> = ["tcp", "tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+            .flat_map(|text| parse_listeners(&text))
+            .filter(|(inode, _)| inodes.contains(inode))
+            .map(|(_, local)| local)
+            .collect();
+        listening.sort();
+        listening.dedup();
+        listening
+    }
+
     fn ns_pid(&mut self, pid: u32) -> Option<u32> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         parse_ns_pid(&status)
@@ -96,6 +122,47 @@ impl HostView for ProcHost {
         }
         self.cgroup_index.get(&cgroup_id).cloned()
     }
+}
+
+/// `socket:[12345]` → 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// LISTEN sockets in a /proc/net/tcp or tcp6 table: (inode, `addr:port`).
+fn parse_listeners(table: &str) -> Vec<(u64, String)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if fields.get(3) != Some(&"0A") {
+                return None;
+            }
+            let local = parse_proc_endpoint(fields.get(1)?)?;
+            Some((fields.get(9)?.parse().ok()?, local))
+        })
+        .collect()
+}
+
+/// `0100007F:1F90` (IPv4, each 32-bit word in host order) → `127.0.0.1:8080`.
+fn parse_proc_endpoint(text: &str) -> Option<String> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).into(),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port).to_string())
 }
 
 /// The innermost namespace's pid from a /proc/PID/status `NSpid:` line (its last value).
@@ -165,6 +232,32 @@ mod tests {
             Some("/system.slice/app.service")
         );
         assert_eq!(parse_cgroup2_line("3:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn reads_listeners_from_proc_net_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(
+            parse_listeners(tcp),
+            vec![(4242, "127.0.0.1:8080".to_string())]
+        );
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(parse_listeners(tcp6), vec![(77, "[::1]:80".to_string())]);
+        assert_eq!(socket_inode("socket:[4242]"), Some(4242));
+        assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn lists_the_listeners_of_a_live_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap().to_string();
+        let mut host = ProcHost::new();
+        assert!(host.listening(std::process::id()).contains(&local));
     }
 
     #[test]

@@ -85,6 +85,17 @@ impl ProcessShutdown {
             .collect()
     }
 
+    /// A reload signal turned out not to be the shutdown, which starts now: what was
+    /// counted since the reload is forgotten.
+    pub fn restart_at_signal(&mut self) {
+        self.sigterm = None;
+        self.sigterm_ns = None;
+        self.first_signal_ns = None;
+        self.accepted_after_signal = 0;
+        self.resets_sent = 0;
+        self.listening_at_signal = self.listening.clone();
+    }
+
     /// A listener of its closed at `mono_ns`.
     pub fn listener_closed(&mut self, local: &str, mono_ns: u64, by_program: bool) {
         if self.listening.remove(local) && self.listening.is_empty() {
