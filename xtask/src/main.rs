@@ -8,6 +8,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// Debian packages the eBPF build needs (bpf-linker links against LLVM 22).
 const APT_PACKAGES: [&str; 4] = [
     "llvm-22-dev",
@@ -48,6 +50,9 @@ enum Task {
     Install,
     /// rustfmt and clippy (-D warnings) on the host crates and the eBPF crate.
     Lint,
+    /// Measure observer's overhead and loss against no tracer and bpftrace (as root):
+    /// prints a table, writes target/bench/results.json.
+    Bench,
     /// The whole suite: lint, unit tests, and the privileged tests that load the real
     /// programs (as root, through sudo if needed, one at a time).
     Test,
@@ -65,6 +70,7 @@ fn main() -> Result<()> {
         Task::Install => install(&root).map(drop),
         Task::Lint => lint(&root),
         Task::Test => test(&root),
+        Task::Bench => bench::run(&root),
     }
 }
 
@@ -124,7 +130,12 @@ fn setup_toolchain() -> Result<()> {
 }
 
 fn install_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install_apt(&APT_PACKAGES)
+}
+
+/// Installs the Debian packages not installed yet.
+fn install_apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| {
@@ -148,7 +159,7 @@ fn install_apt_packages() -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .context("installing the LLVM 22 packages bpf-linker needs")
+    .with_context(|| format!("installing {}", missing.join(" ")))
 }
 
 fn install_rust_src() -> Result<()> {

@@ -1,0 +1,545 @@
+//! `cargo xtask bench`: what observer costs and whether it loses events, measured side by
+//! side with no tracer and with an equivalent bpftrace script, on this machine, now.
+//! Prints a table and writes target/bench/results.json.
+//!
+//! 1. Throughput: wrk → nginx on loopback with a new connection per request (every
+//!    request crosses the TCP hot path), in alternating rounds.
+//! 2. Kernel cost per program: mean ns per run from kernel.bpf_stats_enabled, idle and
+//!    under that load.
+//! 3. Loss: a burst of process exits with SIGTERMs mixed in, and a burst of refused
+//!    connections (two RSTs each), against what observer reported.
+//! 4. observer's own CPU (% of one core) and peak RSS in each of those.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+
+const PORT: u16 = 18_090;
+const ROUNDS: usize = 3;
+const LOAD_SECS: u64 = 5;
+const EXITS_PER_SEC: u64 = 5_000;
+const CONNECTS_PER_SEC: u64 = 20_000;
+const BURST_SECS: u64 = 2;
+
+/// The bpftrace peer: the same tracepoints, filtered the way observer filters them, each
+/// event printed (to a file).
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:signal:signal_generate /args->sig == 1 || args->sig == 2 || args->sig == 3 || args->sig == 9 || args->sig == 15/ { printf("signal %d %d %d %d %s\n", pid, args->pid, args->sig, args->result, comm); }
+tracepoint:signal:signal_deliver /args->sig == 1 || args->sig == 2 || args->sig == 3 || args->sig == 9 || args->sig == 15/ { printf("deliver %d %d %d\n", pid, tid, args->sig); }
+tracepoint:sched:sched_process_exit /args->group_dead/ { printf("exit %d %s\n", pid, comm); }
+tracepoint:sock:inet_sock_set_state /args->protocol == 6 && (args->newstate == 10 || args->oldstate == 10)/ { printf("listen %d %d\n", pid, args->sport); }
+tracepoint:tcp:tcp_send_reset { printf("rst sent %d %d\n", pid, args->reason); }
+tracepoint:tcp:tcp_receive_reset { printf("rst received %d %d\n", pid, args->sport); }
+tracepoint:syscalls:sys_exit_accept4 /args->ret >= 0/ { @accepts[pid] = count(); }
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Tracer {
+    None,
+    Observer,
+    Bpftrace,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Tracer::None => "no tracer",
+            Tracer::Observer => "observer",
+            Tracer::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// A running tracer and how to read its cost.
+struct Running {
+    child: Option<Child>,
+    started: Instant,
+    cpu_ticks_at_start: u64,
+}
+
+impl Running {
+    fn start(tracer: Tracer, observer: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
+        let child = match tracer {
+            Tracer::None => None,
+            Tracer::Observer => {
+                let log = dir.join("observer.err");
+                let mut child = Command::new(observer)
+                    .args(["watch", "--json", "--output"])
+                    .arg(dir.join("observer.ndjson"))
+                    .args(extra)
+                    .stdout(Stdio::null())
+                    .stderr(fs::File::create(&log)?)
+                    .spawn()
+                    .context("starting observer")?;
+                wait_for_text(&log, "observer: watching", &mut child)?;
+                Some(child)
+            }
+            Tracer::Bpftrace => {
+                let script = dir.join("peer.bt");
+                fs::write(&script, BPFTRACE_SCRIPT)?;
+                let out = dir.join("bpftrace.out");
+                let mut child = Command::new("bpftrace")
+                    .arg(&script)
+                    .stdout(fs::File::create(&out)?)
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting bpftrace")?;
+                wait_for_text(&out, "Attaching", &mut child)?;
+                Some(child)
+            }
+        };
+        let cpu_ticks_at_start = child.as_ref().map_or(0, |c| cpu_ticks(c.id()));
+        Ok(Self {
+            child,
+            started: Instant::now(),
+            cpu_ticks_at_start,
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops it (SIGINT, as a user would); returns (CPU % of one core, peak RSS MiB).
+    fn stop(mut self) -> Result<(f64, f64)> {
+        let Some(mut child) = self.child.take() else {
+            return Ok((0.0, 0.0));
+        };
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let ticks = cpu_ticks(child.id()) - self.cpu_ticks_at_start;
+        let rss = peak_rss_mib(child.id());
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait()?;
+        ensure!(status.success(), "tracer exited with {status}");
+        let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok((100.0 * ticks as f64 / ticks_per_sec / elapsed, rss))
+    }
+}
+
+fn wait_for_text(path: &Path, text: &str, child: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if fs::read_to_string(path).unwrap_or_default().contains(text) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited ({status}) before it was ready", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} never said {text:?}", path.display())
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // After the comm: state is field 3, utime 14, stime 15 (1-based) → indices 11, 12.
+    fields
+        .get(11)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+struct Nginx {
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &Path) -> Result<Self> {
+        let conf = dir.join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; server {{ listen 127.0.0.1:{PORT}; \
+                 location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                dir = dir.display()
+            ),
+        )?;
+        crate::run(Command::new("nginx").arg("-c").arg(&conf))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("nginx")
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Requests per second wrk achieved, a new connection per request.
+fn wrk_rps(secs: u64) -> Result<f64> {
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c32",
+            &format!("-d{secs}s"),
+            "-H",
+            "Connection: close",
+        ])
+        .arg(format!("http://127.0.0.1:{PORT}/"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// Per program (bpftool names, ≤ 15 characters): (run_time_ns, run_cnt).
+fn bpf_stats() -> Result<BTreeMap<String, (u64, u64)>> {
+    let output = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()?;
+    let programs: Value = serde_json::from_slice(&output.stdout).context("bpftool's JSON")?;
+    Ok(programs
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|p| p["type"] == "tracepoint")
+                .filter_map(|p| {
+                    Some((
+                        p["name"].as_str()?.to_string(),
+                        (
+                            p["run_time_ns"].as_u64().unwrap_or(0),
+                            p["run_cnt"].as_u64().unwrap_or(0),
+                        ),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Mean ns per run of each of observer's programs between two snapshots.
+fn cost(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+) -> BTreeMap<String, Value> {
+    const OURS: [&str; 10] = [
+        "signal_generate",
+        "signal_deliver",
+        "process_exit",
+        "tgkill_enter",
+        "tcp_state",
+        "tcp_send_reset",
+        "tcp_receive_res",
+        "tcp_destroy",
+        "accept_exit",
+        "exit_group_ente",
+    ];
+    OURS.iter()
+        .filter_map(|name| {
+            let (t1, c1) = after.get(*name)?;
+            let (t0, c0) = before.get(*name).copied().unwrap_or((0, 0));
+            let runs = c1.saturating_sub(c0);
+            let ns = if runs == 0 {
+                Value::Null
+            } else {
+                json!((t1 - t0) as f64 / runs as f64)
+            };
+            Some((name.to_string(), json!({"runs": runs, "mean_ns": ns})))
+        })
+        .collect()
+}
+
+fn mean_spread(values: &[f64]) -> (f64, f64) {
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let spread = values.iter().map(|v| (v - mean).abs()).fold(0.0, f64::max);
+    (mean, spread)
+}
+
+/// Forks `rate` children a second for `secs`, each exiting at once with a known code, or
+/// (every 25th) waiting for a SIGTERM it has no handler for. Returns their pids.
+fn exit_burst(rate: u64, secs: u64) -> Vec<(u32, i32)> {
+    let mut children = Vec::new();
+    let start = Instant::now();
+    let total = rate * secs;
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        let waits_for_term = i % 25 == 0;
+        // SAFETY: the child only calls async-signal-safe functions before _exit.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            0 => unsafe {
+                if waits_for_term {
+                    libc::pause();
+                }
+                libc::_exit((i % 200) as i32)
+            },
+            pid if pid > 0 => {
+                if waits_for_term {
+                    // SAFETY: kill(2) on our own child.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+                children.push((
+                    pid as u32,
+                    if waits_for_term {
+                        -15
+                    } else {
+                        (i % 200) as i32
+                    },
+                ));
+            }
+            _ => break,
+        }
+        // Reap as we go, so that the process table stays small.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    }
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0 {}
+    children
+}
+
+/// Connects `rate` times a second for `secs` to a port nobody listens on.
+fn refused_burst(rate: u64, secs: u64) -> (u16, u64) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    let total = rate * secs;
+    let mut refused = 0;
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        if TcpStream::connect(target).is_err() {
+            refused += 1;
+        }
+    }
+    (port, refused)
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    ensure!(
+        crate::is_root(),
+        "the benchmark loads eBPF programs and needs root"
+    );
+    crate::install_apt(&["nginx", "wrk", "bpftrace", "bpftool"])?;
+    crate::build_ebpf(root)?;
+    crate::run(crate::host_cargo(root).args(["build", "--release", "--package", "observer"]))?;
+    crate::mount_tracefs()?;
+    let observer = root.join("target/release/observer");
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let mut results = serde_json::Map::new();
+
+    // 1 and 2: throughput side by side, and kernel cost per program.
+    let _nginx = Nginx::start(&dir)?;
+    std::thread::sleep(Duration::from_millis(300));
+    wrk_rps(1)?; // warm up
+    let bpf_stats_was = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    let mut rps: BTreeMap<Tracer, Vec<f64>> = BTreeMap::new();
+    let mut own_cost = Vec::new();
+    let mut kernel_cost = json!(null);
+    let order = [Tracer::None, Tracer::Observer, Tracer::Bpftrace];
+    for round in 0..ROUNDS {
+        for offset in 0..order.len() {
+            let tracer = order[(round + offset) % order.len()];
+            let running = Running::start(tracer, &observer, &dir, &[])?;
+            if tracer == Tracer::Observer && kernel_cost.is_null() {
+                let idle_start = bpf_stats()?;
+                std::thread::sleep(Duration::from_secs(3));
+                let idle_end = bpf_stats()?;
+                let value = wrk_rps(LOAD_SECS)?;
+                let load_end = bpf_stats()?;
+                rps.entry(tracer).or_default().push(value);
+                kernel_cost = json!({"idle": cost(&idle_start, &idle_end), "load": cost(&idle_end, &load_end)});
+            } else {
+                rps.entry(tracer).or_default().push(wrk_rps(LOAD_SECS)?);
+            }
+            let (cpu, rss) = running.stop()?;
+            if tracer == Tracer::Observer {
+                own_cost.push((cpu, rss));
+            }
+            eprintln!(
+                "bench: round {} {:<10} {:>10.0} req/s",
+                round + 1,
+                tracer.name(),
+                rps[&tracer].last().unwrap()
+            );
+        }
+    }
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", bpf_stats_was.trim())?;
+    let (base, _) = mean_spread(&rps[&Tracer::None]);
+    let mut throughput = serde_json::Map::new();
+    println!(
+        "\nThroughput: wrk → nginx, new connection per request, {ROUNDS} alternating rounds of {LOAD_SECS} s"
+    );
+    println!(
+        "{:<12} {:>12} {:>10} {:>10}",
+        "tracer", "req/s", "spread", "ratio"
+    );
+    for (tracer, values) in &rps {
+        let (mean, spread) = mean_spread(values);
+        println!(
+            "{:<12} {:>12.0} {:>9.1}% {:>9.1}%",
+            tracer.name(),
+            mean,
+            100.0 * spread / mean,
+            100.0 * mean / base
+        );
+        throughput.insert(
+            tracer.name().to_string(),
+            json!({"runs": values, "mean": mean, "spread": spread, "ratio": mean / base}),
+        );
+    }
+    results.insert("throughput".into(), Value::Object(throughput));
+    println!("\nKernel cost per program (kernel.bpf_stats_enabled), mean ns per run");
+    println!(
+        "{:<16} {:>10} {:>12} {:>10} {:>12}",
+        "program", "idle ns", "idle runs", "load ns", "load runs"
+    );
+    if let Some(load) = kernel_cost["load"].as_object() {
+        for (name, value) in load {
+            let idle = &kernel_cost["idle"][name];
+            let show = |v: &Value| v.as_f64().map_or("-".to_string(), |ns| format!("{ns:.0}"));
+            println!(
+                "{name:<16} {:>10} {:>12} {:>10} {:>12}",
+                show(&idle["mean_ns"]),
+                idle["runs"],
+                show(&value["mean_ns"]),
+                value["runs"]
+            );
+        }
+    }
+    results.insert("kernel_cost".into(), kernel_cost);
+    let (cpu, rss) = own_cost.iter().fold((0.0f64, 0.0f64), |(c, r), (c2, r2)| {
+        (c.max(*c2), r.max(*r2))
+    });
+    results.insert(
+        "observer_under_wrk".into(),
+        json!({"cpu_percent_max": cpu, "peak_rss_mib": rss}),
+    );
+    drop(_nginx);
+
+    // 3 and 4: loss and observer's own cost under bursts.
+    let running = Running::start(Tracer::Observer, &observer, &dir, &["--after-exit", "0"])?;
+    let observer_pid = running.pid().unwrap();
+    let burst_start = Instant::now();
+    let children = exit_burst(EXITS_PER_SEC, BURST_SECS);
+    let exit_secs = burst_start.elapsed().as_secs_f64();
+    let tcp_start = Instant::now();
+    let (port, refused) = refused_burst(CONNECTS_PER_SEC, BURST_SECS);
+    let tcp_secs = tcp_start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu, rss) = running.stop()?;
+    let lines: Vec<Value> = fs::read_to_string(dir.join("observer.ndjson"))?
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let exits: std::collections::HashMap<u64, &Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "exit")
+        .filter_map(|l| Some((l["pid"].as_u64()?, l)))
+        .collect();
+    let exact = children
+        .iter()
+        .filter(|(pid, expected)| {
+            exits.get(&(*pid as u64)).is_some_and(|e| {
+                if *expected < 0 {
+                    e["signal"] == -expected
+                } else {
+                    e["code"] == *expected
+                }
+            })
+        })
+        .count();
+    let terms = children.iter().filter(|(_, e)| *e < 0).count();
+    let term_signals = lines
+        .iter()
+        .filter(|l| l["type"] == "signal" && l["sender"]["pid"] == std::process::id())
+        .count();
+    let local = format!("127.0.0.1:{port}");
+    let resets = lines
+        .iter()
+        .filter(|l| {
+            l["type"] == "tcp_reset"
+                && (l["local"] == local.as_str() || l["remote"] == local.as_str())
+        })
+        .count();
+    let lost: u64 = lines
+        .iter()
+        .filter(|l| l["type"] == "lost")
+        .filter_map(|l| l["count"].as_u64())
+        .sum();
+    let events = lines.len() as f64;
+    let busy = exit_secs + tcp_secs;
+    println!("\nLoss: default ring buffer, observer pid {observer_pid}");
+    println!(
+        "  exits:   {} generated at {:.0}/s ({terms} by SIGTERM), {exact} reported with the exact status",
+        children.len(),
+        children.len() as f64 / exit_secs
+    );
+    println!("  signals: {terms} SIGTERMs sent, {term_signals} reported");
+    println!(
+        "  resets:  {refused} refused connects at {:.0}/s → {} RSTs expected, {resets} reported",
+        refused as f64 / tcp_secs,
+        2 * refused
+    );
+    println!("  lost:    {lost}");
+    println!(
+        "  observer: {cpu:.1}% of one core over the bursts ({:.0} events/s), peak RSS {rss:.1} MiB",
+        events / busy
+    );
+    results.insert(
+        "loss".into(),
+        json!({
+            "exits_generated": children.len(), "exits_per_sec": children.len() as f64 / exit_secs,
+            "exits_exact": exact, "sigterms_sent": terms, "sigterms_reported": term_signals,
+            "refused_connects": refused, "connects_per_sec": refused as f64 / tcp_secs,
+            "resets_expected": 2 * refused, "resets_reported": resets, "lost": lost,
+            "observer_cpu_percent": cpu, "events_per_sec": events / busy, "observer_peak_rss_mib": rss,
+        }),
+    );
+    let path = dir.join("results.json");
+    let mut file = fs::File::create(&path)?;
+    writeln!(
+        file,
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(results))?
+    )?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
