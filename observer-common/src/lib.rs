@@ -163,8 +163,10 @@ pub mod tcp_state {
     pub const ESTABLISHED: i32 = 1;
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
     pub const CLOSE: i32 = 7;
     pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
     pub const LISTEN: i32 = 10;
 
     /// States of a socket nobody has closed yet: tcp_close() leaves one of these.

@@ -38,26 +38,40 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
     let layout = INET_SOCK_SET_STATE_LAYOUT.load();
+    // The hot path reads the two states and returns: every connection makes several
+    // transitions and only a few matter here. The protocol and the socket are read
+    // only for those.
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
+    let old_state: i32 = unsafe { ctx.read_at(layout.oldstate as usize)? };
+    let new_state: i32 = unsafe { ctx.read_at(layout.newstate as usize)? };
+    let opens_listener = new_state == tcp_state::LISTEN;
+    let connects = new_state == tcp_state::SYN_SENT;
+    let listener_closed = old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE;
+    // tcp_close() takes an open socket to FIN_WAIT1, LAST_ACK or (aborting) CLOSE.
+    let may_close_at_exit = tcp_state::is_open(old_state)
+        && matches!(
+            new_state,
+            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
+        );
+    if !(opens_listener || connects || listener_closed || may_close_at_exit) {
+        return Ok(());
+    }
     let protocol: u16 = unsafe { ctx.read_at(layout.protocol as usize)? };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let old_state: i32 = unsafe { ctx.read_at(layout.oldstate as usize)? };
-    let new_state: i32 = unsafe { ctx.read_at(layout.newstate as usize)? };
     let sk: u64 = unsafe { ctx.read_at(layout.skaddr as usize)? };
 
-    if new_state == tcp_state::SYN_SENT {
+    if connects {
         sockets::remember_owner(sk, &sockets::current_owner(role::OUTBOUND));
         return Ok(());
     }
-    if new_state == tcp_state::LISTEN {
+    if opens_listener {
         let owner = sockets::current_owner(role::LISTENER);
         sockets::remember_owner(sk, &owner);
         return report(ctx, &layout, old_state, new_state, owner, 0);
     }
-    let listener_closed = old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE;
-    let closed_at_exit = tcp_state::is_open(old_state) && closed_by_exiting_owner(sk);
+    let closed_at_exit = may_close_at_exit && closed_by_exiting_owner(sk);
     if listener_closed || closed_at_exit {
         // A listener closes in the process context of whoever held it last (close(),
         // shutdown(), exit): that process, not its opener, which may have forked it

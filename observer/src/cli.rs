@@ -18,6 +18,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Check that `watch` can run here: kernel, privileges, BTF, tracefs, and every program
+    /// loaded and attached for real. Exit status 1 if it cannot.
+    Check,
     /// Replay a saved `watch --json` log and print its shutdown and deploy reports
     /// (the JSON is byte-identical to the reports `watch` wrote live).
     Report(ReportArgs),

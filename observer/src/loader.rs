@@ -94,6 +94,70 @@ impl Probes {
         settings: Settings,
         ring_bytes: u32,
     ) -> Result<(Self, RingBuf<MapData>)> {
+        let mut ebpf = load_object(object, layout, settings, ring_bytes)?;
+        let mut attached = Vec::new();
+        for spec in PROGRAMS.iter().filter(|spec| (spec.wanted)(layout)) {
+            attach(&mut ebpf, spec).with_context(|| format!("program {}", spec.program))?;
+            attached.push(spec.program);
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
+        let probes = Self {
+            ebpf: Some(ebpf),
+            lost,
+            attached,
+        };
+        Ok((probes, ring))
+    }
+
+    /// Detaches every program: no new records arrive after this.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+
+    /// Records dropped so far (ring buffer full), summed over CPUs.
+    pub fn lost_total(&self) -> Result<u64> {
+        Ok(self.lost.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// Loads and attaches each program this kernel wants on its own, then detaches them all;
+/// for `observer check`: (program, its tracepoints or why it failed).
+pub fn try_each(
+    object: &[u8],
+    layout: &KernelLayout,
+    settings: Settings,
+) -> Vec<(&'static str, Result<String>)> {
+    let mut ebpf = match load_object(object, layout, settings, 4096) {
+        Ok(ebpf) => ebpf,
+        Err(error) => return vec![("object", Err(error))],
+    };
+    PROGRAMS
+        .iter()
+        .filter(|spec| (spec.wanted)(layout))
+        .map(|spec| {
+            let tracepoints: Vec<String> = spec
+                .tracepoints
+                .iter()
+                .map(|(c, t)| format!("{c}:{t}"))
+                .collect();
+            (
+                spec.program,
+                attach(&mut ebpf, spec).map(|()| tracepoints.join(", ")),
+            )
+        })
+        .collect()
+}
+
+/// The object, with this kernel's layout and the settings in its globals, loaded (its
+/// maps created) but no program attached.
+fn load_object(
+    object: &[u8],
+    layout: &KernelLayout,
+    settings: Settings,
+    ring_bytes: u32,
+) -> Result<Ebpf> {
+    {
         let mut loader = EbpfLoader::new();
         loader
             .override_global("SETTINGS", &settings, true)
@@ -119,30 +183,7 @@ impl Probes {
                 loader.override_global("ACCEPT_LAYOUT", accept, true);
             }
         }
-        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
-        let mut attached = Vec::new();
-        for spec in PROGRAMS.iter().filter(|spec| (spec.wanted)(layout)) {
-            attach(&mut ebpf, spec).with_context(|| format!("program {}", spec.program))?;
-            attached.push(spec.program);
-        }
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
-        let probes = Self {
-            ebpf: Some(ebpf),
-            lost,
-            attached,
-        };
-        Ok((probes, ring))
-    }
-
-    /// Detaches every program: no new records arrive after this.
-    pub fn detach(&mut self) {
-        self.ebpf = None;
-    }
-
-    /// Records dropped so far (ring buffer full), summed over CPUs.
-    pub fn lost_total(&self) -> Result<u64> {
-        Ok(self.lost.get(&0, 0)?.iter().sum())
+        loader.load(object).context("loading the eBPF object")
     }
 }
 

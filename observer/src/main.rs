@@ -1,6 +1,7 @@
 //! observer: an eBPF-backed shutdown observer. See README.md.
 mod bounded;
 mod btf;
+mod check;
 mod cli;
 mod clock;
 mod correlate;
@@ -37,6 +38,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Watch(args) => watch::run(args),
         cli::Command::Report(args) => report::run(&args),
+        cli::Command::Check => match check::run() {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

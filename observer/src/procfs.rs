@@ -183,6 +183,11 @@ pub fn parse_cgroup2_line(text: &str) -> Option<String> {
         .map(|path| path.trim_end().to_string())
 }
 
+/// Where cgroup v2 is mounted, if it is.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    find_cgroup2_mount().map(|(mount, _)| mount)
+}
+
 /// The cgroup2 mount point and its root, from /proc/self/mountinfo.
 fn find_cgroup2_mount() -> Option<(PathBuf, String)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;

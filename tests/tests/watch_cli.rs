@@ -264,3 +264,54 @@ fn without_tracefs_and_unable_to_mount_it_says_how_to_fix_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_on_a_healthy_machine_attaches_every_program() {
+    let output = Command::new(observer_binary())
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    for program in [
+        "signal_generate",
+        "signal_deliver",
+        "process_exit",
+        "tcp_state",
+        "accept_exit",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(program))
+            .unwrap_or_else(|| panic!("no line for {program}:\n{stdout}"));
+        assert!(
+            line.starts_with("ok") && line.contains("attached to"),
+            "{line}"
+        );
+    }
+    assert!(
+        stdout.contains("sig@") && stdout.contains("observer watch can run here."),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_without_tracefs_fails_with_the_fix() {
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         exec setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {} check",
+        observer_binary().display()
+    );
+    let output = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let tracefs = stdout.lines().find(|l| l.contains("tracefs")).unwrap();
+    assert!(
+        tracefs.starts_with("FAIL") && tracefs.contains("mount -t tracefs"),
+        "{tracefs}"
+    );
+    assert!(stdout.contains("cannot run here"), "{stdout}");
+}

@@ -287,6 +287,7 @@ fn mean_spread(values: &[f64]) -> (f64, f64) {
 /// (every 25th) waiting for a SIGTERM it has no handler for. Returns their pids.
 fn exit_burst(rate: u64, secs: u64) -> Vec<(u32, i32)> {
     let mut children = Vec::new();
+    let mut unreaped = Vec::new();
     let start = Instant::now();
     let total = rate * secs;
     for i in 0..total {
@@ -320,10 +321,15 @@ fn exit_burst(rate: u64, secs: u64) -> Vec<(u32, i32)> {
             }
             _ => break,
         }
-        // Reap as we go, so that the process table stays small.
-        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        // Reap as we go, so that the process table stays small; only the burst's own
+        // children (observer is a child of this process too).
+        unreaped.push(pid);
+        unreaped
+            .retain(|&pid| unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
     }
-    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0 {}
+    for pid in unreaped {
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
     children
 }
 
