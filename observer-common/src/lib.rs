@@ -111,7 +111,15 @@ pub struct ProcessExitRecord {
     pub start_time_ns: u64,
     /// The thread group leader's comm.
     pub comm: [u8; COMM_LEN],
+    /// Its children (tgids) when it exited, before the kernel reparented them: the first
+    /// `child_count` (at most [`EXIT_CHILDREN`]).
+    pub children: [u32; EXIT_CHILDREN],
+    pub child_count: u32,
+    pub _pad2: u32,
 }
+
+/// Children listed in a [`ProcessExitRecord`].
+pub const EXIT_CHILDREN: usize = 8;
 
 /// `syscalls:sys_enter_exit_group`; only attached without BTF, to infer exit codes.
 #[repr(C)]
@@ -245,7 +253,7 @@ const _: () = assert!(size_of::<TcpAcceptRecord>() == 80);
 const _: () = assert!(size_of::<RecordHeader>() == 16);
 const _: () = assert!(size_of::<SignalGenerateRecord>() == 80);
 const _: () = assert!(size_of::<SignalDeliverRecord>() == 72);
-const _: () = assert!(size_of::<ProcessExitRecord>() == 72);
+const _: () = assert!(size_of::<ProcessExitRecord>() == 112);
 const _: () = assert!(size_of::<ExitGroupCallRecord>() == 32);
 
 /// Marks a tracepoint field that this kernel's `format` file does not have.
@@ -414,6 +422,9 @@ pub struct TaskLayout {
     pub signal_flags: u32,
     pub signal_group_exit_code: u32,
     pub signal_live: u32,
+    /// `task_struct.children` and `.sibling` (list_heads).
+    pub task_children: u32,
+    pub task_sibling: u32,
     pub _pad: u32,
 }
 

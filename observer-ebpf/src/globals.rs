@@ -126,5 +126,7 @@ pub static TASK_LAYOUT: Global<TaskLayout> = Global::new(TaskLayout {
     signal_flags: 0,
     signal_group_exit_code: 0,
     signal_live: 0,
+    task_children: 0,
+    task_sibling: 0,
     _pad: 0,
 });

@@ -107,4 +107,26 @@ fn read_status(record: &mut ProcessExitRecord, layout: TaskLayout) {
     }
     record.comm = task::read::<[u8; COMM_LEN]>(leader, layout.task_comm)
         .unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0; COMM_LEN]));
+    read_children(record, current, layout);
+}
+
+/// The exiting task's children, before exit_notify() reparents them (so that a child a
+/// dying wrapper never signalled can still be tied to it). At group_dead the last thread
+/// holds every child of the group: find_new_reaper() moved the others' to it.
+/// `children` is a list_head of the children's `sibling` list_heads. At most
+/// EXIT_CHILDREN are read: a longer walk costs the verifier more than it is worth.
+fn read_children(record: &mut ProcessExitRecord, task: u64, layout: TaskLayout) {
+    let head = task + layout.task_children as u64;
+    let mut node = task::read::<u64>(head, 0).unwrap_or(head);
+    let mut count = 0u32;
+    for slot in record.children.iter_mut() {
+        if node == head || node == 0 {
+            break;
+        }
+        let child = node - layout.task_sibling as u64;
+        *slot = task::read::<u32>(child, layout.task_tgid).unwrap_or(0);
+        count += 1;
+        node = task::read::<u64>(node, 0).unwrap_or(head);
+    }
+    record.child_count = count;
 }

@@ -18,6 +18,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Rehearse a service's shutdown: start CMD in a cgroup, load it, stop it as a platform
+    /// does (signal, grace, SIGKILL), and report how it went. Exit 1 unless clean.
+    Rehearse(RehearseArgs),
     /// Check that `watch` can run here: kernel, privileges, BTF, tracefs, and every program
     /// loaded and attached for real. Exit status 1 if it cannot.
     Check,
@@ -98,6 +101,61 @@ impl ReportTiming {
             deploy_window_ns: self.deploy_window.as_nanos() as u64,
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct RehearseArgs {
+    /// The port to drive (default: the first port CMD listens on).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// How long CMD may take to start listening.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Speak HTTP/1.1: requests in flight and idle keep-alive connections (else plain TCP
+    /// connections).
+    #[arg(long)]
+    pub http: bool,
+
+    /// Connections of each kind to hold when the signal comes.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub connections: u32,
+
+    /// The signal that asks CMD to stop.
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub signal: SignalArg,
+
+    /// How long CMD may take to stop before SIGKILL.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    pub grace: Duration,
+
+    /// Accept this finding (repeatable), e.g. --allow ACCEPTED_AFTER_SIGNAL.
+    #[arg(long = "allow", value_name = "FINDING")]
+    pub allow: Vec<String>,
+
+    /// How long to keep counting refused clients after CMD exits.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub after_exit: Duration,
+
+    /// Print the shutdown report and the client counts as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+
+    /// When to colour the human format.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// The command to rehearse, after `--`.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SignalArg(pub i32);
+
+fn parse_signal(text: &str) -> Result<SignalArg, String> {
+    signals::parse(text).map(SignalArg)
 }
 
 #[derive(Args, Debug)]

@@ -172,6 +172,31 @@ impl Correlator {
             .map(|(_, s)| s)
     }
 
+    /// The record of the process that was told to stop before child `pid` exited at
+    /// `mono_ns`: its parent at exit, or the one it was a child of when told (a child
+    /// reparented since, e.g. when a wrapping shell died).
+    fn parent_record(
+        &mut self,
+        pid: u32,
+        ppid: Option<u32>,
+        mono_ns: u64,
+    ) -> Option<&mut ProcessShutdown> {
+        let told = |s: &ProcessShutdown| s.sigterm_ns.is_some_and(|term| term <= mono_ns);
+        let by_ppid = ppid.filter(|&ppid| self.record(ppid, mono_ns).is_some_and(|p| told(p)));
+        let parent = by_ppid.or_else(|| {
+            let live = self.live.values_mut().map(|s| &*s);
+            let exited = self
+                .exited
+                .iter()
+                .filter(|(deadline, _)| mono_ns <= *deadline)
+                .map(|(_, s)| s);
+            live.chain(exited)
+                .find(|s| told(s) && s.children_at_signal.contains(&pid))
+                .map(|s| s.pid)
+        })?;
+        self.record(parent, mono_ns)
+    }
+
     fn apply(&mut self, line: &Line) {
         let (mono, time) = (line.mono_ns, line.time.as_str());
         match &line.event {
@@ -205,6 +230,7 @@ impl Correlator {
                 if shutdown.first_signal_ns.is_none() {
                     shutdown.first_signal_ns = Some(mono);
                     shutdown.namespace_init = e.target.ns_pid == Some(1);
+                    shutdown.children_at_signal.clone_from(&e.target.children);
                     let (service, ports) = (shutdown.service.clone(), shutdown.ports());
                     let window = self.config.deploy_window_ns;
                     let open = self
@@ -273,11 +299,7 @@ impl Correlator {
                     None => None,
                 };
                 let got_termination = shutdown.as_ref().is_some_and(|s| s.sigterm.is_some());
-                if !got_termination
-                    && let Some(ppid) = e.ppid
-                    && let Some(parent) = self.record(ppid, mono)
-                    && parent.sigterm_ns.is_some_and(|term| term <= mono)
-                {
+                if !got_termination && let Some(parent) = self.parent_record(e.pid, e.ppid, mono) {
                     // Killed without being told (e.g. by its namespace's init dying): the
                     // parent did not forward the signal. Exited by itself: it was told
                     // some other way (nginx's channel), and is part of the parent's stop.
@@ -290,6 +312,11 @@ impl Correlator {
                     }
                 }
                 if let Some(mut shutdown) = shutdown {
+                    for child in &e.children {
+                        if !shutdown.children_at_signal.contains(child) {
+                            shutdown.children_at_signal.push(*child);
+                        }
+                    }
                     shutdown.exit = Some(ExitInfo {
                         time: time.to_string(),
                         code: e.code,
@@ -445,6 +472,7 @@ mod tests {
                     cgroup: Some(UNIT.into()),
                     ns_pid,
                     listening: Vec::new(),
+                    children: Vec::new(),
                 },
                 group: true,
                 si_code: 0,
@@ -491,6 +519,7 @@ mod tests {
                     cgroup: None,
                     ns_pid: None,
                     listening: Vec::new(),
+                    children: Vec::new(),
                 },
                 handler,
             }),
@@ -511,6 +540,7 @@ mod tests {
                 core_dumped: false,
                 status: code.or(signal.map(|s| 128 + s)),
                 status_source: StatusSource::Kernel,
+                children: Vec::new(),
             }),
         )
     }

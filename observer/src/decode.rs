@@ -129,7 +129,7 @@ pub(crate) mod tests {
             Err(DecodeError::Truncated {
                 kind: kind::PROCESS_EXIT,
                 len: 40,
-                need: 72
+                need: size_of::<ProcessExitRecord>()
             })
         );
         assert_eq!(

@@ -31,6 +31,8 @@ pub trait HostView {
     fn ns_pid(&mut self, pid: u32) -> Option<u32>;
     /// The TCP listening sockets a live process holds, as `addr:port`.
     fn listening(&mut self, pid: u32) -> Vec<String>;
+    /// A live process's children.
+    fn children(&mut self, pid: u32) -> Vec<u32>;
 }
 
 /// An event and the CLOCK_MONOTONIC time of the kernel event behind it.
@@ -124,6 +126,7 @@ impl<H: HostView> Enricher<H> {
         if !self.reported(r.sig) {
             return None;
         }
+        let terminating = signals::TERMINATION_SIGNALS.contains(&r.sig);
         Some(Event::Signal(SignalEvent {
             sig: r.sig,
             sig_name: signals::name(r.sig),
@@ -137,8 +140,13 @@ impl<H: HostView> Enricher<H> {
                 comm: comm(&r.target_comm),
                 cgroup: self.host.cgroup_of_process(tgid),
                 ns_pid: self.host.ns_pid(tgid),
-                listening: if signals::TERMINATION_SIGNALS.contains(&r.sig) {
+                listening: if terminating {
                     self.host.listening(tgid)
+                } else {
+                    Vec::new()
+                },
+                children: if terminating {
+                    self.host.children(tgid)
                 } else {
                     Vec::new()
                 },
@@ -168,6 +176,7 @@ impl<H: HostView> Enricher<H> {
                 cgroup: None,
                 ns_pid: None,
                 listening: Vec::new(),
+                children: Vec::new(),
             },
             handler: Handler::from_sa_handler(r.sa_handler),
         });
@@ -217,6 +226,7 @@ impl<H: HostView> Enricher<H> {
             core_dumped: status.is_some_and(|s| s.core_dumped),
             status: status.and_then(|s| s.shell_status()),
             status_source: source,
+            children: r.children[..(r.child_count as usize).min(r.children.len())].to_vec(),
         }))
     }
 
@@ -255,6 +265,9 @@ pub(crate) mod tests {
             None
         }
         fn listening(&mut self, _pid: u32) -> Vec<String> {
+            Vec::new()
+        }
+        fn children(&mut self, _pid: u32) -> Vec<u32> {
             Vec::new()
         }
     }
@@ -332,6 +345,9 @@ pub(crate) mod tests {
             cgroup_id: 7,
             start_time_ns: 99,
             comm: comm_bytes("app"),
+            children: [0; observer_common::EXIT_CHILDREN],
+            child_count: 0,
+            _pad2: 0,
         })
     }
 

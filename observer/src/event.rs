@@ -111,6 +111,10 @@ pub struct ThreadRef {
     /// /proc), including inherited ones and those opened before observer started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listening: Vec<String>,
+    /// For a termination signal: the target's child processes at that moment (read from
+    /// /proc), so that a child that was never told can be found after it is reparented.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<u32>,
 }
 
 /// How a signal came to be, from its `si_code`.
@@ -223,6 +227,9 @@ pub struct ExitEvent {
     pub core_dumped: bool,
     pub status: Option<i32>,
     pub status_source: StatusSource,
+    /// Its children when it exited (before the kernel reparented them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -439,6 +446,7 @@ mod tests {
                 core_dumped: false,
                 status: Some(143),
                 status_source: StatusSource::Kernel,
+                children: Vec::new(),
             }),
             time: "2026-11-24T21:03:06.000000001Z".into(),
             mono_ns: 42,

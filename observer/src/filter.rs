@@ -145,6 +145,7 @@ mod tests {
             core_dumped: false,
             status: Some(0),
             status_source: StatusSource::Kernel,
+            children: Vec::new(),
         })
     }
 

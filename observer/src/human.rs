@@ -220,6 +220,7 @@ mod tests {
                 cgroup: None,
                 ns_pid: None,
                 listening: Vec::new(),
+                children: Vec::new(),
             },
             group: false,
             si_code: -6,
@@ -241,6 +242,7 @@ mod tests {
             core_dumped: true,
             status: Some(139),
             status_source: StatusSource::Kernel,
+            children: Vec::new(),
         }));
         assert_eq!(
             plain.render(&exit),

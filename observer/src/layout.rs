@@ -268,6 +268,8 @@ fn task_layout(btf: &Btf) -> Result<TaskLayout> {
         signal_flags: signal("flags")?,
         signal_group_exit_code: signal("group_exit_code")?,
         signal_live: signal("live")?,
+        task_children: task("children")?,
+        task_sibling: task("sibling")?,
         _pad: 0,
     })
 }

@@ -20,6 +20,7 @@ mod object;
 mod pipeline;
 mod preflight;
 mod procfs;
+mod rehearse;
 mod report;
 mod shutdown;
 mod signals;
@@ -38,6 +39,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Watch(args) => watch::run(args),
         cli::Command::Report(args) => report::run(&args),
+        cli::Command::Rehearse(args) => match rehearse::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
         cli::Command::Check => match check::run() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

@@ -51,6 +51,8 @@ pub struct Pipeline<H> {
     pub undecodable: u64,
     /// Reused for the events of one record.
     pub scratch: Vec<Timed>,
+    /// When set, every report line written is also kept here (for rehearse and --gate).
+    pub collected: Option<Vec<Line>>,
 }
 
 impl<H: HostView> Pipeline<H> {
@@ -92,20 +94,28 @@ impl<H: HostView> Pipeline<H> {
         };
         self.output.write(&line)?;
         let reports = self.correlator.observe(&line);
-        self.output.write_all(&reports)
+        self.write_reports(reports)
     }
 
     /// The clock reached `mono_ns`: writes the reports now due.
     pub fn advance(&mut self, mono_ns: u64) -> Result<()> {
         let reports = self.correlator.advance(mono_ns);
-        self.output.write_all(&reports)
+        self.write_reports(reports)
     }
 
     /// Writes every pending report, then flushes and syncs the output.
     pub fn finish(&mut self) -> Result<()> {
         let reports = self.correlator.finish();
-        self.output.write_all(&reports)?;
+        self.write_reports(reports)?;
         self.output.sink.finish()
+    }
+
+    fn write_reports(&mut self, reports: Vec<Line>) -> Result<()> {
+        self.output.write_all(&reports)?;
+        if let Some(collected) = &mut self.collected {
+            collected.extend(reports);
+        }
+        Ok(())
     }
 }
 

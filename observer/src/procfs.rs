@@ -105,6 +105,23 @@ impl HostView for ProcHost {
         listening
     }
 
+    fn children(&mut self, pid: u32) -> Vec<u32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        let mut children: Vec<u32> = tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|text| {
+                text.split_whitespace()
+                    .filter_map(|pid| pid.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        children.sort_unstable();
+        children
+    }
+
     fn ns_pid(&mut self, pid: u32) -> Option<u32> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         parse_ns_pid(&status)

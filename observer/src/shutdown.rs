@@ -43,6 +43,8 @@ pub struct ProcessShutdown {
     pub refused_after_exit: u32,
     /// Children that died after its signal without a termination signal of their own.
     pub unsignalled_children: Vec<u32>,
+    /// Its children when its first termination signal came.
+    pub children_at_signal: Vec<u32>,
     /// False when events were lost while it was being watched.
     pub complete: bool,
 }
@@ -73,6 +75,7 @@ impl ProcessShutdown {
             resets_sent: 0,
             refused_after_exit: 0,
             unsignalled_children: Vec::new(),
+            children_at_signal: Vec::new(),
             complete: true,
         }
     }

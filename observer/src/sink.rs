@@ -25,6 +25,15 @@ impl Sink {
         }
     }
 
+    /// Writes nothing (when only the reports are wanted, in memory).
+    pub fn discard() -> Self {
+        Self {
+            writer: BufWriter::new(Box::new(io::sink())),
+            file: None,
+            closed: false,
+        }
+    }
+
     pub fn file(path: &Path) -> Result<Self> {
         let open = || {
             std::fs::OpenOptions::new()

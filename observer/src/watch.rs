@@ -1,6 +1,6 @@
 //! `observer watch`: set up, load, then move records from the ring buffer to the sink
 //! until told to stop — and on the way out, detach, drain, and flush everything.
-use std::{path::PathBuf, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -31,17 +31,200 @@ use crate::{
 /// How often the lost-record counters are read (and the ring buffer polled as a backstop).
 const LOST_POLL: Duration = Duration::from_millis(250);
 
+/// What a session watches and where its lines go.
+pub struct Options {
+    /// Signals to report.
+    pub signals: Vec<i32>,
+    pub filter: Filter,
+    pub output: Output,
+    pub reports: crate::correlate::Config,
+    pub ring_buffer_kib: u32,
+}
+
+/// The attached programs, their ring buffer, and the pipeline they feed.
+pub struct Session {
+    probes: Probes,
+    ring: Option<RingBuf<MapData>>,
+    pub pipeline: Pipeline<ProcHost>,
+    lost_reported: u64,
+}
+
+impl Session {
+    /// Checks the host, loads and attaches the programs.
+    pub fn start(options: Options) -> Result<Self> {
+        let object = object::bytes()?;
+        preflight::check_privileges()?;
+        let version = preflight::kernel_version()?;
+        preflight::check_kernel(version)?;
+        preflight::raise_memlock(version);
+        let events = tracefs::ensure_mounted()?;
+        let btf_path = std::env::var_os("OBSERVER_BTF")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
+        let layout = KernelLayout::read(&events, &btf_path)?;
+        warn_about_gaps(&layout);
+        let signal_mask = mask(options.signals.iter().copied());
+        let fatal_default_mask = if layout.btf_problem.is_some() {
+            mask((1..=64).filter(|&sig| signals::is_fatal_by_default(sig)))
+        } else {
+            0
+        };
+        let settings = Settings {
+            signal_mask,
+            fatal_default_mask,
+            termination_mask: mask(signals::TERMINATION_SIGNALS.iter().copied()),
+        };
+        let (probes, ring) =
+            Probes::load(object, &layout, settings, options.ring_buffer_kib * 1024)?;
+        let host = hostname();
+        let pipeline = Pipeline {
+            correlator: Correlator::new(options.reports),
+            enricher: Enricher::new(
+                ProcHost::new(),
+                signal_mask,
+                TcpTracker::new(layout.rst_reasons.clone()),
+            ),
+            filter: options.filter.excluding(std::process::id()),
+            output: options.output,
+            clock: WallClock::now(),
+            host: host.clone(),
+            undecodable: 0,
+            scratch: Vec::new(),
+            collected: None,
+        };
+        let names: Vec<String> = options.signals.iter().map(|&s| signals::name(s)).collect();
+        eprintln!(
+            "observer: watching {}, process exits and TCP on {host} ({} programs attached{})",
+            names.join(","),
+            probes.attached.len(),
+            if layout.btf_problem.is_some() {
+                ", no BTF"
+            } else {
+                ""
+            }
+        );
+        Ok(Self {
+            probes,
+            ring: Some(ring),
+            pipeline,
+            lost_reported: 0,
+        })
+    }
+
+    /// Moves records to the pipeline until `until` completes (its value) or the output
+    /// is closed (None).
+    pub async fn run_until<T>(&mut self, until: impl Future<Output = T>) -> Result<Option<T>> {
+        let ring = self.ring.take().expect("one run at a time");
+        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
+        // AsyncFd (which owns the RingBuf) gives it back below.
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(std::io::Error::from)
+            .context("polling the ring buffer")?;
+        tokio::pin!(until);
+        let mut lost_poll = tokio::time::interval(LOST_POLL);
+        let outcome = loop {
+            tokio::select! {
+                ready = ring.readable_mut() => {
+                    let mut guard = ready?;
+                    drain(guard.get_inner_mut(), &mut self.pipeline)?;
+                    guard.clear_ready();
+                    // A record committed between the drain and clear_ready() woke nobody:
+                    // drain once more so it cannot wait for the next wake-up.
+                    drain(guard.get_inner_mut(), &mut self.pipeline)?;
+                    self.pipeline.output.sink.flush()?;
+                }
+                _ = lost_poll.tick() => {
+                    drain(ring.get_mut(), &mut self.pipeline)?;
+                    self.report_lost()?;
+                    self.pipeline.advance(clock::monotonic_ns())?;
+                    self.pipeline.output.sink.flush()?;
+                }
+                value = &mut until => break Some(value),
+            }
+            if self.pipeline.output.sink.is_closed() {
+                break None;
+            }
+        };
+        self.ring = Some(ring.into_inner());
+        Ok(outcome)
+    }
+
+    /// Detaches the programs, drains what they left, writes every pending report and
+    /// syncs the output; returns how many records were lost.
+    pub fn finish(&mut self) -> Result<u64> {
+        // Detach first so that the drain below sees everything there will ever be.
+        self.probes.detach();
+        if let Some(ring) = self.ring.as_mut() {
+            drain(ring, &mut self.pipeline)?;
+        }
+        self.report_lost()?;
+        self.pipeline.finish()?;
+        if self.pipeline.undecodable > 0 {
+            eprintln!(
+                "observer: warning: {} kernel records could not be decoded",
+                self.pipeline.undecodable
+            );
+        }
+        Ok(self.lost_reported)
+    }
+
+    fn report_lost(&mut self) -> Result<()> {
+        let total = self.probes.lost_total()?;
+        if total > self.lost_reported {
+            self.pipeline
+                .handle_lost(total - self.lost_reported, clock::monotonic_ns())?;
+            self.lost_reported = total;
+        }
+        Ok(())
+    }
+}
+
 pub fn run(args: WatchArgs) -> Result<()> {
-    let object = object::bytes()?;
-    preflight::check_privileges()?;
-    let version = preflight::kernel_version()?;
-    preflight::check_kernel(version)?;
-    preflight::raise_memlock(version);
-    let events = tracefs::ensure_mounted()?;
-    let btf_path = std::env::var_os("OBSERVER_BTF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
-    let layout = KernelLayout::read(&events, &btf_path)?;
+    let sink = match &args.output {
+        Some(path) => Sink::file(path)?,
+        None => Sink::stdout(),
+    };
+    let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
+    let mut session = Session::start(Options {
+        signals: args.signals.0.clone(),
+        filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()),
+        output: Output { format, sink },
+        reports: args.reports.config(),
+        ring_buffer_kib: args.ring_buffer_kib,
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let duration = args.duration;
+    let reason = runtime.block_on(async {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let stop = async move {
+            tokio::select! {
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sigint.recv() => "SIGINT",
+                _ = sleep_or_forever(duration) => "--duration elapsed",
+            }
+        };
+        anyhow::Ok(session.run_until(stop).await?.unwrap_or("output closed"))
+    })?;
+    let lost = session.finish()?;
+    eprintln!("observer: stopped ({reason}); {lost} events lost");
+    Ok(())
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn mask(signals: impl Iterator<Item = i32>) -> u64 {
+    signals.map(signal_bit).fold(0, |a, b| a | b)
+}
+
+fn warn_about_gaps(layout: &KernelLayout) {
     if let Some(problem) = &layout.btf_problem {
         eprintln!(
             "observer: warning: no usable kernel BTF ({problem}); exit statuses are \
@@ -63,144 +246,11 @@ pub fn run(args: WatchArgs) -> Result<()> {
              thread-directed signal's target is looked up in /proc"
         );
     }
-
-    let signal_mask = args
-        .signals
-        .0
-        .iter()
-        .map(|&sig| signal_bit(sig))
-        .fold(0, |a, b| a | b);
-    let fatal_default_mask = if layout.btf_problem.is_some() {
-        (1..=64)
-            .filter(|&sig| signals::is_fatal_by_default(sig))
-            .map(signal_bit)
-            .fold(0, |a, b| a | b)
-    } else {
-        0
-    };
-    let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
-    let sink = match &args.output {
-        Some(path) => Sink::file(path)?,
-        None => Sink::stdout(),
-    };
-
-    let termination_mask = signals::TERMINATION_SIGNALS
-        .iter()
-        .map(|&sig| signal_bit(sig))
-        .fold(0, |a, b| a | b);
-    let settings = Settings {
-        signal_mask,
-        fatal_default_mask,
-        termination_mask,
-    };
-    let (probes, ring) = Probes::load(object, &layout, settings, args.ring_buffer_kib * 1024)?;
-    let host = hostname();
-    let pipeline = Pipeline {
-        correlator: Correlator::new(args.reports.config()),
-        enricher: Enricher::new(
-            ProcHost::new(),
-            signal_mask,
-            TcpTracker::new(layout.rst_reasons.clone()),
-        ),
-        filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone())
-            .excluding(std::process::id()),
-        output: Output { format, sink },
-        clock: WallClock::now(),
-        host: host.clone(),
-        undecodable: 0,
-        scratch: Vec::new(),
-    };
-    let names: Vec<String> = args.signals.0.iter().map(|&s| signals::name(s)).collect();
-    eprintln!(
-        "observer: watching {}, process exits and TCP on {host} ({} programs attached{})",
-        names.join(","),
-        probes.attached.len(),
-        if layout.btf_problem.is_some() {
-            ", no BTF"
-        } else {
-            ""
-        }
-    );
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(event_loop(probes, ring, pipeline, args.duration))
-}
-
-async fn event_loop(
-    mut probes: Probes,
-    ring: RingBuf<MapData>,
-    mut pipeline: Pipeline<ProcHost>,
-    duration: Option<Duration>,
-) -> Result<()> {
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
-    // AsyncFd (which owns the RingBuf) is dropped.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(std::io::Error::from)
-        .context("polling the ring buffer")?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let stop_at = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u32::MAX as u64)));
-    tokio::pin!(stop_at);
-    let mut lost_poll = tokio::time::interval(LOST_POLL);
-    let mut lost_reported = 0u64;
-    let reason = loop {
-        tokio::select! {
-            ready = ring.readable_mut() => {
-                let mut guard = ready?;
-                drain(guard.get_inner_mut(), &mut pipeline)?;
-                guard.clear_ready();
-                // A record committed between the drain and clear_ready() woke nobody:
-                // drain once more so it cannot wait for the next wake-up.
-                drain(guard.get_inner_mut(), &mut pipeline)?;
-                pipeline.output.sink.flush()?;
-            }
-            _ = lost_poll.tick() => {
-                drain(ring.get_mut(), &mut pipeline)?;
-                report_lost(&probes, &mut pipeline, &mut lost_reported)?;
-                pipeline.advance(clock::monotonic_ns())?;
-                pipeline.output.sink.flush()?;
-            }
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = &mut stop_at => break "--duration elapsed",
-        }
-        if pipeline.output.sink.is_closed() {
-            break "output closed";
-        }
-    };
-    // Detach first so that the drain below sees everything there will ever be.
-    probes.detach();
-    drain(ring.get_mut(), &mut pipeline)?;
-    report_lost(&probes, &mut pipeline, &mut lost_reported)?;
-    pipeline.finish()?;
-    if pipeline.undecodable > 0 {
-        eprintln!(
-            "observer: warning: {} kernel records could not be decoded",
-            pipeline.undecodable
-        );
-    }
-    eprintln!("observer: stopped ({reason}); {lost_reported} events lost");
-    Ok(())
 }
 
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline<ProcHost>) -> Result<()> {
     while let Some(item) = ring.next() {
         pipeline.handle_record(&item)?;
-    }
-    Ok(())
-}
-
-fn report_lost(
-    probes: &Probes,
-    pipeline: &mut Pipeline<ProcHost>,
-    reported: &mut u64,
-) -> Result<()> {
-    let total = probes.lost_total()?;
-    if total > *reported {
-        pipeline.handle_lost(total - *reported, clock::monotonic_ns())?;
-        *reported = total;
     }
     Ok(())
 }
