@@ -79,6 +79,16 @@ pub struct WatchArgs {
 
     #[command(flatten)]
     pub reports: ReportTiming,
+
+    /// A deploy gate: wait for SERVICE's next deploy report (`unit:app.service`, or just
+    /// `app.service`; a container, cgroup or `comm:NAME:PORTS` as in reports), print it
+    /// with its shutdowns, and exit 0 if it is clean, 1 if not.
+    #[arg(long, value_name = "SERVICE")]
+    pub gate: Option<String>,
+
+    /// With --gate: give up after SECS (exit 2).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, requires = "gate")]
+    pub timeout: Option<Duration>,
 }
 
 /// When reports are written.

@@ -37,7 +37,12 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Watch(args) => watch::run(args),
+        cli::Command::Watch(args) => match watch::run(args) {
+            Ok(watch::Ended::Stopped | watch::Ended::GatePassed) => Ok(()),
+            Ok(watch::Ended::GateFailed) => return ExitCode::FAILURE,
+            Ok(watch::Ended::GateTimedOut) => return ExitCode::from(2),
+            Err(error) => Err(error),
+        },
         cli::Command::Report(args) => report::run(&args),
         cli::Command::Rehearse(args) => match rehearse::run(&args) {
             Ok(true) => Ok(()),

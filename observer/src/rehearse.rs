@@ -178,12 +178,10 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let rehearsal = runtime.block_on(session.run_until(rehearse(
-        args,
-        &mut child,
-        cgroup.as_ref(),
-        &output_dir,
-    )));
+    let rehearsal = runtime.block_on(session.run_until(
+        rehearse(args, &mut child, cgroup.as_ref(), &output_dir),
+        |_| false,
+    ));
     drop(cgroup);
     let clients = rehearsal?.context("output closed")??;
     session.finish()?;

@@ -15,6 +15,7 @@ use crate::{
     clock::{self, WallClock},
     correlate::Correlator,
     enrich::Enricher,
+    event::{Event, Line, Verdict},
     filter::Filter,
     layout::KernelLayout,
     loader::Probes,
@@ -111,9 +112,13 @@ impl Session {
         })
     }
 
-    /// Moves records to the pipeline until `until` completes (its value) or the output
-    /// is closed (None).
-    pub async fn run_until<T>(&mut self, until: impl Future<Output = T>) -> Result<Option<T>> {
+    /// Moves records to the pipeline until `until` completes (its value), or `done` holds
+    /// for the pipeline or the output is closed (None).
+    pub async fn run_until<T>(
+        &mut self,
+        until: impl Future<Output = T>,
+        done: impl Fn(&Pipeline<ProcHost>) -> bool,
+    ) -> Result<Option<T>> {
         let ring = self.ring.take().expect("one run at a time");
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
         // AsyncFd (which owns the RingBuf) gives it back below.
@@ -141,7 +146,7 @@ impl Session {
                 }
                 value = &mut until => break Some(value),
             }
-            if self.pipeline.output.sink.is_closed() {
+            if self.pipeline.output.sink.is_closed() || done(&self.pipeline) {
                 break None;
             }
         };
@@ -179,10 +184,24 @@ impl Session {
     }
 }
 
-pub fn run(args: WatchArgs) -> Result<()> {
-    let sink = match &args.output {
-        Some(path) => Sink::file(path)?,
-        None => Sink::stdout(),
+/// How `watch` ended.
+pub enum Ended {
+    /// Stopped by a signal, `--duration` or a closed output.
+    Stopped,
+    /// `--gate`: the service's deploy report was clean.
+    GatePassed,
+    /// `--gate`: it was not.
+    GateFailed,
+    /// `--gate --timeout`: no deploy report in time.
+    GateTimedOut,
+}
+
+pub fn run(args: WatchArgs) -> Result<Ended> {
+    let sink = match (&args.output, &args.gate) {
+        (Some(path), _) => Sink::file(path)?,
+        // A gate prints only the deploy report it waited for.
+        (None, Some(_)) => Sink::discard(),
+        (None, None) => Sink::stdout(),
     };
     let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
     let mut session = Session::start(Options {
@@ -192,10 +211,26 @@ pub fn run(args: WatchArgs) -> Result<()> {
         reports: args.reports.config(),
         ring_buffer_kib: args.ring_buffer_kib,
     })?;
+    if args.gate.is_some() {
+        session.pipeline.collected = Some(Vec::new());
+    }
+    let gate = args.gate.clone();
+    let gate_report = |pipeline: &Pipeline<ProcHost>| -> Option<Line> {
+        let service = gate.as_deref()?;
+        pipeline
+            .collected
+            .as_ref()?
+            .iter()
+            .find(|line| match &line.event {
+                Event::Deploy(deploy) => gate_matches(service, &deploy.service),
+                _ => false,
+            })
+            .cloned()
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let duration = args.duration;
+    let duration = args.duration.or(args.timeout);
     let reason = runtime.block_on(async {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
@@ -203,14 +238,52 @@ pub fn run(args: WatchArgs) -> Result<()> {
             tokio::select! {
                 _ = sigterm.recv() => "SIGTERM",
                 _ = sigint.recv() => "SIGINT",
-                _ = sleep_or_forever(duration) => "--duration elapsed",
+                _ = sleep_or_forever(duration) => "time elapsed",
             }
         };
-        anyhow::Ok(session.run_until(stop).await?.unwrap_or("output closed"))
+        let done = |pipeline: &Pipeline<ProcHost>| gate_report(pipeline).is_some();
+        anyhow::Ok(session.run_until(stop, done).await?.unwrap_or("done"))
     })?;
     let lost = session.finish()?;
     eprintln!("observer: stopped ({reason}); {lost} events lost");
-    Ok(())
+    let Some(service) = &args.gate else {
+        return Ok(Ended::Stopped);
+    };
+    let Some(deploy) = gate_report(&session.pipeline) else {
+        eprintln!("observer: no deploy report for {service} before observer stopped");
+        return Ok(Ended::GateTimedOut);
+    };
+    // The deploy's shutdown reports, then the deploy report, on stdout.
+    let Event::Deploy(report) = &deploy.event else {
+        unreachable!("gate_report finds deploy reports");
+    };
+    let mut stdout = Output {
+        format: OutputFormat::choose(args.json, args.color, false),
+        sink: Sink::stdout(),
+    };
+    let collected = session.pipeline.collected.take().unwrap_or_default();
+    for line in &collected {
+        if let Event::Shutdown(shutdown) = &line.event
+            && report.stopped.contains(&shutdown.pid)
+        {
+            stdout.write(line)?;
+        }
+    }
+    stdout.write(&deploy)?;
+    stdout.sink.finish()?;
+    Ok(if report.verdict == Verdict::Clean {
+        Ended::GatePassed
+    } else {
+        Ended::GateFailed
+    })
+}
+
+/// `--gate app.service` names `unit:app.service`; the full form works too.
+fn gate_matches(gate: &str, service: &str) -> bool {
+    service == gate
+        || service
+            .split_once(':')
+            .is_some_and(|(_, name)| name == gate)
 }
 
 async fn sleep_or_forever(duration: Option<Duration>) {

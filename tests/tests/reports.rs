@@ -435,3 +435,135 @@ fn a_clean_drain_has_no_findings() {
     assert_eq!(deploy[0]["stopped"], json!([app.pid]));
     events.assert_replay_is_identical(OBSERVER_TIMING);
 }
+
+/// A cgroup v2 group named like a systemd unit, removed on drop.
+struct UnitCgroup {
+    path: PathBuf,
+}
+
+impl UnitCgroup {
+    fn new(unit: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = mountinfo
+            .lines()
+            .find_map(|line| {
+                let (fields, fs) = line.split_once(" - ")?;
+                (fs.split_whitespace().next()? == "cgroup2")
+                    .then(|| fields.split_whitespace().nth(4).unwrap().to_string())
+            })
+            .expect("cgroup2 is mounted");
+        let path = PathBuf::from(mount).join(unit);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    /// Starts `command` inside the group.
+    fn spawn(&self, command: &mut Command) -> Child {
+        use std::os::unix::process::CommandExt;
+        let procs = self.path.join("cgroup.procs");
+        // SAFETY: only open/write/close between fork and exec (via std::fs, which makes
+        // no allocation-sensitive calls that matter in this single-threaded test child).
+        unsafe {
+            command.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        command.spawn().unwrap()
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn gate(service: &str, timeout: &str) -> Child {
+    use std::io::Read;
+    let mut child = Command::new(observer_tests::observer_binary())
+        .args([
+            "watch",
+            "--json",
+            "--after-exit",
+            "1",
+            "--deploy-window",
+            "1",
+            "--gate",
+            service,
+            "--timeout",
+            timeout,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until its programs are attached (it says so on stderr).
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("observer: watching") {
+        assert_eq!(
+            stderr.read(&mut byte).unwrap(),
+            1,
+            "observer ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    // Keep draining stderr so that observer never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    child
+}
+
+fn gate_result(child: Child) -> (Option<i32>, Vec<Value>) {
+    let output = child.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (output.status.code(), lines)
+}
+
+fn stop_in_unit(unit: &UnitCgroup, mode: &str) -> u32 {
+    let args = server(mode);
+    let mut child = unit.spawn(
+        Command::new(&args[0])
+            .args(&args[1..])
+            .stdout(Stdio::piped()),
+    );
+    assert!(read_line(&mut child).starts_with("ready"));
+    let pid = child.id();
+    observer_tests::send_signal(pid, libc::SIGTERM);
+    wait_timeout(&mut child);
+    pid
+}
+
+#[test]
+fn a_deploy_gate_passes_a_clean_deploy_and_fails_a_dropped_one() {
+    let unit = UnitCgroup::new("observer-gate-test.service");
+    let watching = gate("observer-gate-test.service", "30");
+    let pid = stop_in_unit(&unit, "drain");
+    let (status, lines) = gate_result(watching);
+    assert_eq!(status, Some(0), "{lines:#?}");
+    let deploy = lines.last().unwrap();
+    assert_eq!(
+        (&deploy["type"], &deploy["service"]),
+        (&json!("deploy"), &json!("unit:observer-gate-test.service"))
+    );
+    assert_eq!(
+        (&deploy["verdict"], &deploy["stopped"]),
+        (&json!("clean"), &json!([pid]))
+    );
+    assert_eq!(lines[0]["type"], "shutdown");
+    assert_eq!(lines[0]["unit"], "observer-gate-test.service");
+
+    let watching = gate("unit:observer-gate-test.service", "30");
+    stop_in_unit(&unit, "none");
+    let (status, lines) = gate_result(watching);
+    assert_eq!(status, Some(1), "{lines:#?}");
+    assert_eq!(lines.last().unwrap()["verdict"], "dropped");
+}
+
+#[test]
+fn a_deploy_gate_times_out_without_a_deploy() {
+    let (status, lines) = gate_result(gate("nothing-deploys.service", "1"));
+    assert_eq!((status, lines.len()), (Some(2), 0));
+}
