@@ -434,10 +434,16 @@ async fn watch_idle(mut stream: TcpStream) -> Outcome {
     }
 }
 
-/// New clients during the drain, until told to stop or refused (nobody listens).
+/// New clients during the drain, one every ARRIVAL_INTERVAL from one interval after the
+/// signal (a handler that reacts within that has closed its listener; a server that keeps
+/// accepting for longer is caught), until told to stop or refused (nobody listens).
 async fn arrive_during_drain(target: SocketAddr, http: bool, stopped: Arc<AtomicBool>) -> Outcomes {
     let mut outcomes = Outcomes::default();
-    while !stopped.load(Ordering::Relaxed) {
+    loop {
+        sleep(ARRIVAL_INTERVAL).await;
+        if stopped.load(Ordering::Relaxed) {
+            break;
+        }
         let outcome = match TcpStream::connect(target).await {
             Err(error) => classify(&error),
             Ok(_) if !http => Outcome::Completed,
@@ -454,7 +460,6 @@ async fn arrive_during_drain(target: SocketAddr, http: bool, stopped: Arc<Atomic
         if outcome == Outcome::Refused {
             break; // the instance stopped listening: out of rotation for new clients
         }
-        sleep(ARRIVAL_INTERVAL).await;
     }
     outcomes
 }
