@@ -318,6 +318,15 @@ pub(crate) mod tests {
         })
     }
 
+    /// A thread-directed signal: tgkill(tgid, tid, sig).
+    fn tgkill(sig: i32, tid: u32, tgid: u32) -> Record {
+        let mut record = generate(sig, tid, tgid);
+        if let Record::SignalGenerate(r) = &mut record {
+            r.group = 0;
+        }
+        record
+    }
+
     fn deliver(tgid: u32, tid: u32, sig: i32, dequeued: i32, handler: u64) -> Record {
         Record::SignalDeliver(SignalDeliverRecord {
             header: header(kind::SIGNAL_DELIVER),
@@ -411,11 +420,7 @@ pub(crate) mod tests {
     #[test]
     fn reports_the_aimed_threads_delivery_for_a_thread_directed_fatal_signal() {
         let mut enricher = Enricher::new(FakeHost::default(), default_mask(), no_tcp());
-        let mut tgkill = generate(15, 12, 10);
-        if let Record::SignalGenerate(r) = &mut tgkill {
-            r.group = 0;
-        }
-        enrich(&mut enricher, tgkill);
+        enrich(&mut enricher, tgkill(15, 12, 10));
         // The main thread dequeues the group SIGKILL first: held back.
         assert!(enrich(&mut enricher, deliver(10, 10, 15, 9, SIG_DFL)).is_none());
         let Some(Event::SignalDelivered(aimed)) =
@@ -433,11 +438,7 @@ pub(crate) mod tests {
     #[test]
     fn a_held_delivery_is_reported_before_the_exit_if_the_aimed_thread_never_dequeues() {
         let mut enricher = Enricher::new(FakeHost::default(), default_mask(), no_tcp());
-        let mut tgkill = generate(15, 12, 10);
-        if let Record::SignalGenerate(r) = &mut tgkill {
-            r.group = 0;
-        }
-        enrich(&mut enricher, tgkill);
+        enrich(&mut enricher, tgkill(15, 12, 10));
         assert!(enrich(&mut enricher, deliver(10, 10, 15, 9, SIG_DFL)).is_none());
         let mut out = Vec::new();
         enricher.enrich(&exit(10, exit_flags::WAIT_STATUS_EXACT, 15), &mut out);

@@ -312,6 +312,11 @@ fn schema() -> &'static jsonschema::Validator {
     })
 }
 
+/// The test servers shipped with the tests (tests/servers).
+pub fn servers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")
+}
+
 pub fn temp_path(name: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,13 +1,9 @@
 //! `observer rehearse` on small servers, good and bad: the verdict, the findings, what
 //! the clients saw, and the exit status.
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use observer_tests::observer_binary;
+use observer_tests::{observer_binary, servers_dir};
 use serde_json::Value;
-
-fn servers() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")
-}
 
 struct Rehearsal {
     status: i32,
@@ -52,7 +48,7 @@ fn codes(report: &Value) -> Vec<&str> {
 }
 
 fn script(name: &str) -> String {
-    servers().join(name).display().to_string()
+    servers_dir().join(name).display().to_string()
 }
 
 #[test]

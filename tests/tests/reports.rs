@@ -10,12 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer_tests::{Observer, TIMEOUT, read_line, testee::testee_path, wait_timeout};
+use observer_tests::{
+    Observer, TIMEOUT, read_line, servers_dir, testee::testee_path, wait_timeout,
+};
 use serde_json::{Value, json};
-
-fn servers() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")
-}
 
 /// A program under the orchestrator, and what the orchestrator said about it.
 struct Supervised {
@@ -29,7 +27,7 @@ struct Supervised {
 impl Supervised {
     fn start(grace: &str, signal_ready_pid: bool, command: &[&str]) -> Self {
         let mut args = vec![
-            servers().join("orchestrate.py").display().to_string(),
+            servers_dir().join("orchestrate.py").display().to_string(),
             grace.to_string(),
         ];
         if signal_ready_pid {
@@ -91,10 +89,20 @@ impl Supervised {
     }
 }
 
+/// server.py in `mode` under the orchestrator with `grace`.
+fn supervise(grace: &str, mode: &str) -> Supervised {
+    let args = server(mode);
+    Supervised::start(
+        grace,
+        false,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
 fn server(mode: &str) -> Vec<String> {
     vec![
         "python3".into(),
-        servers().join("server.py").display().to_string(),
+        servers_dir().join("server.py").display().to_string(),
         mode.into(),
     ]
 }
@@ -140,12 +148,7 @@ fn assert_exit(report: &Value, status: ExitStatus) {
 #[test]
 fn no_handler() {
     let observer = start_observer();
-    let args = server("none");
-    let mut app = Supervised::start(
-        "5",
-        false,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut app = supervise("5", "none");
     app.stop();
     let (status, _) = app.reaped();
     let events = observer.stop();
@@ -167,12 +170,7 @@ fn no_handler() {
 #[test]
 fn sigterm_ignored_then_sigkill_after_the_grace_period() {
     let observer = start_observer();
-    let args = server("ignore");
-    let mut app = Supervised::start(
-        "0.5",
-        false,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut app = supervise("0.5", "ignore");
     app.stop();
     let (status, _) = app.reaped();
     let events = observer.stop();
@@ -201,7 +199,7 @@ fn a_shell_as_pid1_of_a_namespace_swallows_sigterm() {
     let testee = testee_path().display().to_string();
     let script = format!(
         "python3 {} none; true",
-        servers().join("server.py").display()
+        servers_dir().join("server.py").display()
     );
     let mut app = Supervised::start("0.5", true, &[&testee, "pidns", "sh", "-c", &script]);
     let init = app.pid;
@@ -265,7 +263,7 @@ fn a_shell_as_pid1_of_a_namespace_swallows_sigterm() {
 #[test]
 fn a_handler_whose_event_loop_is_blocked_never_runs() {
     let observer = start_observer();
-    let script = servers().join("blocked.js").display().to_string();
+    let script = servers_dir().join("blocked.js").display().to_string();
     let mut app = Supervised::start("1", false, &["node", &script]);
     std::thread::sleep(Duration::from_millis(200)); // let the loop block
     app.stop();
@@ -290,12 +288,7 @@ fn a_handler_whose_event_loop_is_blocked_never_runs() {
 #[test]
 fn idle_keepalive_connections_left_open_then_the_timeout_fallback() {
     let observer = start_observer();
-    let args = server("keepalive");
-    let mut app = Supervised::start(
-        "5",
-        false,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut app = supervise("5", "keepalive");
     let idle: Vec<TcpStream> = (0..2).map(|_| connect(app.port())).collect();
     app.expect_line("accepted");
     app.expect_line("accepted");
@@ -340,12 +333,7 @@ fn idle_keepalive_connections_left_open_then_the_timeout_fallback() {
 #[test]
 fn accepting_after_the_signal_is_counted_exactly() {
     let observer = start_observer();
-    let args = server("accept");
-    let mut app = Supervised::start(
-        "5",
-        false,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut app = supervise("5", "accept");
     let early = connect(app.port());
     app.expect_line("accepted");
     early.shutdown(Shutdown::Both).unwrap();
@@ -370,12 +358,7 @@ fn accepting_after_the_signal_is_counted_exactly() {
 #[test]
 fn clients_refused_after_the_server_exited() {
     let observer = start_observer();
-    let args = server("none");
-    let mut app = Supervised::start(
-        "5",
-        false,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut app = supervise("5", "none");
     let port = app.port();
     app.stop();
     app.reaped();
@@ -401,12 +384,7 @@ fn clients_refused_after_the_server_exited() {
 #[test]
 fn a_clean_drain_has_no_findings() {
     let observer = start_observer();
-    let args = server("drain");
-    let mut app = Supervised::start(
-        "5",
-        false,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut app = supervise("5", "drain");
     let client = connect(app.port());
     app.expect_line("accepted");
     app.stop();

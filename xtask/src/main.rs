@@ -105,11 +105,20 @@ fn output_of(command: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A `cargo` for the eBPF toolchain, clean of the variables the outer (stable) cargo set.
-fn ebpf_cargo(root: &Path) -> Command {
+/// `cargo SUBCOMMAND` on the eBPF crate with the eBPF toolchain and target, clean of the
+/// variables the outer (stable) cargo set.
+fn ebpf_cargo(root: &Path, subcommand: &str) -> Command {
     let mut command = Command::new("rustup");
     command
-        .args(["run", EBPF_TOOLCHAIN, "cargo"])
+        .args(["run", EBPF_TOOLCHAIN, "cargo", subcommand])
+        .args([
+            "--package",
+            "observer-ebpf",
+            "--release",
+            "--target",
+            EBPF_TARGET,
+        ])
+        .args(["-Z", "build-std=core"])
         .current_dir(root);
     for var in [
         "RUSTC",
@@ -227,16 +236,7 @@ fn mount_tracefs() -> Result<()> {
 /// Builds the kernel programs; returns the object's path.
 fn build_ebpf(root: &Path) -> Result<PathBuf> {
     setup_toolchain()?;
-    run(ebpf_cargo(root).args([
-        "build",
-        "--package",
-        "observer-ebpf",
-        "--release",
-        "--target",
-        EBPF_TARGET,
-        "-Z",
-        "build-std=core",
-    ]))?;
+    run(&mut ebpf_cargo(root, "build"))?;
     let built = root
         .join("target")
         .join(EBPF_TARGET)
@@ -301,19 +301,7 @@ fn lint(root: &Path) -> Result<()> {
     run(host_cargo(root).args(["fmt", "--all", "--check"]))?;
     run(host_cargo(root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     setup_toolchain()?;
-    run(ebpf_cargo(root).args([
-        "clippy",
-        "--package",
-        "observer-ebpf",
-        "--release",
-        "--target",
-        EBPF_TARGET,
-        "-Z",
-        "build-std=core",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    run(ebpf_cargo(root, "clippy").args(["--", "-D", "warnings"]))
 }
 
 fn test(root: &Path) -> Result<()> {
