@@ -230,7 +230,14 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let duration = args.duration.or(args.timeout);
+    // Whichever ends first: --duration, or --gate's --timeout.
+    let (limit, elapsed) = match (args.duration, args.timeout) {
+        (Some(duration), Some(timeout)) if timeout < duration => {
+            (Some(timeout), "--timeout elapsed")
+        }
+        (Some(duration), _) => (Some(duration), "--duration elapsed"),
+        (None, timeout) => (timeout, "--timeout elapsed"),
+    };
     let reason = runtime.block_on(async {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
@@ -238,7 +245,7 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
             tokio::select! {
                 _ = sigterm.recv() => "SIGTERM",
                 _ = sigint.recv() => "SIGINT",
-                _ = sleep_or_forever(duration) => "time elapsed",
+                _ = sleep_or_forever(limit) => elapsed,
             }
         };
         let done = |pipeline: &Pipeline<ProcHost>| gate_report(pipeline).is_some();
