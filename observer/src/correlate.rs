@@ -312,6 +312,11 @@ impl Correlator {
                     }
                 }
                 if let Some(mut shutdown) = shutdown {
+                    // The exit's cgroup comes from the kernel's cgroup id: it fills in a
+                    // cgroup that /proc no longer had when the signal was enriched.
+                    if shutdown.cgroup.is_none() {
+                        shutdown.cgroup.clone_from(&e.cgroup);
+                    }
                     for child in &e.children {
                         if !shutdown.children_at_signal.contains(child) {
                             shutdown.children_at_signal.push(*child);

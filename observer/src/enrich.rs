@@ -58,6 +58,9 @@ pub struct Enricher<H> {
     /// `group_dead` can report one exit twice.
     exited: BoundedMap<(u32, u64), ()>,
     tcp: TcpTracker,
+    /// The cgroup last read for a process: the fallback when it is gone by the time a
+    /// signal to it is enriched (SIGTERM with no handler ends it within microseconds).
+    cgroups: BoundedMap<u32, String>,
 }
 
 impl<H: HostView> Enricher<H> {
@@ -71,6 +74,7 @@ impl<H: HostView> Enricher<H> {
             aimed: BoundedMap::new(TRACKED_PROCESSES),
             held: BoundedMap::new(TRACKED_PROCESSES),
             exited: BoundedMap::new(TRACKED_PROCESSES),
+            cgroups: BoundedMap::new(TRACKED_PROCESSES),
         }
     }
 
@@ -87,7 +91,7 @@ impl<H: HostView> Enricher<H> {
             Record::ExitGroupCall(r) => self.exit_group_call(r),
             Record::TcpState(r) => self.tcp.state_change(r).map(|mut event| {
                 if let Event::TcpListen(listen) = &mut event {
-                    listen.cgroup = self.host.cgroup_of_process(listen.pid);
+                    listen.cgroup = self.cgroup_of(listen.pid);
                 }
                 event
             }),
@@ -101,6 +105,17 @@ impl<H: HostView> Enricher<H> {
     fn take_held(&mut self, tgid: u32) -> Option<Timed> {
         self.aimed.remove(&tgid);
         self.held.remove(&tgid)
+    }
+
+    /// A process's cgroup, read now or, if it is gone, as last read.
+    fn cgroup_of(&mut self, pid: u32) -> Option<String> {
+        match self.host.cgroup_of_process(pid) {
+            Some(cgroup) => {
+                self.cgroups.insert(pid, cgroup.clone());
+                Some(cgroup)
+            }
+            None => self.cgroups.get(&pid).cloned(),
+        }
     }
 
     fn reported(&self, sig: i32) -> bool {
@@ -138,7 +153,7 @@ impl<H: HostView> Enricher<H> {
                 pid: tgid,
                 tid: r.target_tid,
                 comm: comm(&r.target_comm),
-                cgroup: self.host.cgroup_of_process(tgid),
+                cgroup: self.cgroup_of(tgid),
                 ns_pid: self.host.ns_pid(tgid),
                 listening: if terminating {
                     self.host.listening(tgid)
@@ -204,6 +219,7 @@ impl<H: HostView> Enricher<H> {
         }
         self.dying.remove(&r.tgid);
         self.aimed.remove(&r.tgid);
+        self.cgroups.remove(&r.tgid);
         let inferred = self.inference.take(r.tgid);
         let (status, source) = if r.flags & exit_flags::WAIT_STATUS_EXACT != 0 {
             (
@@ -391,6 +407,19 @@ pub(crate) mod tests {
             panic!("expected a signal event");
         };
         assert_eq!(signal.target.pid, 42);
+    }
+
+    #[test]
+    fn a_process_gone_before_its_signal_is_enriched_keeps_its_cgroup() {
+        let mut host = FakeHost::default();
+        host.cgroups.insert(10, "/system.slice/app.service".into());
+        let mut enricher = Enricher::new(host, default_mask(), no_tcp());
+        enrich(&mut enricher, generate(1, 10, 10)); // e.g. a reload, while it runs
+        enricher.host.cgroups.clear(); // SIGTERM with no handler: gone at once
+        let Some(Event::Signal(signal)) = enrich(&mut enricher, generate(15, 10, 10)) else {
+            panic!("expected a signal event");
+        };
+        assert_eq!(signal.target.cgroup.as_deref(), Some("/system.slice/app.service"));
     }
 
     #[test]
