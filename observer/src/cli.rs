@@ -69,6 +69,20 @@ pub struct WatchArgs {
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
+    /// Only processes in this systemd unit (e.g. app.service; repeatable).
+    #[arg(long = "unit", value_name = "UNIT")]
+    pub units: Vec<String>,
+
+    /// Only processes in this container (its id, or a prefix such as the 12-hex short
+    /// form; repeatable).
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+
+    /// Only processes in this cgroup v2 group or below it (a path under the cgroup2
+    /// root, e.g. /kubepods.slice; repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+
     /// Size of the kernel→userspace ring buffer in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,

@@ -419,7 +419,10 @@ pub(crate) mod tests {
         let Some(Event::Signal(signal)) = enrich(&mut enricher, generate(15, 10, 10)) else {
             panic!("expected a signal event");
         };
-        assert_eq!(signal.target.cgroup.as_deref(), Some("/system.slice/app.service"));
+        assert_eq!(
+            signal.target.cgroup.as_deref(),
+            Some("/system.slice/app.service")
+        );
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! `--pid` / `--comm` / `--port`: which events to show. Each event names a subject
-//! process (a signal's target, a delivery's receiver, an exit's process, a socket's
-//! owner or former owner) and TCP events a local port; `lost` always passes.
+//! `--pid` / `--comm` / `--port` / `--unit` / `--container` / `--cgroup`: which events to
+//! show. Each event names a subject process (a signal's target, a delivery's receiver,
+//! an exit's process, a socket's owner or former owner), TCP events a local port, and
+//! signals, exits and listeners a cgroup; `lost` always passes. Events that carry no
+//! port (or no cgroup) pass for the processes seen with a chosen one.
 use std::{collections::HashSet, net::SocketAddr};
 
-use crate::event::{Event, ProcessRef};
+use crate::{
+    event::{Event, ProcessRef},
+    identity,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -14,12 +19,50 @@ pub struct Filter {
     pids_on_ports: HashSet<u32>,
     /// observer's own process: its stop (SIGINT/SIGTERM) is not an event to report.
     own_pid: Option<u32>,
+    pub scope: Scope,
+    /// Processes seen in a chosen unit, container or cgroup.
+    pids_in_scope: HashSet<u32>,
+}
+
+/// `--unit`, `--container`, `--cgroup`: processes chosen by who they are.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub units: Vec<String>,
+    /// Full ids or prefixes (the 12-hex short form).
+    pub containers: Vec<String>,
+    /// A cgroup and everything below it.
+    pub cgroups: Vec<String>,
+}
+
+impl Scope {
+    fn is_empty(&self) -> bool {
+        self.units.is_empty() && self.containers.is_empty() && self.cgroups.is_empty()
+    }
+
+    fn contains(&self, cgroup: &str) -> bool {
+        let unit = identity::unit(cgroup);
+        let container = identity::container(cgroup);
+        let below = |root: &str| {
+            let root = root.trim_end_matches('/');
+            cgroup == root || cgroup.starts_with(&format!("{root}/")) || root.is_empty()
+        };
+        self.units
+            .iter()
+            .any(|u| unit.as_deref() == Some(u.as_str()))
+            || self.containers.iter().any(|c| {
+                container
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with(c.as_str()))
+            })
+            || self.cgroups.iter().any(|c| below(c))
+    }
 }
 
 /// What an event is about.
 struct Subject<'a> {
     processes: Vec<(u32, &'a str)>,
     local_port: Option<u16>,
+    cgroup: Option<&'a str>,
 }
 
 fn subject(event: &Event) -> Option<Subject<'_>> {
@@ -34,14 +77,17 @@ fn subject(event: &Event) -> Option<Subject<'_>> {
         Event::Signal(e) => Subject {
             processes: one(e.target.pid, &e.target.comm),
             local_port: None,
+            cgroup: e.target.cgroup.as_deref(),
         },
         Event::SignalDelivered(e) => Subject {
             processes: one(e.target.pid, &e.target.comm),
             local_port: None,
+            cgroup: e.target.cgroup.as_deref(),
         },
         Event::Exit(e) => Subject {
             processes: one(e.pid, &e.comm),
             local_port: None,
+            cgroup: e.cgroup.as_deref(),
         },
         Event::TcpReset(e) => {
             let owner = e.pid.zip(e.comm.as_deref());
@@ -51,19 +97,23 @@ fn subject(event: &Event) -> Option<Subject<'_>> {
                     .chain(e.former_owner.as_ref().map(reference))
                     .collect(),
                 local_port: port(&e.local),
+                cgroup: None,
             }
         }
         Event::TcpCloseAtExit(e) => Subject {
             processes: one(e.pid, &e.comm),
             local_port: port(&e.local),
+            cgroup: None,
         },
         Event::TcpListen(e) => Subject {
             processes: one(e.pid, &e.comm),
             local_port: port(&e.local),
+            cgroup: e.cgroup.as_deref(),
         },
         Event::TcpAccept(e) => Subject {
             processes: one(e.pid, &e.comm),
             local_port: port(&e.local),
+            cgroup: None,
         },
         // Lost events concern everyone; reports derive from lines that passed already.
         Event::Lost(_) | Event::Shutdown(_) | Event::Deploy(_) => return None,
@@ -78,7 +128,15 @@ impl Filter {
             ports,
             pids_on_ports: HashSet::new(),
             own_pid: None,
+            scope: Scope::default(),
+            pids_in_scope: HashSet::new(),
         }
+    }
+
+    /// Only processes in these units, containers or cgroups.
+    pub fn within(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Leaves out events about process `pid` (observer itself).
@@ -122,7 +180,20 @@ impl Filter {
                     .iter()
                     .any(|(pid, _)| self.pids_on_ports.contains(pid)),
             };
-        by_pid && by_comm && by_port
+        let by_scope = self.scope.is_empty()
+            || match subject.cgroup {
+                Some(cgroup) if self.scope.contains(cgroup) => {
+                    self.pids_in_scope
+                        .extend(subject.processes.iter().map(|(pid, _)| *pid));
+                    true
+                }
+                Some(_) => false,
+                None => subject
+                    .processes
+                    .iter()
+                    .any(|(pid, _)| self.pids_in_scope.contains(pid)),
+            };
+        by_pid && by_comm && by_port && by_scope
     }
 }
 
@@ -196,6 +267,24 @@ mod tests {
         assert!(
             Filter::new(vec![7], vec![], vec![]).matches(&refused),
             "former owner counts"
+        );
+        let unit = Scope {
+            units: vec!["app.service".into()],
+            ..Default::default()
+        };
+        let mut by_unit = Filter::default().within(unit);
+        let mut in_unit = exit(7, "srv");
+        if let Event::Exit(e) = &mut in_unit {
+            e.cgroup = Some("/system.slice/app.service".into());
+        }
+        assert!(by_unit.matches(&in_unit));
+        assert!(
+            !by_unit.matches(&exit(8, "srv")),
+            "no cgroup, never seen in the unit"
+        );
+        assert!(
+            by_unit.matches(&refused),
+            "former owner 7 was seen in the unit"
         );
         let mut not_self = Filter::default().excluding(7);
         assert!(!not_self.matches(&refused) && !not_self.matches(&exit(7, "observer")));

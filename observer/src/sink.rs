@@ -50,6 +50,20 @@ impl Sink {
         })
     }
 
+    /// Reopens the output file at its path (after logrotate moved it away); nothing for
+    /// other outputs.
+    pub fn reopen(&mut self) -> Result<()> {
+        let Some((_, path)) = &self.file else {
+            return Ok(());
+        };
+        let path = path.clone();
+        self.writer
+            .flush()
+            .with_context(|| format!("flushing {}", path.display()))?;
+        *self = Self::file(&path)?;
+        Ok(())
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed
     }

@@ -16,7 +16,7 @@ use crate::{
     correlate::Correlator,
     enrich::Enricher,
     event::{Event, Line, Verdict},
-    filter::Filter,
+    filter::{Filter, Scope},
     layout::KernelLayout,
     loader::Probes,
     object,
@@ -127,6 +127,8 @@ impl Session {
             .context("polling the ring buffer")?;
         tokio::pin!(until);
         let mut lost_poll = tokio::time::interval(LOST_POLL);
+        // logrotate's convention: SIGHUP means "reopen your log file".
+        let mut hangup = signal(SignalKind::hangup())?;
         let outcome = loop {
             tokio::select! {
                 ready = ring.readable_mut() => {
@@ -144,6 +146,7 @@ impl Session {
                     self.pipeline.advance(clock::monotonic_ns())?;
                     self.pipeline.output.sink.flush()?;
                 }
+                _ = hangup.recv() => self.pipeline.output.sink.reopen()?,
                 value = &mut until => break Some(value),
             }
             if self.pipeline.output.sink.is_closed() || done(&self.pipeline) {
@@ -206,7 +209,13 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
     let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
     let mut session = Session::start(Options {
         signals: args.signals.0.clone(),
-        filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()),
+        filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()).within(
+            Scope {
+                units: args.units.clone(),
+                containers: args.containers.clone(),
+                cgroups: args.cgroups.clone(),
+            },
+        ),
         output: Output { format, sink },
         reports: args.reports.config(),
         ring_buffer_kib: args.ring_buffer_kib,

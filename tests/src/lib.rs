@@ -116,6 +116,11 @@ impl Observer {
         self.child.id()
     }
 
+    /// Where it writes (`--output`).
+    pub fn output_path(&self) -> &std::path::Path {
+        &self.output
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -310,6 +315,46 @@ fn schema() -> &'static jsonschema::Validator {
         let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
         jsonschema::validator_for(&schema).expect("the schema compiles")
     })
+}
+
+/// A cgroup v2 group named like a systemd unit, removed on drop.
+pub struct UnitCgroup {
+    path: PathBuf,
+}
+
+impl UnitCgroup {
+    pub fn new(unit: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = mountinfo
+            .lines()
+            .find_map(|line| {
+                let (fields, fs) = line.split_once(" - ")?;
+                (fs.split_whitespace().next()? == "cgroup2")
+                    .then(|| fields.split_whitespace().nth(4).unwrap().to_string())
+            })
+            .expect("cgroup2 is mounted");
+        let path = PathBuf::from(mount).join(unit);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    /// Starts `command` inside the group.
+    pub fn spawn(&self, command: &mut Command) -> Child {
+        use std::os::unix::process::CommandExt;
+        let procs = self.path.join("cgroup.procs");
+        // SAFETY: only open/write/close between fork and exec (via std::fs, which makes
+        // no allocation-sensitive calls that matter in this single-threaded test child).
+        unsafe {
+            command.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        command.spawn().unwrap()
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }
 
 /// The test servers shipped with the tests (tests/servers).

@@ -5,13 +5,12 @@ use std::{
     io::Write,
     net::{Shutdown, TcpStream},
     os::unix::process::ExitStatusExt,
-    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
 use observer_tests::{
-    Observer, TIMEOUT, read_line, servers_dir, testee::testee_path, wait_timeout,
+    Observer, TIMEOUT, UnitCgroup, read_line, servers_dir, testee::testee_path, wait_timeout,
 };
 use serde_json::{Value, json};
 
@@ -412,46 +411,6 @@ fn a_clean_drain_has_no_findings() {
     assert_eq!(deploy.len(), 1, "{}", events.dump());
     assert_eq!(deploy[0]["stopped"], json!([app.pid]));
     events.assert_replay_is_identical(OBSERVER_TIMING);
-}
-
-/// A cgroup v2 group named like a systemd unit, removed on drop.
-struct UnitCgroup {
-    path: PathBuf,
-}
-
-impl UnitCgroup {
-    fn new(unit: &str) -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let mount = mountinfo
-            .lines()
-            .find_map(|line| {
-                let (fields, fs) = line.split_once(" - ")?;
-                (fs.split_whitespace().next()? == "cgroup2")
-                    .then(|| fields.split_whitespace().nth(4).unwrap().to_string())
-            })
-            .expect("cgroup2 is mounted");
-        let path = PathBuf::from(mount).join(unit);
-        std::fs::create_dir_all(&path).unwrap();
-        Self { path }
-    }
-
-    /// Starts `command` inside the group.
-    fn spawn(&self, command: &mut Command) -> Child {
-        use std::os::unix::process::CommandExt;
-        let procs = self.path.join("cgroup.procs");
-        // SAFETY: only open/write/close between fork and exec (via std::fs, which makes
-        // no allocation-sensitive calls that matter in this single-threaded test child).
-        unsafe {
-            command.pre_exec(move || std::fs::write(&procs, "0"));
-        }
-        command.spawn().unwrap()
-    }
-}
-
-impl Drop for UnitCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.path);
-    }
 }
 
 fn gate(service: &str, timeout: &str) -> Child {

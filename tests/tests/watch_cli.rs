@@ -315,3 +315,64 @@ fn check_without_tracefs_fails_with_the_fix() {
     );
     assert!(stdout.contains("cannot run here"), "{stdout}");
 }
+
+#[test]
+fn unit_filter_keeps_only_the_units_processes() {
+    let unit = observer_tests::UnitCgroup::new("observer-filter-test.service");
+    let observer = Observer::start(&["--unit", "observer-filter-test.service"]);
+    let mut inside = unit.spawn(
+        Command::new(observer_tests::testee::testee_path())
+            .args(["exit", "3"])
+            .stdout(std::process::Stdio::null()),
+    );
+    let inside_pid = inside.id();
+    assert_eq!(wait_timeout(&mut inside).code(), Some(3));
+    let (outside_pid, _) = run_to_exit(&["exit", "4"]);
+    let events = observer.stop();
+
+    let exit = events.exit_of(inside_pid);
+    assert_eq!(
+        exit["cgroup"]
+            .as_str()
+            .map(|c| c.ends_with("/observer-filter-test.service")),
+        Some(true)
+    );
+    assert!(events.exits_of(outside_pid).is_empty());
+    assert!(
+        events.of_type("exit").all(|e| e["pid"] == inside_pid),
+        "{}",
+        events.dump()
+    );
+}
+
+#[test]
+fn sighup_reopens_the_output_file_as_logrotate_expects() {
+    let observer = Observer::start(&[]);
+    let path = observer.output_path().to_path_buf();
+    let rotated = path.with_extension("1");
+    let (before, _) = run_to_exit(&["exit", "5"]);
+    // Wait until its exit is written, then rotate as logrotate does.
+    let deadline = std::time::Instant::now() + observer_tests::TIMEOUT;
+    while !std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .contains(&format!("\"pid\":{before},"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first exit was never written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::rename(&path, &rotated).unwrap();
+    send_signal(observer.pid(), libc::SIGHUP);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (after, _) = run_to_exit(&["exit", "6"]);
+    let events = observer.stop();
+
+    let old = Events::parse(&std::fs::read_to_string(&rotated).unwrap(), String::new());
+    let _ = std::fs::remove_file(&rotated);
+    assert_eq!(old.exit_of(before)["code"], 5);
+    assert!(old.exits_of(after).is_empty());
+    assert_eq!(events.exit_of(after)["code"], 6);
+    assert!(events.exits_of(before).is_empty());
+}
