@@ -231,6 +231,8 @@ impl Correlator {
                     shutdown.first_signal_ns = Some(mono);
                     shutdown.namespace_init = e.target.ns_pid == Some(1);
                     shutdown.children_at_signal.clone_from(&e.target.children);
+                    shutdown.exe.clone_from(&e.target.exe);
+                    shutdown.cmdline.clone_from(&e.target.cmdline);
                     let (service, ports) = (shutdown.service.clone(), shutdown.ports());
                     let window = self.config.deploy_window_ns;
                     let open = self
@@ -478,6 +480,8 @@ mod tests {
                     ns_pid,
                     listening: Vec::new(),
                     children: Vec::new(),
+                    exe: None,
+                    cmdline: Vec::new(),
                 },
                 group: true,
                 si_code: 0,
@@ -525,6 +529,8 @@ mod tests {
                     ns_pid: None,
                     listening: Vec::new(),
                     children: Vec::new(),
+                    exe: None,
+                    cmdline: Vec::new(),
                 },
                 handler,
             }),

@@ -33,6 +33,8 @@ pub trait HostView {
     fn listening(&mut self, pid: u32) -> Vec<String>;
     /// A live process's children.
     fn children(&mut self, pid: u32) -> Vec<u32>;
+    /// A live process's executable and command line.
+    fn command(&mut self, pid: u32) -> (Option<String>, Vec<String>);
 }
 
 /// An event and the CLOCK_MONOTONIC time of the kernel event behind it.
@@ -142,6 +144,11 @@ impl<H: HostView> Enricher<H> {
             return None;
         }
         let terminating = signals::TERMINATION_SIGNALS.contains(&r.sig);
+        let (exe, cmdline) = if terminating {
+            self.host.command(tgid)
+        } else {
+            (None, Vec::new())
+        };
         Some(Event::Signal(SignalEvent {
             sig: r.sig,
             sig_name: signals::name(r.sig),
@@ -165,6 +172,8 @@ impl<H: HostView> Enricher<H> {
                 } else {
                     Vec::new()
                 },
+                exe,
+                cmdline,
             },
             group: r.group != 0,
             si_code: r.si_code,
@@ -192,6 +201,8 @@ impl<H: HostView> Enricher<H> {
                 ns_pid: None,
                 listening: Vec::new(),
                 children: Vec::new(),
+                exe: None,
+                cmdline: Vec::new(),
             },
             handler: Handler::from_sa_handler(r.sa_handler),
         });
@@ -285,6 +296,9 @@ pub(crate) mod tests {
         }
         fn children(&mut self, _pid: u32) -> Vec<u32> {
             Vec::new()
+        }
+        fn command(&mut self, _pid: u32) -> (Option<String>, Vec<String>) {
+            (None, Vec::new())
         }
     }
 

@@ -115,6 +115,11 @@ pub struct ThreadRef {
     /// /proc), so that a child that was never told can be found after it is reparented.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<u32>,
+    /// For a termination signal: the target's executable and command line (from /proc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmdline: Vec<String>,
 }
 
 /// How a signal came to be, from its `si_code`.
@@ -395,6 +400,10 @@ pub struct Finding {
 pub struct ShutdownReport {
     pub pid: u32,
     pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmdline: Vec<String>,
     pub cgroup: Option<String>,
     pub unit: Option<String>,
     pub container: Option<String>,

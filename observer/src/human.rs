@@ -49,6 +49,14 @@ impl HumanFormat {
                         format!("  {}", self.paint(MAGENTA, &name))
                     }
                 };
+                let command = if e.target.cmdline.is_empty() {
+                    String::new()
+                } else {
+                    let text = e.target.cmdline.join(" ");
+                    let cut: String = text.chars().take(60).collect();
+                    let more = if cut.len() < text.len() { "…" } else { "" };
+                    format!("  [{cut}{more}]")
+                };
                 let origin = match e.origin {
                     Origin::Kernel => "  (kernel)",
                     Origin::Tkill if !e.group => "  (to thread)",
@@ -57,7 +65,7 @@ impl HumanFormat {
                 (
                     "signal",
                     format!(
-                        "{} {}[{}] → {}{result}{origin}",
+                        "{} {}[{}] → {}{result}{origin}{command}",
                         self.signal_name(e.sig),
                         e.sender.comm,
                         e.sender.pid,
@@ -221,6 +229,8 @@ mod tests {
                 ns_pid: None,
                 listening: Vec::new(),
                 children: Vec::new(),
+                exe: None,
+                cmdline: Vec::new(),
             },
             group: false,
             si_code: -6,

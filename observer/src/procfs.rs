@@ -122,6 +122,22 @@ impl HostView for ProcHost {
         children
     }
 
+    fn command(&mut self, pid: u32) -> (Option<String>, Vec<String>) {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|path| path.to_string_lossy().into_owned());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|bytes| {
+                bytes
+                    .split(|&b| b == 0)
+                    .filter(|arg| !arg.is_empty())
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (exe, cmdline)
+    }
+
     fn ns_pid(&mut self, pid: u32) -> Option<u32> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         parse_ns_pid(&status)
@@ -272,6 +288,17 @@ mod tests {
         assert_eq!(parse_listeners(tcp6), vec![(77, "[::1]:80".to_string())]);
         assert_eq!(socket_inode("socket:[4242]"), Some(4242));
         assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn reads_the_command_of_a_live_process() {
+        let (exe, cmdline) = ProcHost::new().command(std::process::id());
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(exe.as_deref(), me.to_str());
+        assert_eq!(
+            cmdline.first().map(String::as_str),
+            std::env::args().next().as_deref()
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::{
 pub struct ProcessShutdown {
     pub pid: u32,
     pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
     pub cgroup: Option<String>,
     /// The service a deploy groups it under, fixed at its first termination signal.
     pub service: String,
@@ -55,6 +57,8 @@ impl ProcessShutdown {
         Self {
             pid,
             comm: comm.to_string(),
+            exe: None,
+            cmdline: Vec::new(),
             service: identity::service(cgroup.as_deref(), comm, &ports),
             cgroup,
             first_signal_ns: None,
@@ -153,6 +157,8 @@ impl ProcessShutdown {
         ShutdownReport {
             pid: self.pid,
             comm: self.comm.clone(),
+            exe: self.exe.clone(),
+            cmdline: self.cmdline.clone(),
             cgroup: self.cgroup.clone(),
             unit: self.cgroup.as_deref().and_then(identity::unit),
             container: self.cgroup.as_deref().and_then(identity::container),
