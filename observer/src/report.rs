@@ -78,8 +78,21 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     Ok(())
 }
 
-/// One log line: `Some` event, `None` for a report (recomputed, not replayed), or why
-/// it is not an event.
+/// Event types this version reads; others (from a newer observer) are skipped, as the
+/// contract asks of every consumer.
+const KNOWN_TYPES: [&str; 8] = [
+    "signal",
+    "signal_delivered",
+    "exit",
+    "tcp_reset",
+    "tcp_close_at_exit",
+    "tcp_listen",
+    "tcp_accept",
+    "lost",
+];
+
+/// One log line: `Some` event, `None` for a line to skip (a report, recomputed rather
+/// than replayed, or a type this version does not know), or why it is not an event.
 fn parse(bytes: &[u8]) -> Result<Option<Line>, String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(60)]).into_owned();
@@ -90,7 +103,7 @@ fn parse(bytes: &[u8]) -> Result<Option<Line>, String> {
         .and_then(|t| t.as_str())
         .ok_or("no \"type\" field")?
         .to_string();
-    if kind == "shutdown" || kind == "deploy" {
+    if !KNOWN_TYPES.contains(&kind.as_str()) {
         return Ok(None);
     }
     serde_json::from_value(value)
