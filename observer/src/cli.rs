@@ -21,6 +21,13 @@ pub enum Command {
     /// Rehearse a service's shutdown: start CMD in a cgroup, load it, stop it as a platform
     /// does (signal, grace, SIGKILL), and report how it went. Exit 1 unless clean.
     Rehearse(RehearseArgs),
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line's definition.
+    Man,
     /// Check that `watch` can run here: kernel, privileges, BTF, tracefs, and every program
     /// loaded and attached for real. Exit status 1 if it cannot.
     Check,
@@ -264,11 +271,57 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
     Ok(kib)
 }
 
+/// Shell completions for `shell`, generated from the CLI definition.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "observer",
+        &mut out,
+    );
+    out
+}
+
+/// The man page (roff), generated from the CLI definition.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn completions_and_man_page_cover_every_subcommand() {
+        let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
+        for word in [
+            "watch",
+            "report",
+            "rehearse",
+            "check",
+            "--gate",
+            "--after-exit",
+        ] {
+            assert!(
+                bash.contains(word),
+                "{word} missing from the bash completions"
+            );
+        }
+        let man = String::from_utf8(man_page().unwrap()).unwrap();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH observer"),
+            "{}",
+            &man[..80]
+        );
+        for word in ["watch", "report", "rehearse", "check"] {
+            assert!(man.contains(word), "{word} missing from the man page");
+        }
+    }
 
     fn watch(args: &[&str]) -> Result<WatchArgs, String> {
         let mut argv = vec!["observer", "watch"];

@@ -49,6 +49,13 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::FAILURE,
             Err(error) => Err(error),
         },
+        cli::Command::Completions { shell } => {
+            std::io::Write::write_all(&mut std::io::stdout(), &cli::completions(shell))
+                .map_err(anyhow::Error::from)
+        }
+        cli::Command::Man => cli::man_page()
+            .and_then(|page| std::io::Write::write_all(&mut std::io::stdout(), &page))
+            .map_err(anyhow::Error::from),
         cli::Command::Check => match check::run() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
