@@ -289,6 +289,26 @@ fn accepts_after_sigterm_are_counted_exactly() {
     expected.sort();
     assert_eq!(remotes, expected, "{}", events.dump());
     assert!(accepts.iter().all(|a| a["local"] == addr.to_string()));
+    // Who the signal's target is, read while it keeps serving: its executable, command
+    // line, and the listener it holds.
+    let signal: Vec<_> = events
+        .signals_to(pid)
+        .into_iter()
+        .filter(|s| s["sig"] == 15)
+        .collect();
+    let target = &signal[0]["target"];
+    let testee = observer_tests::testee::testee_path();
+    assert_eq!(target["exe"], testee.to_str().unwrap(), "{target}");
+    assert_eq!(
+        target["cmdline"],
+        json!([
+            testee.to_str().unwrap(),
+            "tcp-server",
+            "127.0.0.1:0",
+            "handler"
+        ])
+    );
+    assert_eq!(target["listening"], json!([addr.to_string()]));
     before
         .iter_mut()
         .for_each(|c| c.shutdown(Shutdown::Both).unwrap());
