@@ -407,6 +407,9 @@ pub struct ShutdownReport {
     pub cgroup: Option<String>,
     pub unit: Option<String>,
     pub container: Option<String>,
+    /// The Kubernetes pod uid, when the cgroup names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub sigterm: Option<SigtermInfo>,
     pub sigkill: Option<SigkillInfo>,
     pub sigkill_first: bool,

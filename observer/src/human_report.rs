@@ -23,7 +23,12 @@ pub fn shutdown(format: &HumanFormat, report: &ShutdownReport) -> String {
     let identity = match (&report.unit, &report.container, &report.cgroup) {
         (Some(unit), _, _) => format!("  unit {unit}"),
         (None, Some(container), _) => {
-            format!("  container {}", &container[..12.min(container.len())])
+            let pod = report
+                .pod
+                .as_ref()
+                .map(|uid| format!(" (pod {uid})"))
+                .unwrap_or_default();
+            format!("  container {}{pod}", &container[..12.min(container.len())])
         }
         (None, None, Some(cgroup)) if cgroup != "/" => format!("  cgroup {cgroup}"),
         _ => String::new(),

@@ -37,6 +37,21 @@ fn container_in(component: &str) -> Option<String> {
     (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
 }
 
+/// A Kubernetes pod's uid: `kubepods-burstable-pod<uid, _ for ->.slice` (systemd cgroup
+/// driver) or `/kubepods/burstable/pod<uid>/` (cgroupfs driver).
+pub fn pod(cgroup: &str) -> Option<String> {
+    cgroup.split('/').find_map(|component| {
+        let name = component.strip_suffix(".slice").unwrap_or(component);
+        let uid = name
+            .rsplit_once("-pod")
+            .map(|(_, uid)| uid)
+            .or_else(|| name.strip_prefix("pod"))?;
+        let uid = uid.replace('_', "-");
+        let is_uid = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        is_uid.then_some(uid)
+    })
+}
+
 /// The service a deploy groups a process under: its unit, else its container, else its
 /// cgroup (if not the root), else its command plus listening ports.
 pub fn service(cgroup: Option<&str>, comm: &str, ports: &[u16]) -> String {
@@ -89,6 +104,22 @@ mod tests {
             assert_eq!(unit(&path), None, "{path}");
         }
         assert_eq!(container("/system.slice/app.service"), None);
+    }
+
+    #[test]
+    fn reads_pod_uids_with_either_cgroup_driver() {
+        let uid = "8f2a1c3e-4b5d-6e7f-8091-a2b3c4d5e6f7";
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            uid.replace('-', "_")
+        );
+        assert_eq!(pod(&systemd).as_deref(), Some(uid));
+        assert_eq!(
+            pod(&format!("/kubepods/besteffort/pod{uid}/{ID}")).as_deref(),
+            Some(uid)
+        );
+        assert_eq!(pod("/system.slice/app.service"), None);
+        assert_eq!(pod("/kubepods.slice/kubepods-burstable.slice"), None);
     }
 
     #[test]

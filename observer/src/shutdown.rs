@@ -162,6 +162,7 @@ impl ProcessShutdown {
             cgroup: self.cgroup.clone(),
             unit: self.cgroup.as_deref().and_then(identity::unit),
             container: self.cgroup.as_deref().and_then(identity::container),
+            pod: self.cgroup.as_deref().and_then(identity::pod),
             sigterm: self.sigterm.clone(),
             sigkill,
             sigkill_first: self.sigkill_first(),

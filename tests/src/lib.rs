@@ -353,7 +353,15 @@ impl UnitCgroup {
 
 impl Drop for UnitCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.path);
+        // The group, then the (now empty) parents it may have needed; stops at the first
+        // that is not empty or not ours to remove.
+        let mut dir = Some(self.path.as_path());
+        while let Some(path) = dir {
+            if std::fs::remove_dir(path).is_err() {
+                break;
+            }
+            dir = path.parent();
+        }
     }
 }
 

@@ -504,3 +504,40 @@ fn a_deploy_gate_times_out_without_a_deploy() {
     let (status, lines) = gate_result(gate("nothing-deploys.service", "1"));
     assert_eq!((status, lines.len()), (Some(2), 0));
 }
+
+#[test]
+fn a_containers_shutdown_names_its_container_and_pod() {
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let uid = "8f2a1c3e-4b5d-6e7f-8091-a2b3c4d5e6f7";
+    let scope = format!(
+        "observer-test-kubepods.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    );
+    let group = UnitCgroup::new(&scope);
+    let observer = start_observer();
+    let mut child = group.spawn(
+        Command::new(testee_path())
+            .arg("wait")
+            .stdout(Stdio::piped()),
+    );
+    assert_eq!(read_line(&mut child), "ready");
+    let pid = child.id();
+    observer_tests::send_signal(pid, libc::SIGTERM);
+    wait_timeout(&mut child);
+    let events = observer.stop();
+
+    let report = events.shutdown_of(pid);
+    assert_eq!(
+        (&report["container"], &report["pod"], &report["unit"]),
+        (&json!(id), &json!(uid), &json!(null)),
+        "{report}"
+    );
+    assert!(
+        report["cgroup"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("cri-containerd-{id}.scope"))
+    );
+    let exit = events.exit_of(pid);
+    assert_eq!(exit["cgroup"], report["cgroup"]);
+}
