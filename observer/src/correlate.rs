@@ -521,17 +521,7 @@ mod tests {
             Event::SignalDelivered(DeliveredEvent {
                 sig,
                 sig_name: signals::name(sig),
-                target: ThreadRef {
-                    pid,
-                    tid: pid,
-                    comm: "app".into(),
-                    cgroup: None,
-                    ns_pid: None,
-                    listening: Vec::new(),
-                    children: Vec::new(),
-                    exe: None,
-                    cmdline: Vec::new(),
-                },
+                target: ThreadRef::thread(pid, pid, "app".into()),
                 handler,
             }),
         )

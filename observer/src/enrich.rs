@@ -193,17 +193,7 @@ impl<H: HostView> Enricher<H> {
         let event = Event::SignalDelivered(DeliveredEvent {
             sig: r.sig,
             sig_name: signals::name(r.sig),
-            target: ThreadRef {
-                pid: r.tgid,
-                tid: r.tid,
-                comm: comm(&r.comm),
-                cgroup: None,
-                ns_pid: None,
-                listening: Vec::new(),
-                children: Vec::new(),
-                exe: None,
-                cmdline: Vec::new(),
-            },
+            target: ThreadRef::thread(r.tgid, r.tid, comm(&r.comm)),
             handler: Handler::from_sa_handler(r.sa_handler),
         });
         if !(default_action && signals::is_fatal_by_default(r.sig)) {

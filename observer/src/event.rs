@@ -97,6 +97,23 @@ pub struct ProcessRef {
     pub comm: String,
 }
 
+impl ThreadRef {
+    /// A thread, with none of the optional facts read from /proc.
+    pub fn thread(pid: u32, tid: u32, comm: String) -> Self {
+        Self {
+            pid,
+            tid,
+            comm,
+            cgroup: None,
+            ns_pid: None,
+            listening: Vec::new(),
+            children: Vec::new(),
+            exe: None,
+            cmdline: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadRef {
     pub pid: u32,

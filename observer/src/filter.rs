@@ -167,33 +167,35 @@ impl Filter {
                 .processes
                 .iter()
                 .any(|(_, comm)| self.comms.iter().any(|c| c == comm));
-        let by_port = self.ports.is_empty()
-            || match subject.local_port {
-                Some(port) if self.ports.contains(&port) => {
-                    self.pids_on_ports
-                        .extend(subject.processes.iter().map(|(pid, _)| *pid));
-                    true
-                }
-                Some(_) => false,
-                None => subject
-                    .processes
-                    .iter()
-                    .any(|(pid, _)| self.pids_on_ports.contains(pid)),
-            };
-        let by_scope = self.scope.is_empty()
-            || match subject.cgroup {
-                Some(cgroup) if self.scope.contains(cgroup) => {
-                    self.pids_in_scope
-                        .extend(subject.processes.iter().map(|(pid, _)| *pid));
-                    true
-                }
-                Some(_) => false,
-                None => subject
-                    .processes
-                    .iter()
-                    .any(|(pid, _)| self.pids_in_scope.contains(pid)),
-            };
+        let ports = &self.ports;
+        let by_port = ports.is_empty()
+            || follows(
+                &mut self.pids_on_ports,
+                subject.local_port.map(|port| ports.contains(&port)),
+                &subject.processes,
+            );
+        let scope = &self.scope;
+        let by_scope = scope.is_empty()
+            || follows(
+                &mut self.pids_in_scope,
+                subject.cgroup.map(|cgroup| scope.contains(cgroup)),
+                &subject.processes,
+            );
         by_pid && by_comm && by_port && by_scope
+    }
+}
+
+/// For a filter on a property only some events carry (a port, a cgroup): an event that
+/// carries it passes if it matches (`chosen`: Some(true)), and its processes are
+/// remembered; an event without it passes if one of its processes was seen matching.
+fn follows(seen: &mut HashSet<u32>, chosen: Option<bool>, processes: &[(u32, &str)]) -> bool {
+    match chosen {
+        Some(true) => {
+            seen.extend(processes.iter().map(|(pid, _)| *pid));
+            true
+        }
+        Some(false) => false,
+        None => processes.iter().any(|(pid, _)| seen.contains(pid)),
     }
 }
 

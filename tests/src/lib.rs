@@ -365,6 +365,16 @@ impl Drop for UnitCgroup {
     }
 }
 
+/// The finding codes of a shutdown or deploy report, in order.
+pub fn finding_codes(report: &Value) -> Vec<&str> {
+    report["findings"]
+        .as_array()
+        .expect("findings is an array")
+        .iter()
+        .map(|f| f["code"].as_str().expect("a code is a string"))
+        .collect()
+}
+
 /// The test servers shipped with the tests (tests/servers).
 pub fn servers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")

@@ -2,7 +2,7 @@
 //! the clients saw, and the exit status.
 use std::process::Command;
 
-use observer_tests::{observer_binary, servers_dir};
+use observer_tests::{finding_codes as codes, observer_binary, servers_dir};
 use serde_json::Value;
 
 struct Rehearsal {
@@ -36,15 +36,6 @@ fn rehearse(options: &[&str], command: &[&str]) -> Rehearsal {
         report: lines[0].clone(),
         summary: lines[1].clone(),
     }
-}
-
-fn codes(report: &Value) -> Vec<&str> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["code"].as_str().unwrap())
-        .collect()
 }
 
 fn script(name: &str) -> String {

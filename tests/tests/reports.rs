@@ -10,7 +10,8 @@ use std::{
 };
 
 use observer_tests::{
-    Observer, TIMEOUT, UnitCgroup, read_line, servers_dir, testee::testee_path, wait_timeout,
+    Observer, TIMEOUT, UnitCgroup, finding_codes as codes, read_line, servers_dir,
+    testee::testee_path, wait_timeout,
 };
 use serde_json::{Value, json};
 
@@ -104,15 +105,6 @@ fn server(mode: &str) -> Vec<String> {
         servers_dir().join("server.py").display().to_string(),
         mode.into(),
     ]
-}
-
-fn codes(report: &Value) -> Vec<&str> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["code"].as_str().unwrap())
-        .collect()
 }
 
 /// Reports due 2 s after exit (and the replay must be told the same).
