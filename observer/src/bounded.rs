@@ -43,6 +43,10 @@ impl<K: Eq + Hash + Copy, V> BoundedMap<K, V> {
         self.entries.get_mut(key).map(|(value, _)| value)
     }
 
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|(value, _)| value)
+    }
+
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.entries.values_mut().map(|(value, _)| value)
     }

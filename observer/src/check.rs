@@ -1,7 +1,6 @@
 //! `observer check`: can `watch` work here, and how well? One line per requirement and
 //! per kernel program (loaded and attached for real, then detached), each failing line
 //! with its fix. Exit status 1 when `watch` could not run.
-use std::path::PathBuf;
 
 use anyhow::Result;
 use observer_common::Settings;
@@ -94,9 +93,7 @@ pub fn run() -> Result<bool> {
         ),
         Err(e) => add(Level::Fail, "privileges", format!("{e:#}")),
     }
-    let btf_path = std::env::var_os("OBSERVER_BTF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
+    let btf_path = crate::layout::btf_path();
     match Btf::from_file(&btf_path).and_then(|btf| btf.member_offset("task_struct", "exit_code")) {
         Ok(offset) => add(
             Level::Ok,

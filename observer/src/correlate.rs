@@ -184,7 +184,7 @@ impl Correlator {
         let told = |s: &ProcessShutdown| s.sigterm_ns.is_some_and(|term| term <= mono_ns);
         let by_ppid = ppid.filter(|&ppid| self.record(ppid, mono_ns).is_some_and(|p| told(p)));
         let parent = by_ppid.or_else(|| {
-            let live = self.live.values_mut().map(|s| &*s);
+            let live = self.live.values();
             let exited = self
                 .exited
                 .iter()

@@ -110,13 +110,7 @@ impl Deploy {
         let dropped_connections = self
             .stopped
             .iter()
-            .map(|s| {
-                let open = s
-                    .open_at_exit
-                    .iter()
-                    .filter(|c| c.role != crate::event::Role::Listener);
-                open.count() as u32 + s.refused_after_exit
-            })
+            .map(|s| s.connections_open_at_exit().count() as u32 + s.refused_after_exit)
             .sum();
         let mut started_pids: Vec<u32> = self.replacements.iter().map(|(pid, _)| *pid).collect();
         started_pids.dedup();

@@ -24,6 +24,13 @@ pub struct TcpLayout {
     pub accept: Option<AcceptLayout>,
 }
 
+/// The kernel BTF to read: `OBSERVER_BTF` if set, else the running kernel's.
+pub fn btf_path() -> std::path::PathBuf {
+    std::env::var_os("OBSERVER_BTF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/sys/kernel/btf/vmlinux"))
+}
+
 pub struct KernelLayout {
     pub signal_generate: SignalGenerateLayout,
     pub signal_deliver: SignalDeliverLayout,

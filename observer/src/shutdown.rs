@@ -126,7 +126,8 @@ impl ProcessShutdown {
         }
     }
 
-    fn connections_open_at_exit(&self) -> impl Iterator<Item = &OpenConnection> {
+    /// Connections (not listeners) it still held when it exited.
+    pub fn connections_open_at_exit(&self) -> impl Iterator<Item = &OpenConnection> {
         self.open_at_exit
             .iter()
             .filter(|c| c.role != Role::Listener)

@@ -1,6 +1,6 @@
 //! `observer watch`: set up, load, then move records from the ring buffer to the sink
 //! until told to stop — and on the way out, detach, drain, and flush everything.
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{future::Future, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -59,9 +59,7 @@ impl Session {
         preflight::check_kernel(version)?;
         preflight::raise_memlock(version);
         let events = tracefs::ensure_mounted()?;
-        let btf_path = std::env::var_os("OBSERVER_BTF")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
+        let btf_path = crate::layout::btf_path();
         let layout = KernelLayout::read(&events, &btf_path)?;
         warn_about_gaps(&layout);
         let signal_mask = mask(options.signals.iter().copied());
