@@ -36,7 +36,7 @@ pub enum Command {
     Report(ReportArgs),
     /// Print termination signals, process exits and the TCP evidence of shutdowns (resets,
     /// connections open at exit, listeners) on this host as they happen.
-    Watch(WatchArgs),
+    Watch(Box<WatchArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +48,11 @@ pub struct WatchArgs {
     /// Append events to FILE instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9477) at /metrics: shutdowns by
+    /// verdict and service, drain time, SIGKILLs after grace, lost events, events by type.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Stop after SECS seconds (fractions allowed), flushing every event.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
@@ -329,7 +334,7 @@ mod tests {
         match Cli::try_parse_from(argv) {
             Ok(Cli {
                 command: Command::Watch(args),
-            }) => Ok(args),
+            }) => Ok(*args),
             Ok(other) => panic!("{other:?}"),
             Err(error) => Err(error.to_string()),
         }

@@ -16,6 +16,8 @@ mod human_report;
 mod identity;
 mod layout;
 mod loader;
+mod metrics;
+mod metrics_server;
 mod object;
 mod pipeline;
 mod preflight;
@@ -37,7 +39,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Watch(args) => match watch::run(args) {
+        cli::Command::Watch(args) => match watch::run(*args) {
             Ok(watch::Ended::Stopped | watch::Ended::GatePassed) => Ok(()),
             Ok(watch::Ended::GateFailed) => return ExitCode::FAILURE,
             Ok(watch::Ended::GateTimedOut) => return ExitCode::from(2),

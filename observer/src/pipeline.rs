@@ -12,6 +12,7 @@ use crate::{
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
     filter::Filter,
     human::HumanFormat,
+    metrics::SharedMetrics,
     sink::Sink,
 };
 
@@ -53,6 +54,8 @@ pub struct Pipeline<H> {
     pub scratch: Vec<Timed>,
     /// When set, every report line written is also kept here (for rehearse and --gate).
     pub collected: Option<Vec<Line>>,
+    /// When set, every line written is also counted here (`--metrics`).
+    pub metrics: Option<SharedMetrics>,
 }
 
 impl<H: HostView> Pipeline<H> {
@@ -93,6 +96,7 @@ impl<H: HostView> Pipeline<H> {
             host: self.host.clone(),
         };
         self.output.write(&line)?;
+        self.count(std::slice::from_ref(&line));
         let reports = self.correlator.observe(&line);
         self.write_reports(reports)
     }
@@ -112,10 +116,23 @@ impl<H: HostView> Pipeline<H> {
 
     fn write_reports(&mut self, reports: Vec<Line>) -> Result<()> {
         self.output.write_all(&reports)?;
+        self.count(&reports);
         if let Some(collected) = &mut self.collected {
             collected.extend(reports);
         }
         Ok(())
+    }
+}
+
+impl<H> Pipeline<H> {
+    fn count(&self, lines: &[Line]) {
+        if let Some(metrics) = &self.metrics {
+            // A panic elsewhere while holding the lock leaves the counts usable.
+            let mut metrics = metrics
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            lines.iter().for_each(|line| metrics.observe(line));
+        }
     }
 }
 

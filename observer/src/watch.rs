@@ -19,7 +19,8 @@ use crate::{
     filter::{Filter, Scope},
     layout::KernelLayout,
     loader::Probes,
-    object,
+    metrics::Metrics,
+    metrics_server, object,
     pipeline::{Output, OutputFormat, Pipeline},
     preflight,
     procfs::ProcHost,
@@ -90,6 +91,7 @@ impl Session {
             undecodable: 0,
             scratch: Vec::new(),
             collected: None,
+            metrics: None,
         };
         let names: Vec<String> = options.signals.iter().map(|&s| signals::name(s)).collect();
         eprintln!(
@@ -205,6 +207,7 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
         (None, None) => Sink::stdout(),
     };
     let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
+    let metrics_listener = args.metrics.map(metrics_server::bind).transpose()?;
     let mut session = Session::start(Options {
         signals: args.signals.0.clone(),
         filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()).within(
@@ -221,6 +224,11 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
     if args.gate.is_some() {
         session.pipeline.collected = Some(Vec::new());
     }
+    let metrics = metrics_listener.map(|listener| {
+        let metrics = Metrics::shared();
+        session.pipeline.metrics = Some(metrics.clone());
+        (listener, metrics)
+    });
     let gate = args.gate.clone();
     let gate_report = |pipeline: &Pipeline<ProcHost>| -> Option<Line> {
         let service = gate.as_deref()?;
@@ -246,6 +254,9 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
         (None, timeout) => (timeout, "--timeout elapsed"),
     };
     let reason = runtime.block_on(async {
+        if let Some((listener, metrics)) = metrics {
+            metrics_server::spawn(listener, metrics)?;
+        }
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let stop = async move {

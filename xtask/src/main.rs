@@ -17,6 +17,8 @@ const APT_PACKAGES: [&str; 4] = [
     "libzstd-dev",
     "zlib1g-dev",
 ];
+/// Debian packages the privileged tests run against (a real Prometheus scrapes observer).
+const TEST_APT_PACKAGES: [&str; 1] = ["prometheus"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain that builds the eBPF crate (`-Z build-std`); the host uses stable.
@@ -337,6 +339,7 @@ fn lint(root: &Path) -> Result<()> {
 
 fn test(root: &Path) -> Result<()> {
     build_ebpf(root)?;
+    install_apt(&TEST_APT_PACKAGES)?;
     mount_tracefs()?;
     lint(root)?;
     run(host_cargo(root).args(["build", "--package", "observer"]))?;
