@@ -440,6 +440,9 @@ pub struct Settings {
     pub fatal_default_mask: u64,
     /// Signals after which a process counts as shutting down (its accepts are reported).
     pub termination_mask: u64,
+    /// 1: `--unit/--container/--cgroup` chose processes; the programs that run in their
+    /// subject's context skip tasks whose cgroup is in `OUT_OF_SCOPE_CGROUPS`.
+    pub scope_filtered: u64,
 }
 
 /// `sigaction.sa_handler` values with a fixed meaning.

@@ -12,6 +12,7 @@ pub static SETTINGS: Global<Settings> = Global::new(Settings {
     signal_mask: 0,
     fatal_default_mask: 0,
     termination_mask: 0,
+    scope_filtered: 0,
 });
 
 const NO_SPLIT_ADDRS: SplitAddrLayout = SplitAddrLayout {

@@ -9,6 +9,7 @@ mod emit;
 mod exit_group;
 mod globals;
 mod process_exit;
+mod scope;
 mod shutting;
 mod signal_deliver;
 mod signal_generate;

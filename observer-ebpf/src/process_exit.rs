@@ -22,7 +22,7 @@ use observer_common::{
 use crate::{
     emit::{header, submit},
     globals::PROCESS_EXIT_LAYOUT,
-    shutting, task,
+    scope, shutting, task,
 };
 
 #[tracepoint]
@@ -40,6 +40,9 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     shutting::forget(tgid);
+    if scope::current_out_of_scope() {
+        return Ok(());
+    }
     let mut record = ProcessExitRecord {
         header: header(kind::PROCESS_EXIT),
         tgid,

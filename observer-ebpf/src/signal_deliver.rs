@@ -22,7 +22,7 @@ use observer_common::{COMM_LEN, SIG_DFL, SIGKILL, SignalDeliverRecord, kind, sig
 use crate::{
     emit::{header, submit},
     globals::{SETTINGS, SIGNAL_DELIVER_LAYOUT},
-    task,
+    scope, task,
 };
 
 #[tracepoint]
@@ -32,6 +32,9 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
 }
 
 fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i32> {
+    if scope::current_out_of_scope() {
+        return Ok(());
+    }
     let layout = SIGNAL_DELIVER_LAYOUT.load();
     let settings = SETTINGS.load();
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.

@@ -12,7 +12,7 @@ use observer_common::{TcpAcceptRecord, kind, role};
 use crate::{
     emit::{header, submit},
     globals::ACCEPT_LAYOUT,
-    shutting, sockets,
+    scope, shutting, sockets,
 };
 
 #[tracepoint]
@@ -22,6 +22,9 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    if scope::current_out_of_scope() {
+        return Ok(());
+    }
     // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
     let fd: i64 = unsafe { ctx.read_at(ACCEPT_LAYOUT.load().ret as usize)? };
     let Some(layout) = sockets::sock_layout() else {

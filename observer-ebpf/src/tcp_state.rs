@@ -27,7 +27,7 @@ use observer_common::{
 use crate::{
     emit::{header, submit},
     globals::INET_SOCK_SET_STATE_LAYOUT,
-    sockets, task,
+    scope, sockets, task,
 };
 
 #[tracepoint]
@@ -57,7 +57,9 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let protocol: u16 = unsafe { ctx.read_at(layout.protocol as usize)? };
-    if protocol != IPPROTO_TCP {
+    // Every transition reported below runs in its process's context (listen(),
+    // connect(), close(), exit): the current task is the one to filter.
+    if protocol != IPPROTO_TCP || scope::current_out_of_scope() {
         return Ok(());
     }
     let sk: u64 = unsafe { ctx.read_at(layout.skaddr as usize)? };

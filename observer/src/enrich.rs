@@ -66,6 +66,10 @@ pub struct Enricher<H> {
 }
 
 impl<H: HostView> Enricher<H> {
+    pub fn host_mut(&mut self) -> &mut H {
+        &mut self.host
+    }
+
     pub fn new(host: H, signal_mask: u64, tcp: TcpTracker) -> Self {
         Self {
             tcp,

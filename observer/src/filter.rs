@@ -139,6 +139,15 @@ impl Filter {
         self
     }
 
+    /// Whether `--unit/--container/--cgroup` leave out every process in `cgroup`.
+    pub fn scope_excludes(&self, cgroup: &str) -> bool {
+        !self.scope.is_empty() && !self.scope.contains(cgroup)
+    }
+
+    pub fn is_scoped(&self) -> bool {
+        !self.scope.is_empty()
+    }
+
     /// Leaves out events about process `pid` (observer itself).
     pub fn excluding(mut self, pid: u32) -> Self {
         self.own_pid = Some(pid);

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use observer_common::Settings;
@@ -83,6 +83,7 @@ pub struct Probes {
     /// Dropping it detaches every program; the maps stay readable.
     ebpf: Option<Ebpf>,
     lost: PerCpuArray<MapData, u64>,
+    out_of_scope_cgroups: HashMap<MapData, u64, u8>,
     pub attached: Vec<&'static str>,
 }
 
@@ -102,9 +103,14 @@ impl Probes {
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
+        let out_of_scope_cgroups = HashMap::try_from(
+            ebpf.take_map("OUT_OF_SCOPE_CGROUPS")
+                .context("map OUT_OF_SCOPE_CGROUPS missing")?,
+        )?;
         let probes = Self {
             ebpf: Some(ebpf),
             lost,
+            out_of_scope_cgroups,
             attached,
         };
         Ok((probes, ring))
@@ -113,6 +119,14 @@ impl Probes {
     /// Detaches every program: no new records arrive after this.
     pub fn detach(&mut self) {
         self.ebpf = None;
+    }
+
+    /// Tells the programs to skip tasks in cgroup `cgroup_id` (effective only when loaded
+    /// with `Settings::scope_filtered`).
+    pub fn exclude_cgroup(&mut self, cgroup_id: u64) -> Result<()> {
+        self.out_of_scope_cgroups
+            .insert(cgroup_id, 1, 0)
+            .context("updating OUT_OF_SCOPE_CGROUPS")
     }
 
     /// Records dropped so far (ring buffer full), summed over CPUs.

@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use crate::{
@@ -18,6 +18,13 @@ use crate::{
 
 /// Metrics shared between the pipeline (which updates them) and the HTTP endpoint.
 pub type SharedMetrics = Arc<Mutex<Metrics>>;
+
+pub fn lock(shared: &SharedMetrics) -> MutexGuard<'_, Metrics> {
+    // A panic elsewhere while holding the lock leaves the counts usable.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 const MAX_SERVICES: usize = 500;
 const OTHER_SERVICE: &str = "other";
@@ -32,6 +39,8 @@ const OPEN_BUCKETS: [f64; 7] = [0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0];
 const VERDICTS: [Verdict; 3] = [Verdict::Clean, Verdict::Dropped, Verdict::Killed];
 
 pub struct Metrics {
+    /// Records read from the kernel, before any userspace filtering.
+    kernel_records: u64,
     events: BTreeMap<&'static str, u64>,
     lost: u64,
     services: BTreeMap<String, ServiceMetrics>,
@@ -72,11 +81,16 @@ impl Histogram {
 impl Metrics {
     pub fn shared() -> SharedMetrics {
         Arc::new(Mutex::new(Self {
+            kernel_records: 0,
             events: BTreeMap::new(),
             lost: 0,
             services: BTreeMap::new(),
             service_of_pid: BoundedMap::new(REMEMBERED_PIDS),
         }))
+    }
+
+    pub fn kernel_record_read(&mut self) {
+        self.kernel_records += 1;
     }
 
     /// Counts one written line.
@@ -138,6 +152,18 @@ impl Metrics {
     /// The text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
+        family(
+            &mut out,
+            "observer_kernel_records_total",
+            "counter",
+            "Records read from the kernel's ring buffer, before filtering in userspace.",
+        );
+        sample(
+            &mut out,
+            "observer_kernel_records_total",
+            &[],
+            self.kernel_records,
+        );
         family(
             &mut out,
             "observer_events_total",

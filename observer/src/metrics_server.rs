@@ -9,7 +9,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::metrics::SharedMetrics;
+use crate::metrics::{self, SharedMetrics};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A scrape request is one short line and a few headers.
@@ -86,12 +86,7 @@ fn respond(request_line: &str, metrics: &SharedMetrics) -> (&'static str, &'stat
     }
     // Prometheus may add query parameters; they select nothing here.
     match target.split('?').next().unwrap_or("") {
-        "/metrics" => {
-            let metrics = metrics
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            ("200 OK", CONTENT_TYPE, metrics.render())
-        }
+        "/metrics" => ("200 OK", CONTENT_TYPE, metrics::lock(metrics).render()),
         "/" => (
             "200 OK",
             "text/html",

@@ -12,7 +12,7 @@ use crate::{
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
     filter::Filter,
     human::HumanFormat,
-    metrics::SharedMetrics,
+    metrics::{self, SharedMetrics},
     sink::Sink,
 };
 
@@ -60,6 +60,9 @@ pub struct Pipeline<H> {
 
 impl<H: HostView> Pipeline<H> {
     pub fn handle_record(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(metrics) = &self.metrics {
+            metrics::lock(metrics).kernel_record_read();
+        }
         let record = match decode(bytes) {
             Ok(record) => record,
             Err(error) => {
@@ -127,10 +130,7 @@ impl<H: HostView> Pipeline<H> {
 impl<H> Pipeline<H> {
     fn count(&self, lines: &[Line]) {
         if let Some(metrics) = &self.metrics {
-            // A panic elsewhere while holding the lock leaves the counts usable.
-            let mut metrics = metrics
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut metrics = metrics::lock(metrics);
             lines.iter().for_each(|line| metrics.observe(line));
         }
     }

@@ -17,6 +17,8 @@ pub struct ProcHost {
     /// cgroup id (directory inode) → path.
     cgroup_index: HashMap<u64, String>,
     last_scan: Option<Instant>,
+    /// How many times the index was rebuilt.
+    scans: u64,
 }
 
 impl ProcHost {
@@ -25,14 +27,29 @@ impl ProcHost {
             cgroup2: find_cgroup2_mount(),
             cgroup_index: HashMap::new(),
             last_scan: None,
+            scans: 0,
         }
     }
 
-    fn rescan(&mut self) {
+    /// Every cgroup v2 directory: (id, path), as of the last scan.
+    pub fn cgroups(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.cgroup_index
+            .iter()
+            .map(|(id, path)| (*id, path.as_str()))
+    }
+
+    /// Counts index rebuilds: a change means [`Self::cgroups`] may list new groups.
+    pub fn cgroup_scans(&self) -> u64 {
+        self.scans
+    }
+
+    /// Rebuilds the cgroup index from the cgroup v2 filesystem.
+    pub fn rescan(&mut self) {
         let Some((mount, root)) = &self.cgroup2 else {
             return;
         };
         self.last_scan = Some(Instant::now());
+        self.scans += 1;
         self.cgroup_index.clear();
         let mut pending = vec![mount.clone()];
         while let Some(dir) = pending.pop() {

@@ -1,6 +1,10 @@
 //! `observer watch`: set up, load, then move records from the ring buffer to the sink
 //! until told to stop — and on the way out, detach, drain, and flush everything.
-use std::{future::Future, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -32,6 +36,9 @@ use crate::{
 
 /// How often the lost-record counters are read (and the ring buffer polled as a backstop).
 const LOST_POLL: Duration = Duration::from_millis(250);
+/// With `--unit/--container/--cgroup`, how often new cgroups are looked for (a cgroup id
+/// unknown to an exit record triggers a scan sooner).
+const SCOPE_RESCAN: Duration = Duration::from_secs(2);
 
 /// What a session watches and where its lines go.
 pub struct Options {
@@ -49,6 +56,18 @@ pub struct Session {
     ring: Option<RingBuf<MapData>>,
     pub pipeline: Pipeline<ProcHost>,
     lost_reported: u64,
+    /// With a scope: what the kernel was told to skip.
+    kernel_scope: Option<KernelScope>,
+}
+
+/// The cgroups outside `--unit/--container/--cgroup` that the programs skip.
+struct KernelScope {
+    /// Out of scope as of the last sync (existing cgroups only, so it stays bounded).
+    excluded: HashSet<u64>,
+    /// The cgroup index scan that sync used.
+    synced_scan: u64,
+    /// None until the first scan.
+    last_rescan: Option<Instant>,
 }
 
 impl Session {
@@ -73,6 +92,7 @@ impl Session {
             signal_mask,
             fatal_default_mask,
             termination_mask: mask(signals::TERMINATION_SIGNALS.iter().copied()),
+            scope_filtered: u64::from(options.filter.is_scoped()),
         };
         let (probes, ring) =
             Probes::load(object, &layout, settings, options.ring_buffer_kib * 1024)?;
@@ -104,12 +124,19 @@ impl Session {
                 ""
             }
         );
-        Ok(Self {
+        let mut session = Self {
+            kernel_scope: pipeline.filter.is_scoped().then(|| KernelScope {
+                excluded: HashSet::new(),
+                synced_scan: 0,
+                last_rescan: None,
+            }),
             probes,
             ring: Some(ring),
             pipeline,
             lost_reported: 0,
-        })
+        };
+        session.sync_kernel_scope()?;
+        Ok(session)
     }
 
     /// Moves records to the pipeline until `until` completes (its value), or `done` holds
@@ -143,6 +170,7 @@ impl Session {
                 _ = lost_poll.tick() => {
                     drain(ring.get_mut(), &mut self.pipeline)?;
                     self.report_lost()?;
+                    self.sync_kernel_scope()?;
                     self.pipeline.advance(clock::monotonic_ns())?;
                     self.pipeline.output.sink.flush()?;
                 }
@@ -174,6 +202,39 @@ impl Session {
             );
         }
         Ok(self.lost_reported)
+    }
+
+    /// Hands the kernel the cgroups found since the last sync that the scope leaves out.
+    fn sync_kernel_scope(&mut self) -> Result<()> {
+        let Some(scope) = &mut self.kernel_scope else {
+            return Ok(());
+        };
+        let host = self.pipeline.enricher.host_mut();
+        if scope
+            .last_rescan
+            .is_none_or(|at| at.elapsed() >= SCOPE_RESCAN)
+        {
+            host.rescan();
+            scope.last_rescan = Some(Instant::now());
+        }
+        if host.cgroup_scans() == scope.synced_scan {
+            return Ok(());
+        }
+        scope.synced_scan = host.cgroup_scans();
+        let filter = &self.pipeline.filter;
+        let excluded: HashSet<u64> = self
+            .pipeline
+            .enricher
+            .host_mut()
+            .cgroups()
+            .filter(|(_, path)| filter.scope_excludes(path))
+            .map(|(id, _)| id)
+            .collect();
+        for &id in excluded.difference(&scope.excluded) {
+            self.probes.exclude_cgroup(id)?;
+        }
+        scope.excluded = excluded;
+        Ok(())
     }
 
     fn report_lost(&mut self) -> Result<()> {

@@ -307,3 +307,77 @@ fn a_metrics_address_in_use_fails_before_loading() {
     );
     assert!(!stderr.contains("observer: watching"), "{stderr}");
 }
+
+/// `observer_kernel_records_total` from observer's endpoint.
+fn kernel_records(port: u16) -> u64 {
+    let (_, _, body) = http_get(port, "/metrics").unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix("observer_kernel_records_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no observer_kernel_records_total in\n{body}"))
+}
+
+/// Runs `count` short processes in the group; returns their pids (each checked to exit 0).
+fn burst(unit: &UnitCgroup, count: usize) -> Vec<u32> {
+    (0..count)
+        .map(|_| {
+            let mut child = unit.spawn(&mut Command::new("/bin/true"));
+            assert!(wait_timeout(&mut child).success());
+            child.id()
+        })
+        .collect()
+}
+
+/// Waits until the kernel-record count stops moving (the ring buffer is drained).
+fn settled_records(port: u16) -> u64 {
+    let mut last = kernel_records(port);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = kernel_records(port);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn the_kernel_skips_processes_outside_the_scope() {
+    const BURST: usize = 300;
+    let inside = UnitCgroup::new("system.slice/observer-scope-in.service");
+    let outside = UnitCgroup::new("system.slice/observer-scope-out.service");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let observer = Observer::start(&["--metrics", &address, "--unit", "observer-scope-in.service"]);
+
+    // A group that existed at start, and one created after it (found by the rescan an
+    // exit with an unknown cgroup id triggers).
+    let before = settled_records(port);
+    burst(&outside, BURST);
+    let late = UnitCgroup::new("system.slice/observer-scope-late.service");
+    burst(&late, 1);
+    std::thread::sleep(Duration::from_millis(800));
+    let before_late = settled_records(port);
+    burst(&late, BURST);
+    let after_outside = settled_records(port);
+    let inside_pids = burst(&inside, BURST);
+    let after_inside = settled_records(port);
+
+    // Without the kernel filter every exit is a record: the in-scope burst shows it.
+    assert!(
+        after_inside - after_outside >= BURST as u64,
+        "in scope: {} records for {BURST} exits",
+        after_inside - after_outside
+    );
+    let (outside_records, late_records) = (before_late - before, after_outside - before_late);
+    assert!(
+        outside_records < 20 && late_records < 20,
+        "out of scope: {outside_records} and {late_records} records for {BURST} exits each"
+    );
+    let events = observer.stop();
+    for pid in &inside_pids {
+        assert_eq!(events.exit_of(*pid)["code"], 0, "{}", events.dump());
+    }
+    assert_eq!(events.of_type("exit").count(), BURST, "{}", events.dump());
+    drop((inside, outside, late));
+}
