@@ -3,11 +3,16 @@
 //! capabilities it needs.
 use std::{
     io::Read,
+    net::TcpStream,
+    os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use observer_tests::{TIMEOUT, observer_binary, temp_path};
+use observer_tests::{
+    Observer, TIMEOUT, observer_binary, read_line, send_signal, servers_dir, temp_path,
+    testee::run_to_exit, wait_timeout,
+};
 use serde_json::Value;
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
@@ -92,4 +97,52 @@ fn a_full_disk_ends_observer_with_a_clear_error_and_only_whole_lines() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&output).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o640, "{mode:o}");
+}
+
+#[test]
+fn sigkill_then_restart_loses_only_the_window_it_was_down() {
+    let crashed = Observer::start(&[]);
+    send_signal(crashed.pid(), libc::SIGKILL);
+    let (status, _, _) = crashed.wait_raw();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+
+    // While observer is down: a server starts and a client connects to it, and a
+    // process exits (that exit is the window observer cannot see).
+    let mut server = Command::new("python3")
+        .arg(servers_dir().join("server.py"))
+        .arg("keepalive")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port: u16 = read_line(&mut server)
+        .strip_prefix("ready ")
+        .and_then(|port| port.parse().ok())
+        .expect("ready PORT");
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(read_line(&mut server), "accepted");
+    let (unseen, _) = run_to_exit(&["exit", "3"]);
+
+    let restarted = Observer::start(&["--after-exit", "0.5"]);
+    send_signal(server.id(), libc::SIGTERM);
+    let server_status = wait_timeout(&mut server);
+    let (seen, seen_status) = run_to_exit(&["exit", "4"]);
+    let events = restarted.stop();
+    drop(client);
+
+    assert!(events.exits_of(unseen).is_empty(), "{}", events.dump());
+    assert_eq!(events.exit_of(seen)["code"], seen_status.code().unwrap());
+    // The server predates the restart: its identity, listener and open connection come
+    // from /proc and the kernel's close at exit, its status from the kernel.
+    let report = events.shutdown_of(server.id());
+    assert_eq!(server_status.code(), Some(1));
+    assert_eq!(report["exit"]["code"], 1, "{report:#}");
+    assert_eq!(report["sigterm"]["handler"], "custom", "{report:#}");
+    let local = format!("127.0.0.1:{port}");
+    let open: Vec<&Value> = report["open_at_exit"].as_array().unwrap().iter().collect();
+    assert!(
+        open.iter().any(|c| c["local"] == local.as_str()),
+        "the keep-alive connection on {local} is missing: {report:#}"
+    );
+    assert_eq!(report["verdict"], "dropped", "{report:#}");
+    assert_eq!(events.lost(), 0);
 }
