@@ -42,6 +42,24 @@ pub type Timed = (u64, Event);
 
 /// Processes tracked at once for de-duplication.
 const TRACKED_PROCESSES: usize = 65_536;
+/// A signal's target is looked up in /proc at most this often: a tight signal loop would
+/// otherwise cost a /proc walk per signal and overrun the ring buffer.
+const TARGET_FACTS_TTL_NS: u64 = 1_000_000_000;
+const CACHED_TARGETS: usize = 4096;
+
+/// What /proc said about a signal's target, and when (record time).
+#[derive(Clone)]
+struct TargetFacts {
+    read_ns: u64,
+    /// Whether the termination-only facts (listeners, children, command) were read.
+    full: bool,
+    cgroup: Option<String>,
+    ns_pid: Option<u32>,
+    listening: Vec<String>,
+    children: Vec<u32>,
+    exe: Option<String>,
+    cmdline: Vec<String>,
+}
 
 pub struct Enricher<H> {
     host: H,
@@ -63,6 +81,8 @@ pub struct Enricher<H> {
     /// The cgroup last read for a process: the fallback when it is gone by the time a
     /// signal to it is enriched (SIGTERM with no handler ends it within microseconds).
     cgroups: BoundedMap<u32, String>,
+    /// tgid → its facts, reused within TARGET_FACTS_TTL_NS; forgotten at its exit.
+    targets: BoundedMap<u32, TargetFacts>,
 }
 
 impl<H: HostView> Enricher<H> {
@@ -81,6 +101,7 @@ impl<H: HostView> Enricher<H> {
             held: BoundedMap::new(TRACKED_PROCESSES),
             exited: BoundedMap::new(TRACKED_PROCESSES),
             cgroups: BoundedMap::new(TRACKED_PROCESSES),
+            targets: BoundedMap::new(CACHED_TARGETS),
         }
     }
 
@@ -148,11 +169,7 @@ impl<H: HostView> Enricher<H> {
             return None;
         }
         let terminating = signals::TERMINATION_SIGNALS.contains(&r.sig);
-        let (exe, cmdline) = if terminating {
-            self.host.command(tgid)
-        } else {
-            (None, Vec::new())
-        };
+        let facts = self.target_facts(tgid, terminating, r.header.mono_ns);
         Some(Event::Signal(SignalEvent {
             sig: r.sig,
             sig_name: signals::name(r.sig),
@@ -164,26 +181,65 @@ impl<H: HostView> Enricher<H> {
                 pid: tgid,
                 tid: r.target_tid,
                 comm: comm(&r.target_comm),
-                cgroup: self.cgroup_of(tgid),
-                ns_pid: self.host.ns_pid(tgid),
+                cgroup: facts.cgroup,
+                ns_pid: facts.ns_pid,
                 listening: if terminating {
-                    self.host.listening(tgid)
+                    facts.listening
                 } else {
                     Vec::new()
                 },
                 children: if terminating {
-                    self.host.children(tgid)
+                    facts.children
                 } else {
                     Vec::new()
                 },
-                exe,
-                cmdline,
+                exe: facts.exe.filter(|_| terminating),
+                cmdline: if terminating {
+                    facts.cmdline
+                } else {
+                    Vec::new()
+                },
             },
             group: r.group != 0,
             si_code: r.si_code,
             origin: Origin::from_si_code(r.si_code),
             result,
         }))
+    }
+
+    /// The target's facts from /proc, or as read less than TARGET_FACTS_TTL_NS ago.
+    fn target_facts(&mut self, tgid: u32, terminating: bool, mono_ns: u64) -> TargetFacts {
+        if let Some(facts) = self.targets.get(&tgid)
+            && mono_ns.saturating_sub(facts.read_ns) < TARGET_FACTS_TTL_NS
+            && (facts.full || !terminating)
+        {
+            return facts.clone();
+        }
+        let (exe, cmdline) = if terminating {
+            self.host.command(tgid)
+        } else {
+            (None, Vec::new())
+        };
+        let facts = TargetFacts {
+            read_ns: mono_ns,
+            full: terminating,
+            cgroup: self.cgroup_of(tgid),
+            ns_pid: self.host.ns_pid(tgid),
+            listening: if terminating {
+                self.host.listening(tgid)
+            } else {
+                Vec::new()
+            },
+            children: if terminating {
+                self.host.children(tgid)
+            } else {
+                Vec::new()
+            },
+            exe,
+            cmdline,
+        };
+        self.targets.insert(tgid, facts.clone());
+        facts
     }
 
     fn delivered(&mut self, r: &SignalDeliverRecord) -> Option<Event> {
@@ -225,6 +281,7 @@ impl<H: HostView> Enricher<H> {
         self.dying.remove(&r.tgid);
         self.aimed.remove(&r.tgid);
         self.cgroups.remove(&r.tgid);
+        self.targets.remove(&r.tgid);
         let inferred = self.inference.take(r.tgid);
         let (status, source) = if r.flags & exit_flags::WAIT_STATUS_EXACT != 0 {
             (
@@ -382,6 +439,32 @@ pub(crate) mod tests {
             child_count: 0,
             _pad2: 0,
         })
+    }
+
+    #[test]
+    fn a_signal_loop_reads_proc_once_a_second_and_again_after_an_exit() {
+        let mut host = FakeHost::default();
+        host.cgroups.insert(1234, "/first".into());
+        let mut enricher = Enricher::new(host, default_mask(), no_tcp());
+        let mut cgroup_at = |enricher: &mut Enricher<FakeHost>, mono_ns: u64| {
+            let mut record = generate(15, 1234, 1234);
+            if let Record::SignalGenerate(r) = &mut record {
+                r.header.mono_ns = mono_ns;
+            }
+            match enrich(enricher, record) {
+                Some(Event::Signal(signal)) => signal.target.cgroup.unwrap(),
+                other => panic!("{other:?}"),
+            }
+        };
+        const SECOND: u64 = 1_000_000_000;
+        assert_eq!(cgroup_at(&mut enricher, SECOND), "/first");
+        enricher.host.cgroups.insert(1234, "/second".into());
+        assert_eq!(cgroup_at(&mut enricher, SECOND + SECOND / 2), "/first");
+        assert_eq!(cgroup_at(&mut enricher, 2 * SECOND + 1), "/second");
+        // An exit ends the process: a reused pid is looked up afresh.
+        enricher.host.cgroups.insert(1234, "/third".into());
+        enrich(&mut enricher, exit(1234, 0, 0));
+        assert_eq!(cgroup_at(&mut enricher, 2 * SECOND + 2), "/third");
     }
 
     #[test]
