@@ -446,7 +446,7 @@ pub(crate) mod tests {
         let mut host = FakeHost::default();
         host.cgroups.insert(1234, "/first".into());
         let mut enricher = Enricher::new(host, default_mask(), no_tcp());
-        let mut cgroup_at = |enricher: &mut Enricher<FakeHost>, mono_ns: u64| {
+        let cgroup_at = |enricher: &mut Enricher<FakeHost>, mono_ns: u64| {
             let mut record = generate(15, 1234, 1234);
             if let Record::SignalGenerate(r) = &mut record {
                 r.header.mono_ns = mono_ns;
