@@ -62,6 +62,9 @@ pub fn forget(sk: u64) {
 }
 
 /// Reads a tracepoint's `sport`/`dport`/`family`/`saddr`/`daddr`(`_v6`) fields.
+/// Inlined, as are the other readers here: a bpf-to-bpf call adds its whole frame to the
+/// caller's, and 6.1's verifier refuses a combined stack over 512 bytes.
+#[inline(always)]
 pub fn read_split(ctx: &TracePointContext, layout: &SplitAddrLayout) -> Result<TcpEndpoints, i32> {
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
     let family: u16 = unsafe { ctx.read_at(layout.family as usize)? };
@@ -83,34 +86,37 @@ pub fn read_split(ctx: &TracePointContext, layout: &SplitAddrLayout) -> Result<T
     Ok(endpoints)
 }
 
-/// Reads two 28-byte sockaddr fields (sockaddr_in or sockaddr_in6, ports big-endian).
+/// Reads two 28-byte sockaddr fields (sockaddr_in or sockaddr_in6: family, big-endian
+/// port, then the IPv4 address, or flowinfo and the IPv6 address), only the parts used.
+#[inline(always)]
 pub fn read_sockaddrs(
     ctx: &TracePointContext,
     local_offset: u32,
     remote_offset: u32,
 ) -> Result<TcpEndpoints, i32> {
-    // SAFETY: offsets from the format file; bpf_probe_read_kernel underneath.
-    let local: [u8; 28] = unsafe { ctx.read_at(local_offset as usize)? };
-    let remote: [u8; 28] = unsafe { ctx.read_at(remote_offset as usize)? };
-    let family = u16::from_ne_bytes([local[0], local[1]]);
+    let (local, remote) = (local_offset as usize, remote_offset as usize);
+    // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
+    let family: u16 = unsafe { ctx.read_at(local)? };
     let mut endpoints = TcpEndpoints {
         family,
-        local_port: u16::from_be_bytes([local[2], local[3]]),
-        remote_port: u16::from_be_bytes([remote[2], remote[3]]),
+        local_port: u16::from_be(unsafe { ctx.read_at(local + 2)? }),
+        remote_port: u16::from_be(unsafe { ctx.read_at(remote + 2)? }),
         ..Default::default()
     };
     if family == AF_INET {
-        endpoints.local_addr[..4].copy_from_slice(&local[4..8]);
-        endpoints.remote_addr[..4].copy_from_slice(&remote[4..8]);
+        let local_addr: [u8; 4] = unsafe { ctx.read_at(local + 4)? };
+        let remote_addr: [u8; 4] = unsafe { ctx.read_at(remote + 4)? };
+        endpoints.local_addr[..4].copy_from_slice(&local_addr);
+        endpoints.remote_addr[..4].copy_from_slice(&remote_addr);
     } else {
-        // sockaddr_in6: family, port, flowinfo, then the address.
-        endpoints.local_addr.copy_from_slice(&local[8..24]);
-        endpoints.remote_addr.copy_from_slice(&remote[8..24]);
+        endpoints.local_addr = unsafe { ctx.read_at(local + 8)? };
+        endpoints.remote_addr = unsafe { ctx.read_at(remote + 8)? };
     }
     Ok(endpoints)
 }
 
 /// Reads a socket's addresses from its `struct sock_common`.
+#[inline(always)]
 pub fn sock_endpoints(sk: u64, layout: &SockLayout) -> Option<TcpEndpoints> {
     let family = task::read::<u16>(sk, layout.skc_family)?;
     let mut endpoints = TcpEndpoints {
@@ -153,6 +159,7 @@ pub fn current_is_exiting(layout: &SockLayout) -> bool {
 
 /// The owner to report for a socket: the one learnt in process context, else unknown
 /// (tgid 0).
+#[inline(always)]
 pub fn reported_owner(sk: u64) -> SocketOwner {
     owner_or(
         sk,

@@ -106,6 +106,8 @@ fn closed_by_exiting_owner(sk: u64) -> bool {
     sockets::owner_tgid_or(sk, tgid) == tgid
 }
 
+// Inlined: seven arguments are more than a BPF call can pass (five registers).
+#[inline(always)]
 fn report(
     ctx: &TracePointContext,
     layout: &observer_common::InetSockSetStateLayout,
