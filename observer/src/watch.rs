@@ -269,6 +269,18 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
     };
     let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
     let metrics_listener = args.metrics.map(metrics_server::bind).transpose()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Handle SIGTERM/SIGINT before "watching" is printed: a stop that arrives as soon as
+    // the programs are attached must still drain and flush, not kill observer.
+    let (mut sigterm, mut sigint) = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
     let mut session = Session::start(Options {
         signals: args.signals.0.clone(),
         filter: Filter::new(args.pids.clone(), args.comms.clone(), args.ports.clone()).within(
@@ -303,9 +315,6 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
             })
             .cloned()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     // Whichever ends first: --duration, or --gate's --timeout.
     let (limit, elapsed) = match (args.duration, args.timeout) {
         (Some(duration), Some(timeout)) if timeout < duration => {
@@ -318,8 +327,6 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
         if let Some((listener, metrics)) = metrics {
             metrics_server::spawn(listener, metrics)?;
         }
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
         let stop = async move {
             tokio::select! {
                 _ = sigterm.recv() => "SIGTERM",

@@ -146,3 +146,12 @@ fn sigkill_then_restart_loses_only_the_window_it_was_down() {
     assert_eq!(report["verdict"], "dropped", "{report:#}");
     assert_eq!(events.lost(), 0);
 }
+
+#[test]
+fn a_stop_right_after_attaching_still_drains_and_exits_0() {
+    // Observer::stop sends SIGINT and fails unless observer exits 0 having flushed.
+    for _ in 0..5 {
+        let events = Observer::start(&[]).stop();
+        assert_eq!(events.lost(), 0);
+    }
+}
