@@ -129,6 +129,7 @@ pub fn run() -> Result<bool> {
             match tracefs::read_format(events, category, name) {
                 Ok(format) => {
                     let mut missing_required = false;
+                    let mut degraded: Vec<&str> = Vec::new();
                     let found: Vec<String> = fields
                         .iter()
                         .map(|field| {
@@ -138,7 +139,12 @@ pub fn run() -> Result<bool> {
                             };
                             match format.fields.get(field) {
                                 Some(f) => format!("{field}@{}", f.offset),
-                                None if optional => format!("{field}:absent"),
+                                None if optional => {
+                                    degraded.extend(crate::layout::missing_field_consequence(
+                                        name, field,
+                                    ));
+                                    format!("{field}:absent")
+                                }
                                 None => {
                                     missing_required = true;
                                     format!("{field}:MISSING")
@@ -146,12 +152,16 @@ pub fn run() -> Result<bool> {
                             }
                         })
                         .collect();
-                    let level = if missing_required {
+                    let level = if missing_required || !degraded.is_empty() {
                         Level::Degraded
                     } else {
                         Level::Ok
                     };
-                    add(level, &what, found.join(" "));
+                    let mut detail = found.join(" ");
+                    for consequence in degraded {
+                        detail.push_str(&format!("; {consequence}"));
+                    }
+                    add(level, &what, detail);
                 }
                 Err(e) => add(Level::Degraded, &what, format!("{e:#}")),
             }

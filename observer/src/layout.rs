@@ -31,6 +31,30 @@ pub fn btf_path() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from("/sys/kernel/btf/vmlinux"))
 }
 
+/// Optional tracepoint fields older kernels lack, and what observer reports without them
+/// (for `check` and watch's start-up warnings): less, never something wrong.
+const OPTIONAL_FIELDS: [(&str, &str, &str); 2] = [
+    (
+        "tcp_send_reset",
+        "reason",
+        "kernel before 6.10: RSTs carry no reason (null), and RSTs sent without a socket \
+         (refused connects to closed ports) are not traced, so refused_after_exit stays 0",
+    ),
+    (
+        "sched_process_exit",
+        "group_dead",
+        "the last thread of a process is found through signal->live instead",
+    ),
+];
+
+/// What observer cannot report when `tracepoint` lacks the optional `field`.
+pub fn missing_field_consequence(tracepoint: &str, field: &str) -> Option<&'static str> {
+    OPTIONAL_FIELDS
+        .iter()
+        .find(|(tp, f, _)| *tp == tracepoint && *f == field)
+        .map(|(_, _, consequence)| *consequence)
+}
+
 pub struct KernelLayout {
     pub signal_generate: SignalGenerateLayout,
     pub signal_deliver: SignalDeliverLayout,

@@ -406,6 +406,17 @@ fn warn_about_gaps(layout: &KernelLayout) {
              connections closed at exit are not reported"
         );
     }
+    if layout
+        .tcp
+        .as_ref()
+        .is_some_and(|tcp| tcp.send_reset.reason == observer_common::FIELD_ABSENT)
+    {
+        let consequence = crate::layout::missing_field_consequence("tcp_send_reset", "reason");
+        eprintln!(
+            "observer: warning: tcp:tcp_send_reset has no reason field: {}",
+            consequence.unwrap_or_default()
+        );
+    }
     if layout.tgkill.is_none() {
         eprintln!(
             "observer: warning: syscall tracepoints are unavailable; the process of a \

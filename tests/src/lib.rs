@@ -423,6 +423,19 @@ pub fn read_line(child: &mut Child) -> String {
     String::from_utf8(line).unwrap()
 }
 
+/// Whether this kernel's tcp:tcp_send_reset has its `reason` field (6.10 and later).
+/// Older kernels also trace no RST sent without a socket; observer reports less there
+/// (see `observer check`), and the tests expect exactly that.
+pub fn kernel_traces_rst_reasons() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| {
+            std::fs::read_to_string(format!("{root}/events/tcp/tcp_send_reset/format")).ok()
+        })
+        .expect("tcp:tcp_send_reset's format file (tracefs is mounted by observer)")
+        .contains(" reason;")
+}
+
 /// This process's comm, as the kernel reports a sender.
 pub fn own_comm() -> String {
     std::fs::read_to_string("/proc/self/comm")

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernel;
 
 /// Debian packages the eBPF build needs (bpf-linker links against LLVM 22).
 const APT_PACKAGES: [&str; 4] = [
@@ -57,7 +58,12 @@ enum Task {
     Bench,
     /// The whole suite: lint, unit tests, and the privileged tests that load the real
     /// programs (as root, through sudo if needed, one at a time).
-    Test,
+    Test {
+        /// Instead, run the privileged suites that need no Python, Node or Prometheus on
+        /// Debian's cloud kernel of this series (6.1 or 6.12), booted under qemu.
+        #[arg(long, value_name = "SERIES")]
+        kernel: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -71,7 +77,10 @@ fn main() -> Result<()> {
         Task::Watch { args } => watch(&root, &args),
         Task::Install => install(&root).map(drop),
         Task::Lint => lint(&root),
-        Task::Test => test(&root),
+        Task::Test { kernel: None } => test(&root),
+        Task::Test {
+            kernel: Some(series),
+        } => test_on_kernel(&root, &series),
         Task::Bench => bench::run(&root),
     }
 }
@@ -369,6 +378,13 @@ fn test(root: &Path) -> Result<()> {
             .current_dir(root.join("tests")))?;
     }
     Ok(())
+}
+
+fn test_on_kernel(root: &Path, series: &str) -> Result<()> {
+    build_ebpf(root)?;
+    run(host_cargo(root).args(["build", "--package", "observer"]))?;
+    let binaries = privileged_test_binaries(root)?;
+    kernel::test(root, series, &root.join("target/debug/observer"), &binaries)
 }
 
 /// Builds the privileged tests without running them; returns their executables.
