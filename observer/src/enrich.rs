@@ -226,7 +226,7 @@ impl<H: HostView> Enricher<H> {
             cgroup: self.cgroup_of(tgid),
             ns_pid: self.host.ns_pid(tgid),
             listening: if terminating {
-                self.host.listening(tgid)
+                self.listening(tgid)
             } else {
                 Vec::new()
             },
@@ -240,6 +240,17 @@ impl<H: HostView> Enricher<H> {
         };
         self.targets.insert(tgid, facts.clone());
         facts
+    }
+
+    /// A target's listeners: those the kernel reported it opening (exact, even when the
+    /// record is handled after the process closed them) and those /proc shows (opened
+    /// before observer started).
+    fn listening(&mut self, tgid: u32) -> Vec<String> {
+        let mut listening = self.host.listening(tgid);
+        listening.extend(self.tcp.listening_of(tgid).cloned());
+        listening.sort();
+        listening.dedup();
+        listening
     }
 
     fn delivered(&mut self, r: &SignalDeliverRecord) -> Option<Event> {

@@ -2,7 +2,7 @@
 //! last listened on a port (so that an RST from a port nobody holds any more — a client
 //! refused by a dead instance — names the process that used to serve it).
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -26,8 +26,9 @@ const FORMER_LISTENERS: usize = 65_536;
 pub struct TcpTracker {
     /// `enum sk_rst_reason` names, from BTF.
     rst_reasons: HashMap<u32, String>,
-    /// Local port → listening processes (several may share a port, e.g. forked workers).
-    listeners: HashMap<u16, HashSet<u32>>,
+    /// Local port → listening processes (several may share a port, e.g. forked workers)
+    /// and the address each listens on.
+    listeners: HashMap<u16, HashMap<u32, String>>,
     /// Local port → the process whose listener there closed last.
     former_listeners: BoundedMap<u16, ProcessRef>,
 }
@@ -47,7 +48,10 @@ impl TcpTracker {
         let owner = owner_ref(&r.owner);
         let old_state = i32::from(r.old_state);
         if i32::from(r.new_state) == tcp_state::LISTEN {
-            self.listeners.entry(port).or_default().insert(owner.pid);
+            self.listeners
+                .entry(port)
+                .or_default()
+                .insert(owner.pid, local.clone());
             self.former_listeners.remove(&port);
             return Some(Event::TcpListen(TcpListenEvent {
                 action: ListenAction::Open,
@@ -80,6 +84,13 @@ impl TcpTracker {
         }))
     }
 
+    /// The addresses `pid` was seen to start listening on, still open.
+    pub fn listening_of(&self, pid: u32) -> impl Iterator<Item = &String> {
+        self.listeners
+            .values()
+            .filter_map(move |pids| pids.get(&pid))
+    }
+
     fn listener_closed(&mut self, port: u16, owner: &ProcessRef) {
         if let Some(pids) = self.listeners.get_mut(&port) {
             pids.remove(&owner.pid);
@@ -100,7 +111,7 @@ impl TcpTracker {
             _ if self
                 .listeners
                 .get(&port)
-                .is_some_and(|pids| pids.contains(&owner.tgid))
+                .is_some_and(|pids| pids.contains_key(&owner.tgid))
                 || self
                     .former_listeners
                     .get(&port)
@@ -253,6 +264,39 @@ mod tests {
             flags,
             _pad: [0; 5],
         }
+    }
+
+    #[test]
+    fn remembers_each_listeners_address_until_it_closes() {
+        let mut tracker = TcpTracker::new(HashMap::new());
+        let listener = owner(42, role::LISTENER, "server");
+        tracker.state_change(&state(
+            listener,
+            tcp_state::CLOSE,
+            tcp_state::LISTEN,
+            0,
+            8080,
+        ));
+        tracker.state_change(&state(
+            listener,
+            tcp_state::CLOSE,
+            tcp_state::LISTEN,
+            0,
+            9090,
+        ));
+        let mut open: Vec<&String> = tracker.listening_of(42).collect();
+        open.sort();
+        assert_eq!(open, ["127.0.0.1:8080", "127.0.0.1:9090"]);
+        assert_eq!(tracker.listening_of(43).count(), 0);
+        tracker.state_change(&state(
+            listener,
+            tcp_state::LISTEN,
+            tcp_state::CLOSE,
+            0,
+            8080,
+        ));
+        let open: Vec<&String> = tracker.listening_of(42).collect();
+        assert_eq!(open, ["127.0.0.1:9090"]);
     }
 
     fn refused(port: u16) -> TcpResetRecord {

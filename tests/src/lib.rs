@@ -436,6 +436,15 @@ pub fn kernel_traces_rst_reasons() -> bool {
         .contains(" reason;")
 }
 
+/// The RST reason to expect in events: `name`, or null where the kernel has none.
+pub fn expected_rst_reason(name: &str) -> Value {
+    if kernel_traces_rst_reasons() {
+        Value::from(name)
+    } else {
+        Value::Null
+    }
+}
+
 /// This process's comm, as the kernel reports a sender.
 pub fn own_comm() -> String {
     std::fs::read_to_string("/proc/self/comm")

@@ -9,7 +9,8 @@ use std::{
 };
 
 use observer_tests::{
-    Events, Observer, kernel_traces_rst_reasons, own_comm, read_line, send_signal,
+    Events, Observer, expected_rst_reason, kernel_traces_rst_reasons, own_comm, read_line,
+    send_signal,
     testee::{command, start_interactive},
     wait_timeout,
 };
@@ -85,11 +86,7 @@ fn closing_with_unread_data_sends_tcp_abort_on_close() {
             &server_addr.to_string(),
             &client_addr.to_string(),
         );
-        let reason = if kernel_traces_rst_reasons() {
-            json!("TCP_ABORT_ON_CLOSE")
-        } else {
-            json!(null)
-        };
+        let reason = expected_rst_reason("TCP_ABORT_ON_CLOSE");
         assert_eq!(sent["reason"], reason, "{sent}");
         assert_eq!(
             (&sent["pid"], &sent["comm"]),
@@ -127,7 +124,7 @@ fn so_linger_zero_sends_tcp_state_and_the_peer_receives_it() {
             &client_addr.to_string(),
             &server_addr.to_string(),
         );
-        assert_eq!(sent["reason"], "TCP_STATE", "{sent}");
+        assert_eq!(sent["reason"], expected_rst_reason("TCP_STATE"), "{sent}");
         assert_eq!(sent["pid"], me(), "{sent}");
         // The peer's RST received, on the accepted (inbound) socket.
         let received = the_reset(
