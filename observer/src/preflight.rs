@@ -14,20 +14,22 @@ pub fn check_privileges() -> Result<()> {
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
-    let missing = missing_capabilities(effective);
+    // SAFETY: geteuid has no preconditions.
+    let missing = missing_capabilities(effective, unsafe { libc::geteuid() });
     if missing.is_empty() {
         return Ok(());
     }
     bail!(
         "observer needs privileges to load eBPF tracing programs: run it as root \
-         (`sudo observer watch`), or grant CAP_BPF, CAP_PERFMON and CAP_DAC_OVERRIDE \
-         (tracefs is root-only), plus CAP_SYS_ADMIN if tracefs must be mounted. \
+         (`sudo observer watch`; as root, CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE are \
+         enough), or grant CAP_BPF, CAP_PERFMON and CAP_DAC_OVERRIDE (tracefs is \
+         root-only), plus CAP_SYS_ADMIN if tracefs must be mounted. \
          Missing: {}",
         missing.join(", ")
     )
 }
 
-fn missing_capabilities(effective: u64) -> Vec<&'static str> {
+fn missing_capabilities(effective: u64, euid: u32) -> Vec<&'static str> {
     let has = |cap: u32| effective & (1u64 << cap) != 0;
     let mut missing = Vec::new();
     // Before CAP_BPF/CAP_PERFMON existed (5.8), CAP_SYS_ADMIN covered both.
@@ -39,7 +41,8 @@ fn missing_capabilities(effective: u64) -> Vec<&'static str> {
             missing.push("CAP_PERFMON");
         }
     }
-    if !has(CAP_DAC_OVERRIDE) {
+    // tracefs is root's: uid 0 reads it as its owner, anyone else needs the override.
+    if euid != 0 && !has(CAP_DAC_OVERRIDE) {
         missing.push("CAP_DAC_OVERRIDE");
     }
     missing
@@ -92,14 +95,18 @@ mod tests {
 
     #[test]
     fn names_each_missing_capability() {
+        const USER: u32 = 1000;
         assert_eq!(
-            missing_capabilities(0),
+            missing_capabilities(0, USER),
             vec!["CAP_BPF", "CAP_PERFMON", "CAP_DAC_OVERRIDE"]
         );
-        let bpf_perfmon_dac = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_DAC_OVERRIDE);
-        assert!(missing_capabilities(bpf_perfmon_dac).is_empty());
+        let bpf_perfmon = (1 << CAP_BPF) | (1 << CAP_PERFMON);
+        assert!(missing_capabilities(bpf_perfmon | (1 << CAP_DAC_OVERRIDE), USER).is_empty());
         let sys_admin = (1 << CAP_SYS_ADMIN) | (1 << CAP_DAC_OVERRIDE);
-        assert!(missing_capabilities(sys_admin).is_empty());
+        assert!(missing_capabilities(sys_admin, USER).is_empty());
+        // Root owns tracefs: no override needed.
+        assert!(missing_capabilities(bpf_perfmon, 0).is_empty());
+        assert_eq!(missing_capabilities(0, 0), vec!["CAP_BPF", "CAP_PERFMON"]);
     }
 
     #[test]

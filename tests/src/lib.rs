@@ -53,17 +53,31 @@ impl Observer {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::spawn(&[&["--json"], args].concat(), env)
+        Self::spawn(&[], &[&["--json"], args].concat(), env)
+    }
+
+    /// Starts `WRAPPER… observer watch --json …` (e.g. setpriv dropping capabilities;
+    /// the wrapper must exec observer, so that its pid is observer's).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
+        Self::spawn(wrapper, &[&["--json"], args].concat(), &[])
     }
 
     /// Starts observer in its human format (`watch --output FILE ARGS…`).
     pub fn start_human(args: &[&str]) -> Self {
-        Self::spawn(args, &[])
+        Self::spawn(&[], args, &[])
     }
 
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+    fn spawn(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let output = temp_path("events.out");
-        let mut child = Command::new(observer_binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(observer_binary());
+                command
+            }
+            None => Command::new(observer_binary()),
+        };
+        let mut child = command
             .args(["watch", "--output"])
             .arg(&output)
             .args(args)

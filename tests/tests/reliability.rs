@@ -11,7 +11,8 @@ use std::{
 
 use observer_tests::{
     Observer, TIMEOUT, observer_binary, read_line, send_signal, servers_dir, temp_path,
-    testee::run_to_exit, wait_timeout,
+    testee::{run_to_exit, start_ready, testee_path},
+    wait_timeout,
 };
 use serde_json::Value;
 
@@ -154,4 +155,48 @@ fn a_stop_right_after_attaching_still_drains_and_exits_0() {
         let events = Observer::start(&[]).stop();
         assert_eq!(events.lost(), 0);
     }
+}
+
+/// Capability numbers (linux/capability.h).
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[test]
+fn root_with_only_cap_bpf_cap_perfmon_and_cap_sys_ptrace_sees_everything() {
+    let observer = Observer::start_wrapped(
+        &[
+            "setpriv",
+            "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace",
+            "--inh-caps=-all",
+            "--",
+        ],
+        &[],
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", observer.pid())).unwrap();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap();
+    let wanted = [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE]
+        .iter()
+        .fold(0u64, |mask, cap| mask | 1 << cap);
+    assert_eq!(effective, wanted, "CapEff {effective:x}");
+
+    let (child, _) = start_ready(&["handler", "5"]);
+    let pid = child.id();
+    send_signal(pid, libc::SIGTERM);
+    let mut child = child;
+    let status = wait_timeout(&mut child);
+    let events = observer.stop();
+    assert_eq!(status.code(), Some(5));
+    assert_eq!(events.exit_of(pid)["code"], 5, "{}", events.dump());
+    let signal = &events.signals_to(pid)[0];
+    assert_eq!(
+        signal["target"]["exe"],
+        testee_path().to_str().unwrap(),
+        "{signal}"
+    );
+    assert_eq!(events.deliveries_to(pid)[0]["handler"], "custom");
 }
