@@ -65,7 +65,7 @@ impl<K: Eq + Hash + Copy, V> BoundedMap<K, V> {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 

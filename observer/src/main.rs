@@ -1,40 +1,8 @@
 //! observer: an eBPF-backed shutdown observer. See README.md.
-mod bounded;
-mod btf;
-mod check;
-mod cli;
-mod clock;
-mod correlate;
-mod decode;
-mod deploy;
-mod enrich;
-mod event;
-mod exit_inference;
-mod filter;
-mod human;
-mod human_report;
-mod identity;
-mod layout;
-mod loader;
-mod metrics;
-mod metrics_server;
-mod object;
-mod pipeline;
-mod preflight;
-mod procfs;
-mod rehearse;
-mod report;
-mod shutdown;
-mod signals;
-mod sink;
-mod tcp;
-mod tracefs;
-mod wait_status;
-mod watch;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use observer::{check, cli, rehearse, report, watch};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

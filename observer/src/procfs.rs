@@ -21,6 +21,12 @@ pub struct ProcHost {
     scans: u64,
 }
 
+impl Default for ProcHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ProcHost {
     pub fn new() -> Self {
         Self {

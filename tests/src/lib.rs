@@ -135,6 +135,28 @@ impl Observer {
         &self.output
     }
 
+    /// Waits until observer has written a line for which `wanted` holds (for facts read
+    /// from /proc, which must be read while the process still lives, however slow the
+    /// machine).
+    pub fn wait_for_line(&self, wanted: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+            if text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .any(|line| wanted(&line))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "observer wrote no such line within {TIMEOUT:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

@@ -272,6 +272,7 @@ fn accepts_after_sigterm_are_counted_exactly() {
     }
     send_signal(pid, libc::SIGTERM);
     assert_eq!(read_line(&mut server), "term");
+    observer.wait_for_line(|line| line["type"] == "signal" && line["target"]["pid"] == pid);
     let after: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for _ in 0..3 {
         assert!(read_line(&mut server).starts_with("accepted"));

@@ -1,0 +1,34 @@
+//! observer as a library: the binary's modules, and the pure parts (record decoding,
+//! report replay) that the fuzz targets in `fuzz/` drive directly.
+pub mod bounded;
+pub mod btf;
+pub mod check;
+pub mod cli;
+pub mod clock;
+pub mod correlate;
+pub mod decode;
+pub mod deploy;
+pub mod enrich;
+pub mod event;
+pub mod exit_inference;
+pub mod filter;
+pub mod human;
+pub mod human_report;
+pub mod identity;
+pub mod layout;
+pub mod loader;
+pub mod metrics;
+pub mod metrics_server;
+pub mod object;
+pub mod pipeline;
+pub mod preflight;
+pub mod procfs;
+pub mod rehearse;
+pub mod report;
+pub mod shutdown;
+pub mod signals;
+pub mod sink;
+pub mod tcp;
+pub mod tracefs;
+pub mod wait_status;
+pub mod watch;
