@@ -81,6 +81,22 @@ pub fn comm(bytes: &[u8]) -> String {
 pub(crate) mod tests {
     use super::*;
 
+    /// Every input the fuzzers kept (fuzz/corpus/decode_record) decodes or is refused.
+    #[test]
+    fn the_fuzz_corpus_decodes_or_is_refused() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/decode_record");
+        let mut inputs = 0;
+        for entry in std::fs::read_dir(dir).expect("the corpus is in the repository") {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let _ = decode(&bytes);
+            inputs += 1;
+        }
+        assert!(
+            inputs >= 7,
+            "one seed per record kind at least, found {inputs}"
+        );
+    }
+
     /// The bytes the kernel would write for `record`.
     pub fn bytes_of<T: WireRecord>(record: &T) -> Vec<u8> {
         // SAFETY: WireRecord types are plain integer structs with explicit padding.

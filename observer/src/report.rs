@@ -110,3 +110,47 @@ fn parse(bytes: &[u8]) -> Result<Option<Line>, String> {
         .map(Some)
         .map_err(|e| format!("not a valid {kind} event: {e}"))
 }
+
+/// The reports a whole log yields, its problem lines skipped (`run` does the same while
+/// streaming and naming the problems); used by the fuzz target and tests.
+pub fn reports_of(log: &[u8], config: crate::correlate::Config) -> Vec<Line> {
+    let mut correlator = Correlator::new(config);
+    let mut reports = Vec::new();
+    for line in log.split(|&b| b == b'\n') {
+        if let Ok(Some(line)) = parse(line) {
+            reports.extend(correlator.observe(&line));
+        }
+    }
+    reports.extend(correlator.finish());
+    reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{correlate::Config, event::Event};
+
+    /// Every log the fuzzers kept (fuzz/corpus/report_replay) replays; the seed, a real
+    /// `watch` log of a keep-alive server stopped by SIGTERM, yields its two reports.
+    #[test]
+    fn the_fuzz_corpus_replays() {
+        let config = Config {
+            after_exit_ns: 200_000_000,
+            deploy_window_ns: 500_000_000,
+        };
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/report_replay");
+        for entry in std::fs::read_dir(dir).expect("the corpus is in the repository") {
+            let path = entry.unwrap().path();
+            let reports = reports_of(&std::fs::read(&path).unwrap(), config);
+            reports.iter().for_each(|report| drop(report.to_json()));
+            if path.ends_with("keepalive-server-sigterm.ndjson") {
+                let kinds: Vec<&str> = reports.iter().map(|r| r.event.type_name()).collect();
+                assert_eq!(kinds, ["shutdown", "deploy"]);
+                let Event::Shutdown(shutdown) = &reports[0].event else {
+                    unreachable!()
+                };
+                assert_eq!(shutdown.open_at_exit.len(), 1, "{shutdown:?}");
+            }
+        }
+    }
+}

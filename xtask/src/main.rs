@@ -53,6 +53,12 @@ enum Task {
     Install,
     /// rustfmt and clippy (-D warnings) on the host crates and the eBPF crate.
     Lint,
+    /// Fuzz the record decoder and the report replay (cargo fuzz, nightly) for SECONDS
+    /// each; new inputs that find new paths are kept in fuzz/corpus/.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Measure observer's overhead and loss against no tracer and bpftrace (as root):
     /// prints a table, writes target/bench/results.json.
     Bench,
@@ -82,6 +88,7 @@ fn main() -> Result<()> {
             kernel: Some(series),
         } => test_on_kernel(&root, &series),
         Task::Bench => bench::run(&root),
+        Task::Fuzz { seconds } => fuzz(&root, seconds),
     }
 }
 
@@ -376,6 +383,26 @@ fn test(root: &Path) -> Result<()> {
             .arg("--test-threads=1")
             .env("OBSERVER_BIN", &observer)
             .current_dir(root.join("tests")))?;
+    }
+    Ok(())
+}
+
+/// The fuzz targets in fuzz/fuzz_targets, each with its corpus.
+const FUZZ_TARGETS: [&str; 2] = ["decode_record", "report_replay"];
+
+fn fuzz(root: &Path, seconds: u32) -> Result<()> {
+    if output_of(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    install_rust_src()?;
+    for target in FUZZ_TARGETS {
+        let corpus = root.join("fuzz/corpus").join(target);
+        run(Command::new("rustup")
+            .args(["run", EBPF_TOOLCHAIN, "cargo", "fuzz", "run", target])
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={seconds}")])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .current_dir(root.join("fuzz")))?;
     }
     Ok(())
 }
