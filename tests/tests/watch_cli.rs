@@ -213,10 +213,33 @@ fn the_human_format_is_one_aligned_line_per_event() {
 
 #[test]
 fn bad_flag_values_are_usage_errors() {
+    // Every flag that takes a value, with a wrong one: usage error (2), the reason named.
     for (args, reason) in [
         (&["--signals", "BOGUS"][..], "unknown signal 'BOGUS'"),
+        (&["--signals", "0"], "outside 1..=64"),
         (&["--duration", "-1"], "positive number of seconds, not -1"),
+        (&["--duration", "0"], "positive number of seconds, not 0"),
         (&["--ring-buffer-kib", "3"], "power of two"),
+        (&["--ring-buffer-kib", "0"], "power of two"),
+        (&["--pid", "0"], "0 is not in 1..="),
+        (&["--pid", "abc"], "invalid digit"),
+        (
+            &["--comm", "a-name-far-too-long"],
+            "the kernel keeps only the first 15",
+        ),
+        (&["--port", "0"], "0 is not in 1..=65535"),
+        (&["--port", "70000"], "70000 is not in 1..=65535"),
+        (&["--after-exit", "-1"], "zero or more seconds, not -1"),
+        (&["--deploy-window", "x"], "'x' is not a number of seconds"),
+        (&["--color", "blue"], "possible values: auto, always, never"),
+        (&["--metrics", "nope"], "invalid socket address"),
+        (&["--timeout", "5"], "--gate <SERVICE>"),
+        (&["--unit"], "a value is required for '--unit"),
+        (&["--container"], "a value is required for '--container"),
+        (&["--cgroup"], "a value is required for '--cgroup"),
+        (&["--output"], "a value is required for '--output"),
+        (&["--gate"], "a value is required for '--gate"),
+        (&["--bogus"], "unexpected argument '--bogus'"),
     ] {
         let output = Command::new(observer_binary())
             .arg("watch")
