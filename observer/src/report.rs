@@ -139,6 +139,7 @@ mod tests {
             deploy_window_ns: 500_000_000,
         };
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/report_replay");
+        let mut seed_seen = false;
         for entry in std::fs::read_dir(dir).expect("the corpus is in the repository") {
             let path = entry.unwrap().path();
             let reports = reports_of(&std::fs::read(&path).unwrap(), config);
@@ -150,7 +151,9 @@ mod tests {
                     unreachable!()
                 };
                 assert_eq!(shutdown.open_at_exit.len(), 1, "{shutdown:?}");
+                seed_seen = true;
             }
         }
+        assert!(seed_seen, "the named seed is missing from {dir}");
     }
 }
