@@ -11,7 +11,7 @@ use std::{
 
 use observer_tests::{
     Observer, TIMEOUT, observer_binary, read_line, send_signal, servers_dir, temp_path,
-    testee::{run_to_exit, start_ready, testee_path},
+    testee::{command, run_to_exit, start_interactive, testee_path},
     wait_timeout,
 };
 use serde_json::Value;
@@ -184,14 +184,21 @@ fn root_with_only_cap_bpf_cap_perfmon_and_cap_sys_ptrace_sees_everything() {
         .fold(0u64, |mask, cap| mask | 1 << cap);
     assert_eq!(effective, wanted, "CapEff {effective:x}");
 
-    let (child, _) = start_ready(&["handler", "5"]);
-    let pid = child.id();
+    // A server that outlives its SIGTERM until observer has read its /proc facts.
+    let (mut server, port) = start_interactive(&["tcp-server", "127.0.0.1:0", "handler"]);
+    let pid = server.id();
     send_signal(pid, libc::SIGTERM);
-    let mut child = child;
-    let status = wait_timeout(&mut child);
+    assert_eq!(read_line(&mut server), "term");
+    observer.wait_for_line(|line| line["type"] == "signal" && line["target"]["pid"] == pid);
+    command(&mut server, "exit");
+    let status = wait_timeout(&mut server);
     let events = observer.stop();
-    assert_eq!(status.code(), Some(5));
-    assert_eq!(events.exit_of(pid)["code"], 5, "{}", events.dump());
+    assert_eq!(
+        events.exit_of(pid)["code"],
+        status.code().unwrap(),
+        "{}",
+        events.dump()
+    );
     let signal = &events.signals_to(pid)[0];
     assert_eq!(
         signal["target"]["exe"],
@@ -199,4 +206,11 @@ fn root_with_only_cap_bpf_cap_perfmon_and_cap_sys_ptrace_sees_everything() {
         "{signal}"
     );
     assert_eq!(events.deliveries_to(pid)[0]["handler"], "custom");
+    // exe above needs ptrace access to a full-root process: CAP_SYS_PTRACE. The
+    // listener also comes from the kernel's own listen event.
+    assert_eq!(
+        signal["target"]["listening"],
+        serde_json::json!([format!("127.0.0.1:{port}")]),
+        "{signal}"
+    );
 }
