@@ -48,7 +48,7 @@ const TARGET_FACTS_TTL_NS: u64 = 1_000_000_000;
 const CACHED_TARGETS: usize = 4096;
 
 /// What /proc said about a signal's target, and when (record time).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct TargetFacts {
     read_ns: u64,
     /// Whether the termination-only facts (listeners, children, command) were read.
@@ -183,22 +183,10 @@ impl<H: HostView> Enricher<H> {
                 comm: comm(&r.target_comm),
                 cgroup: facts.cgroup,
                 ns_pid: facts.ns_pid,
-                listening: if terminating {
-                    facts.listening
-                } else {
-                    Vec::new()
-                },
-                children: if terminating {
-                    facts.children
-                } else {
-                    Vec::new()
-                },
-                exe: facts.exe.filter(|_| terminating),
-                cmdline: if terminating {
-                    facts.cmdline
-                } else {
-                    Vec::new()
-                },
+                listening: facts.listening,
+                children: facts.children,
+                exe: facts.exe,
+                cmdline: facts.cmdline,
             },
             group: r.group != 0,
             si_code: r.si_code,
@@ -207,37 +195,35 @@ impl<H: HostView> Enricher<H> {
         }))
     }
 
-    /// The target's facts from /proc, or as read less than TARGET_FACTS_TTL_NS ago.
+    /// The target's facts from /proc, or as read less than TARGET_FACTS_TTL_NS ago; the
+    /// termination-only ones (listeners, children, command) only for a terminating signal.
     fn target_facts(&mut self, tgid: u32, terminating: bool, mono_ns: u64) -> TargetFacts {
         if let Some(facts) = self.targets.get(&tgid)
             && mono_ns.saturating_sub(facts.read_ns) < TARGET_FACTS_TTL_NS
             && (facts.full || !terminating)
         {
-            return facts.clone();
+            return if terminating {
+                facts.clone()
+            } else {
+                TargetFacts {
+                    cgroup: facts.cgroup.clone(),
+                    ns_pid: facts.ns_pid,
+                    ..TargetFacts::default()
+                }
+            };
         }
-        let (exe, cmdline) = if terminating {
-            self.host.command(tgid)
-        } else {
-            (None, Vec::new())
-        };
-        let facts = TargetFacts {
+        let mut facts = TargetFacts {
             read_ns: mono_ns,
-            full: terminating,
             cgroup: self.cgroup_of(tgid),
             ns_pid: self.host.ns_pid(tgid),
-            listening: if terminating {
-                self.listening(tgid)
-            } else {
-                Vec::new()
-            },
-            children: if terminating {
-                self.host.children(tgid)
-            } else {
-                Vec::new()
-            },
-            exe,
-            cmdline,
+            ..TargetFacts::default()
         };
+        if terminating {
+            facts.full = true;
+            (facts.exe, facts.cmdline) = self.host.command(tgid);
+            facts.listening = self.listening(tgid);
+            facts.children = self.host.children(tgid);
+        }
         self.targets.insert(tgid, facts.clone());
         facts
     }

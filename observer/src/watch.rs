@@ -209,6 +209,7 @@ impl Session {
         let Some(scope) = &mut self.kernel_scope else {
             return Ok(());
         };
+        let filter = &self.pipeline.filter;
         let host = self.pipeline.enricher.host_mut();
         if scope
             .last_rescan
@@ -221,11 +222,7 @@ impl Session {
             return Ok(());
         }
         scope.synced_scan = host.cgroup_scans();
-        let filter = &self.pipeline.filter;
-        let excluded: HashSet<u64> = self
-            .pipeline
-            .enricher
-            .host_mut()
+        let excluded: HashSet<u64> = host
             .cgroups()
             .filter(|(_, path)| filter.scope_excludes(path))
             .map(|(id, _)| id)
