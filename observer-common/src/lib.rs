@@ -357,13 +357,6 @@ pub struct TcpResetLayout {
     pub addrs: SplitAddrLayout,
 }
 
-/// Offsets into `tcp:tcp_destroy_sock` (`const void *skaddr`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpDestroyLayout {
-    pub skaddr: u32,
-}
-
 /// Offsets into `syscalls:sys_exit_accept4` / `sys_exit_accept` (`long ret`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -389,13 +382,16 @@ pub struct SockLayout {
     pub sock_shutdown: u32,
     pub skc_state: u32,
     pub skc_family: u32,
-    pub skc_num: u32,
+    /// `inet_sock.inet_sport` (big-endian), which survives the unhash at CLOSE; `skc_num`
+    /// is zeroed there when the port is put back.
+    pub inet_sport: u32,
     pub skc_dport: u32,
     pub skc_rcv_saddr: u32,
     pub skc_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub skc_v6_daddr: u32,
-    pub _pad: u32,
+    /// `sock.sk_protocol`: a u16 since 5.6 (a bitfield before).
+    pub sock_protocol: u32,
 }
 
 /// `task_struct.flags` bit set once a task has started exiting (include/linux/sched.h).
@@ -503,6 +499,5 @@ mod pod {
     unsafe impl aya::Pod for InetSockSetStateLayout {}
     unsafe impl aya::Pod for TcpResetLayout {}
     unsafe impl aya::Pod for AcceptLayout {}
-    unsafe impl aya::Pod for TcpDestroyLayout {}
     unsafe impl aya::Pod for SockLayout {}
 }

@@ -4,7 +4,7 @@ use aya_ebpf::Global;
 use observer_common::{
     AcceptLayout, ExitGroupLayout, InetSockSetStateLayout, ProcessExitLayout, Settings,
     SignalDeliverLayout, SignalGenerateLayout, SockLayout, SplitAddrLayout, TaskLayout,
-    TcpDestroyLayout, TcpResetLayout, TgkillLayout,
+    TcpResetLayout, TgkillLayout,
 };
 
 #[unsafe(no_mangle)]
@@ -52,10 +52,6 @@ pub static TCP_SEND_RESET_LAYOUT: Global<TcpResetLayout> = Global::new(NO_RESET_
 pub static TCP_RECEIVE_RESET_LAYOUT: Global<TcpResetLayout> = Global::new(NO_RESET_LAYOUT);
 
 #[unsafe(no_mangle)]
-pub static TCP_DESTROY_LAYOUT: Global<TcpDestroyLayout> =
-    Global::new(TcpDestroyLayout { skaddr: 0 });
-
-#[unsafe(no_mangle)]
 pub static ACCEPT_LAYOUT: Global<AcceptLayout> = Global::new(AcceptLayout { ret: 0 });
 
 #[unsafe(no_mangle)]
@@ -71,13 +67,13 @@ pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout {
     sock_shutdown: 0,
     skc_state: 0,
     skc_family: 0,
-    skc_num: 0,
+    inet_sport: 0,
     skc_dport: 0,
     skc_rcv_saddr: 0,
     skc_daddr: 0,
     skc_v6_rcv_saddr: 0,
     skc_v6_daddr: 0,
-    _pad: 0,
+    sock_protocol: 0,
 });
 
 #[unsafe(no_mangle)]

@@ -115,13 +115,14 @@ pub fn read_sockaddrs(
     Ok(endpoints)
 }
 
-/// Reads a socket's addresses from its `struct sock_common`.
+/// Reads a socket's addresses from its `struct sock_common`, and the local port from
+/// `struct inet_sock` as the classic tracepoints do.
 #[inline(always)]
 pub fn sock_endpoints(sk: u64, layout: &SockLayout) -> Option<TcpEndpoints> {
     let family = task::read::<u16>(sk, layout.skc_family)?;
     let mut endpoints = TcpEndpoints {
         family,
-        local_port: task::read::<u16>(sk, layout.skc_num)?,
+        local_port: u16::from_be(task::read::<u16>(sk, layout.inet_sport)?),
         remote_port: u16::from_be(task::read::<u16>(sk, layout.skc_dport)?),
         ..Default::default()
     };
@@ -151,10 +152,13 @@ pub fn current_fd_sock(fd: u64, layout: &SockLayout) -> Option<u64> {
     task::read::<u64>(socket, layout.socket_sk).filter(|&sk| sk != 0)
 }
 
-/// Whether the current task is exiting (`PF_EXITING`).
-pub fn current_is_exiting(layout: &SockLayout) -> bool {
-    task::read::<u32>(task::current(), layout.task_flags)
-        .is_some_and(|flags| flags & observer_common::PF_EXITING != 0)
+/// Whether the current task is exiting (`PF_EXITING`); false without BTF.
+#[inline(always)]
+pub fn current_is_exiting() -> bool {
+    sock_layout().is_some_and(|layout| {
+        task::read::<u32>(task::current(), layout.task_flags)
+            .is_some_and(|flags| flags & observer_common::PF_EXITING != 0)
+    })
 }
 
 /// The owner to report for a socket: the one learnt in process context, else unknown

@@ -1,7 +1,9 @@
 //! Reads from `struct task_struct` and `struct signal_struct` at offsets from vmlinux BTF
 //! (TASK_LAYOUT). Every read goes through bpf_probe_read_kernel, so a wrong offset can
 //! only yield a wrong value, never a fault.
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+};
 use observer_common::{COMM_LEN, TaskLayout};
 
 use crate::globals::TASK_LAYOUT;
@@ -26,9 +28,13 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
 }
 
 /// The comm of the current thread group's leader (what `ps` shows for the process),
-/// falling back to the current thread's comm.
+/// falling back to the current thread's comm. When the current thread is the leader
+/// (single-threaded servers, main threads) its own comm is that, one helper call.
 pub fn current_process_comm() -> [u8; COMM_LEN] {
-    if let Some(layout) = layout() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid as u32 != (pid_tgid >> 32) as u32
+        && let Some(layout) = layout()
+    {
         let leader = read::<u64>(current(), layout.task_group_leader).unwrap_or(0);
         if let Some(comm) = read::<[u8; COMM_LEN]>(leader, layout.task_comm) {
             return comm;

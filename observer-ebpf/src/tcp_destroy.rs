@@ -1,16 +1,13 @@
-//! `tcp:tcp_destroy_sock`: inet_csk_destroy_sock() is freeing a TCP socket, so its owner
-//! entry goes (the address may be reused by the next socket).
-//!
-//! Tracepoint record on 6.18: `const void *skaddr; __u16 sport; __u16 dport; …`.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! `tcp_destroy_sock`, a raw tracepoint: inet_csk_destroy_sock() is freeing a TCP
+//! socket, so its owner entry goes (the address may be reused by the next socket). Once
+//! per connection: `TP_PROTO(struct sock *sk)` arrives as one u64 context slot, a plain
+//! load, and the kernel builds no trace record. Raw tracepoints need no BTF.
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{globals::TCP_DESTROY_LAYOUT, sockets};
+use crate::sockets;
 
-#[tracepoint]
-pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(TCP_DESTROY_LAYOUT.load().skaddr as usize) } {
-        sockets::forget(sk);
-    }
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy(ctx: RawTracePointContext) -> u32 {
+    sockets::forget(ctx.arg(0));
     0
 }

@@ -58,7 +58,8 @@ const FIELDS: [(&str, &str, &[&str]); 10] = [
         "tcp_receive_reset",
         &["skaddr", "sport", "dport", "family", "saddr", "daddr"],
     ),
-    ("tcp", "tcp_destroy_sock", &["skaddr"]),
+    // Attached raw: only its existence matters.
+    ("tcp", "tcp_destroy_sock", &[]),
     ("syscalls", "sys_exit_accept4", &["ret"]),
 ];
 
@@ -157,7 +158,11 @@ pub fn run() -> Result<bool> {
                     } else {
                         Level::Ok
                     };
-                    let mut detail = found.join(" ");
+                    let mut detail = if found.is_empty() {
+                        "present".to_string()
+                    } else {
+                        found.join(" ")
+                    };
                     for consequence in degraded {
                         detail.push_str(&format!("; {consequence}"));
                     }

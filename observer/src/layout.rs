@@ -6,7 +6,7 @@ use anyhow::{Context, Result, ensure};
 use observer_common::{
     AcceptLayout, ExitGroupLayout, FIELD_ABSENT, InetSockSetStateLayout, ProcessExitLayout,
     SignalDeliverLayout, SignalGenerateLayout, SockLayout, SplitAddrLayout, TaskLayout,
-    TcpDestroyLayout, TcpResetLayout, TgkillLayout, addr_format,
+    TcpResetLayout, TgkillLayout, addr_format,
 };
 
 use crate::{
@@ -19,7 +19,6 @@ pub struct TcpLayout {
     pub set_state: InetSockSetStateLayout,
     pub send_reset: TcpResetLayout,
     pub receive_reset: TcpResetLayout,
-    pub destroy: TcpDestroyLayout,
     /// None without syscall tracepoints: inbound sockets then have no known owner.
     pub accept: Option<AcceptLayout>,
 }
@@ -212,13 +211,9 @@ fn tcp_layout(events: &Path) -> Result<TcpLayout> {
         &tracefs::read_format(events, "tcp", "tcp_receive_reset")?,
         "tcp:tcp_receive_reset",
     )?;
-    let destroy = TcpDestroyLayout {
-        skaddr: tracefs::read_format(events, "tcp", "tcp_destroy_sock")?.offset(
-            "tcp:tcp_destroy_sock",
-            "skaddr",
-            &[8],
-        )?,
-    };
+    // tcp_destroy is a raw tracepoint (its one argument is the socket): the event must
+    // exist, its record is never read.
+    tracefs::read_format(events, "tcp", "tcp_destroy_sock")?;
     // One program serves accept4() and accept(): their `ret` must sit at one offset.
     let accept_ret = |name: &str| -> Result<u32> {
         let format = tracefs::read_format(events, "syscalls", name)?;
@@ -235,7 +230,6 @@ fn tcp_layout(events: &Path) -> Result<TcpLayout> {
         set_state,
         send_reset,
         receive_reset,
-        destroy,
         accept,
     })
 }
@@ -258,13 +252,13 @@ fn sock_layout(btf: &Btf) -> Result<SockLayout> {
         sock_shutdown: member("sock", "sk_shutdown").context("sock.sk_shutdown")?,
         skc_state: skc("skc_state")?,
         skc_family: skc("skc_family")?,
-        skc_num: skc("skc_num")?,
+        inet_sport: member("inet_sock", "inet_sport")?,
         skc_dport: skc("skc_dport")?,
         skc_rcv_saddr: skc("skc_rcv_saddr")?,
         skc_daddr: skc("skc_daddr")?,
         skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
         skc_v6_daddr: skc("skc_v6_daddr")?,
-        _pad: 0,
+        sock_protocol: member("sock", "sk_protocol").context("sock.sk_protocol")?,
     })
 }
 

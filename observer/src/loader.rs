@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use observer_common::Settings;
 
@@ -13,66 +13,81 @@ use crate::layout::KernelLayout;
 /// A kernel program, the tracepoints it belongs on, and when to attach it.
 struct ProgramSpec {
     program: &'static str,
-    /// (category, tracepoint) pairs.
-    tracepoints: &'static [(&'static str, &'static str)],
+    tracepoints: Tracepoints,
     wanted: fn(&KernelLayout) -> bool,
 }
 
-const PROGRAMS: [ProgramSpec; 10] = [
+enum Tracepoints {
+    /// Classic tracepoints, as (category, name) pairs: the program reads the record the
+    /// kernel builds, at offsets from tracefs `format` files.
+    Classic(&'static [(&'static str, &'static str)]),
+    /// A raw tracepoint: the program gets the tracepoint's `TP_PROTO` arguments and the
+    /// kernel builds no record, so it is the cheaper attachment on hot paths.
+    Raw(&'static str),
+}
+
+const PROGRAMS: [ProgramSpec; 11] = [
     ProgramSpec {
         program: "signal_generate",
-        tracepoints: &[("signal", "signal_generate")],
+        tracepoints: Tracepoints::Classic(&[("signal", "signal_generate")]),
         wanted: |_| true,
     },
     ProgramSpec {
         program: "signal_deliver",
-        tracepoints: &[("signal", "signal_deliver")],
+        tracepoints: Tracepoints::Classic(&[("signal", "signal_deliver")]),
         wanted: |_| true,
     },
     ProgramSpec {
         program: "process_exit",
-        tracepoints: &[("sched", "sched_process_exit")],
+        tracepoints: Tracepoints::Classic(&[("sched", "sched_process_exit")]),
         wanted: |_| true,
     },
     // Exact thread group of tgkill() targets; without syscall tracepoints, /proc is used.
     ProgramSpec {
         program: "tgkill_enter",
-        tracepoints: &[("syscalls", "sys_enter_tgkill")],
+        tracepoints: Tracepoints::Classic(&[("syscalls", "sys_enter_tgkill")]),
         wanted: |layout| layout.tgkill.is_some(),
     },
     // Exit codes for status inference, needed only when BTF is missing.
     ProgramSpec {
         program: "exit_group_enter",
-        tracepoints: &[("syscalls", "sys_enter_exit_group")],
+        tracepoints: Tracepoints::Classic(&[("syscalls", "sys_enter_exit_group")]),
         wanted: |layout| layout.btf_problem.is_some() && layout.exit_group.is_some(),
     },
+    // The hot path: raw when BTF gave the socket layout it reads addresses with, else the
+    // classic tracepoint, whose record carries them.
     ProgramSpec {
         program: "tcp_state",
-        tracepoints: &[("sock", "inet_sock_set_state")],
-        wanted: |layout| layout.tcp.is_some(),
+        tracepoints: Tracepoints::Raw("inet_sock_set_state"),
+        wanted: |layout| layout.tcp.is_some() && layout.sock.known != 0,
+    },
+    ProgramSpec {
+        program: "tcp_state_tp",
+        tracepoints: Tracepoints::Classic(&[("sock", "inet_sock_set_state")]),
+        wanted: |layout| layout.tcp.is_some() && layout.sock.known == 0,
     },
     ProgramSpec {
         program: "tcp_send_reset",
-        tracepoints: &[("tcp", "tcp_send_reset")],
+        tracepoints: Tracepoints::Classic(&[("tcp", "tcp_send_reset")]),
         wanted: |layout| layout.tcp.is_some(),
     },
     ProgramSpec {
         program: "tcp_receive_reset",
-        tracepoints: &[("tcp", "tcp_receive_reset")],
+        tracepoints: Tracepoints::Classic(&[("tcp", "tcp_receive_reset")]),
         wanted: |layout| layout.tcp.is_some(),
     },
     ProgramSpec {
         program: "tcp_destroy",
-        tracepoints: &[("tcp", "tcp_destroy_sock")],
+        tracepoints: Tracepoints::Raw("tcp_destroy_sock"),
         wanted: |layout| layout.tcp.is_some(),
     },
     // Owners of accepted sockets; needs the fd → sock walk, so BTF.
     ProgramSpec {
         program: "accept_exit",
-        tracepoints: &[
+        tracepoints: Tracepoints::Classic(&[
             ("syscalls", "sys_exit_accept4"),
             ("syscalls", "sys_exit_accept"),
-        ],
+        ]),
         wanted: |layout| {
             layout.sock.known != 0 && layout.tcp.as_ref().is_some_and(|tcp| tcp.accept.is_some())
         },
@@ -150,15 +165,8 @@ pub fn try_each(
         .iter()
         .filter(|spec| (spec.wanted)(layout))
         .map(|spec| {
-            let tracepoints: Vec<String> = spec
-                .tracepoints
-                .iter()
-                .map(|(c, t)| format!("{c}:{t}"))
-                .collect();
-            (
-                spec.program,
-                attach(&mut ebpf, spec).map(|()| tracepoints.join(", ")),
-            )
+            let described = spec.tracepoints.describe();
+            (spec.program, attach(&mut ebpf, spec).map(|()| described))
         })
         .collect()
 }
@@ -191,8 +199,7 @@ fn load_object(
             loader
                 .override_global("INET_SOCK_SET_STATE_LAYOUT", &tcp.set_state, true)
                 .override_global("TCP_SEND_RESET_LAYOUT", &tcp.send_reset, true)
-                .override_global("TCP_RECEIVE_RESET_LAYOUT", &tcp.receive_reset, true)
-                .override_global("TCP_DESTROY_LAYOUT", &tcp.destroy, true);
+                .override_global("TCP_RECEIVE_RESET_LAYOUT", &tcp.receive_reset, true);
             if let Some(accept) = &tcp.accept {
                 loader.override_global("ACCEPT_LAYOUT", accept, true);
             }
@@ -201,16 +208,41 @@ fn load_object(
     }
 }
 
+impl Tracepoints {
+    /// As `observer check` prints it: `sock:inet_sock_set_state`, `raw_tp inet_sock_set_state`.
+    fn describe(&self) -> String {
+        match self {
+            Self::Classic(tracepoints) => tracepoints
+                .iter()
+                .map(|(category, name)| format!("{category}:{name}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Self::Raw(name) => format!("raw_tp {name}"),
+        }
+    }
+}
+
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
-    let program: &mut TracePoint = ebpf
+    let program = ebpf
         .program_mut(spec.program)
-        .context("not in the object")?
-        .try_into()?;
-    program.load()?;
-    for &(category, tracepoint) in spec.tracepoints {
-        program
-            .attach(category, tracepoint)
-            .with_context(|| format!("attaching to tracepoint {category}:{tracepoint}"))?;
+        .context("not in the object")?;
+    match spec.tracepoints {
+        Tracepoints::Classic(tracepoints) => {
+            let program: &mut TracePoint = program.try_into()?;
+            program.load()?;
+            for &(category, tracepoint) in tracepoints {
+                program
+                    .attach(category, tracepoint)
+                    .with_context(|| format!("attaching to tracepoint {category}:{tracepoint}"))?;
+            }
+        }
+        Tracepoints::Raw(tracepoint) => {
+            let program: &mut RawTracePoint = program.try_into()?;
+            program.load()?;
+            program
+                .attach(tracepoint)
+                .with_context(|| format!("attaching to raw tracepoint {tracepoint}"))?;
+        }
     }
     Ok(())
 }

@@ -367,3 +367,46 @@ fn clients_refused_after_the_server_exits_are_tied_to_its_port() {
         }
     }
 }
+
+#[test]
+fn without_btf_listeners_come_from_the_classic_tracepoint() {
+    // Without BTF there are no socket offsets, so the raw inet_sock_set_state program
+    // cannot read addresses; the classic one, whose record carries them, takes over.
+    let check = std::process::Command::new(observer_tests::observer_binary())
+        .arg("check")
+        .env("OBSERVER_BTF", "/nonexistent/vmlinux")
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.lines().any(|line| line.starts_with("ok")
+            && line.contains("tcp_state_tp")
+            && line.ends_with("attached to sock:inet_sock_set_state")),
+        "{check}"
+    );
+    for host in LOOPBACKS {
+        let observer = Observer::start_with_env(&[], &[("OBSERVER_BTF", "/nonexistent/vmlinux")]);
+        let (mut server, port) = start_interactive(&["tcp-server", &format!("{host}:0")]);
+        let pid = server.id();
+        let server_addr = format!("{host}:{port}");
+        command(&mut server, "exit");
+        assert_eq!(wait_timeout(&mut server).code(), Some(0));
+        std::thread::sleep(Duration::from_millis(100));
+        let events = observer.stop();
+
+        let actions: Vec<(&str, &str)> = events
+            .of_type("tcp_listen")
+            .filter(|l| l["pid"] == pid)
+            .map(|l| (l["action"].as_str().unwrap(), l["local"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("open", server_addr.as_str()),
+                ("close", server_addr.as_str())
+            ],
+            "{}",
+            events.dump()
+        );
+    }
+}
