@@ -439,6 +439,10 @@ pub struct Settings {
     /// 1: `--unit/--container/--cgroup` chose processes; the programs that run in their
     /// subject's context skip tasks whose cgroup is in `OUT_OF_SCOPE_CGROUPS`.
     pub scope_filtered: u64,
+    /// Records are committed without waking userspace, which polls the ring on a short
+    /// timer, until this many bytes wait in it (a quarter of the ring): one wake-up per
+    /// batch, not per record. Set by the loader from the ring's size.
+    pub wakeup_bytes: u64,
 }
 
 /// `sigaction.sa_handler` values with a fixed meaning.

@@ -13,6 +13,7 @@ pub static SETTINGS: Global<Settings> = Global::new(Settings {
     fatal_default_mask: 0,
     termination_mask: 0,
     scope_filtered: 0,
+    wakeup_bytes: 0,
 });
 
 const NO_SPLIT_ADDRS: SplitAddrLayout = SplitAddrLayout {

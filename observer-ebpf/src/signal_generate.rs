@@ -12,7 +12,7 @@ use aya_ebpf::{
 use observer_common::{COMM_LEN, SignalGenerateRecord, kind, signal_bit};
 
 use crate::{
-    emit::{header, submit},
+    emit::{header, submit_now},
     globals::{SETTINGS, SIGNAL_GENERATE_LAYOUT},
     shutting,
     task::current_process_comm,
@@ -67,7 +67,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     if !reported {
         return Ok(());
     }
-    submit(SignalGenerateRecord {
+    submit_now(SignalGenerateRecord {
         header: header(kind::SIGNAL_GENERATE),
         sig,
         si_code,

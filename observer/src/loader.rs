@@ -180,6 +180,10 @@ fn load_object(
     ring_bytes: u32,
 ) -> Result<Ebpf> {
     {
+        let settings = Settings {
+            wakeup_bytes: u64::from(ring_bytes / 4),
+            ..settings
+        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global("SETTINGS", &settings, true)

@@ -34,7 +34,11 @@ use crate::{
     tracefs,
 };
 
-/// How often the lost-record counters are read (and the ring buffer polled as a backstop).
+/// How often the ring buffer is drained. The kernel programs do not wake observer per
+/// record (only signals, and a ring a quarter full, do): this bounds how late a record
+/// is handled, and turns one wake-up per record into one per batch on a busy host.
+const RING_POLL: Duration = Duration::from_millis(20);
+/// How often the lost-record counters are read.
 const LOST_POLL: Duration = Duration::from_millis(250);
 /// With `--unit/--container/--cgroup`, how often new cgroups are looked for (a cgroup id
 /// unknown to an exit record triggers a scan sooner).
@@ -93,6 +97,8 @@ impl Session {
             fatal_default_mask,
             termination_mask: mask(signals::TERMINATION_SIGNALS.iter().copied()),
             scope_filtered: u64::from(options.filter.is_scoped()),
+            // The loader derives it from the ring's size.
+            wakeup_bytes: 0,
         };
         let (probes, ring) =
             Probes::load(object, &layout, settings, options.ring_buffer_kib * 1024)?;
@@ -153,6 +159,8 @@ impl Session {
             .map_err(std::io::Error::from)
             .context("polling the ring buffer")?;
         tokio::pin!(until);
+        let mut ring_poll = tokio::time::interval(RING_POLL);
+        ring_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lost_poll = tokio::time::interval(LOST_POLL);
         // logrotate's convention: SIGHUP means "reopen your log file".
         let mut hangup = signal(SignalKind::hangup())?;
@@ -165,6 +173,10 @@ impl Session {
                     // A record committed between the drain and clear_ready() woke nobody:
                     // drain once more so it cannot wait for the next wake-up.
                     drain(guard.get_inner_mut(), &mut self.pipeline)?;
+                    self.pipeline.output.sink.flush()?;
+                }
+                _ = ring_poll.tick() => {
+                    drain(ring.get_mut(), &mut self.pipeline)?;
                     self.pipeline.output.sink.flush()?;
                 }
                 _ = lost_poll.tick() => {

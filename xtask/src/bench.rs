@@ -71,9 +71,18 @@ impl Running {
             Tracer::None => None,
             Tracer::Observer => {
                 let log = dir.join("observer.err");
+                // observer appends to --output: each run starts from an empty file, so
+                // counts are this run's only.
+                let output = dir.join("observer.ndjson");
+                match fs::remove_file(&output) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error).context("removing the previous observer.ndjson");
+                    }
+                    _ => {}
+                }
                 let mut child = Command::new(observer)
                     .args(["watch", "--json", "--output"])
-                    .arg(dir.join("observer.ndjson"))
+                    .arg(&output)
                     .args(extra)
                     .stdout(Stdio::null())
                     .stderr(fs::File::create(&log)?)
