@@ -287,6 +287,70 @@ fn cost(
         .collect()
 }
 
+/// Runs `measure` under each tracer in turn, `ROUNDS` times, rotating the order so that
+/// drift in the machine spreads evenly; `stopped` gets each tracer's (CPU %, peak RSS).
+fn alternate(
+    observer: &Path,
+    dir: &Path,
+    unit: &str,
+    mut measure: impl FnMut() -> Result<f64>,
+    mut stopped: impl FnMut(Tracer, (f64, f64)),
+) -> Result<BTreeMap<Tracer, Vec<f64>>> {
+    let order = [Tracer::None, Tracer::Observer, Tracer::Bpftrace];
+    let mut values: BTreeMap<Tracer, Vec<f64>> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        for offset in 0..order.len() {
+            let tracer = order[(round + offset) % order.len()];
+            let running = Running::start(tracer, observer, dir, &[])?;
+            let value = measure()?;
+            stopped(tracer, running.stop()?);
+            values.entry(tracer).or_default().push(value);
+            eprintln!(
+                "bench: round {} {:<10} {value:>10.1} {unit}",
+                round + 1,
+                tracer.name()
+            );
+        }
+    }
+    Ok(values)
+}
+
+/// Prints each tracer's mean, spread and ratio to no tracer; returns them as JSON.
+fn side_by_side(unit: &str, values: &BTreeMap<Tracer, Vec<f64>>) -> Value {
+    let (base, _) = mean_spread(&values[&Tracer::None]);
+    println!(
+        "{:<12} {:>12} {:>10} {:>10}",
+        "tracer", unit, "spread", "ratio"
+    );
+    let mut table = serde_json::Map::new();
+    for (tracer, runs) in values {
+        let (mean, spread) = mean_spread(runs);
+        println!(
+            "{:<12} {:>12.1} {:>9.1}% {:>9.1}%",
+            tracer.name(),
+            mean,
+            100.0 * spread / mean,
+            100.0 * mean / base
+        );
+        table.insert(
+            tracer.name().to_string(),
+            json!({"runs": runs, "mean": mean, "spread": spread, "ratio": mean / base}),
+        );
+    }
+    Value::Object(table)
+}
+
+/// Mean ns of one getppid() over many calls.
+fn syscall_ns() -> f64 {
+    const CALLS: u32 = 2_000_000;
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        // SAFETY: getppid takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(CALLS)
+}
+
 fn mean_spread(values: &[f64]) -> (f64, f64) {
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     let spread = values.iter().map(|v| (v - mean).abs()).fold(0.0, f64::max);
@@ -387,26 +451,27 @@ pub fn run(root: &Path) -> Result<()> {
     wrk_rps(1)?; // warm up
     let bpf_stats_was = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-    let mut rps: BTreeMap<Tracer, Vec<f64>> = BTreeMap::new();
     let mut own_cost = Vec::new();
-    let order = [Tracer::None, Tracer::Observer, Tracer::Bpftrace];
-    for round in 0..ROUNDS {
-        for offset in 0..order.len() {
-            let tracer = order[(round + offset) % order.len()];
-            let running = Running::start(tracer, &observer, &dir, &[])?;
-            rps.entry(tracer).or_default().push(wrk_rps(LOAD_SECS)?);
-            let (cpu, rss) = running.stop()?;
+    let rps = alternate(
+        &observer,
+        &dir,
+        "req/s",
+        || wrk_rps(LOAD_SECS),
+        |tracer, cost| {
             if tracer == Tracer::Observer {
-                own_cost.push((cpu, rss));
+                own_cost.push(cost);
             }
-            eprintln!(
-                "bench: round {} {:<10} {:>10.0} req/s",
-                round + 1,
-                tracer.name(),
-                rps[&tracer].last().unwrap()
-            );
-        }
-    }
+        },
+    )?;
+    // What any syscall tracepoint costs every syscall on the host (both tracers attach
+    // sys_exit_accept4): the kernel then takes the slow syscall path for every task.
+    let syscall = alternate(
+        &observer,
+        &dir,
+        "ns/getppid",
+        || Ok(syscall_ns()),
+        |_, _| {},
+    )?;
 
     // 2: kernel cost per program, idle and under the same load, in a run of its own.
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
@@ -420,30 +485,13 @@ pub fn run(root: &Path) -> Result<()> {
     fs::write("/proc/sys/kernel/bpf_stats_enabled", bpf_stats_was.trim())?;
     let kernel_cost =
         json!({"idle": cost(&idle_start, &idle_end), "load": cost(&idle_end, &load_end)});
-    let (base, _) = mean_spread(&rps[&Tracer::None]);
-    let mut throughput = serde_json::Map::new();
     println!(
         "\nThroughput: wrk → nginx, new connection per request, {ROUNDS} alternating rounds of {LOAD_SECS} s"
     );
-    println!(
-        "{:<12} {:>12} {:>10} {:>10}",
-        "tracer", "req/s", "spread", "ratio"
-    );
-    for (tracer, values) in &rps {
-        let (mean, spread) = mean_spread(values);
-        println!(
-            "{:<12} {:>12.0} {:>9.1}% {:>9.1}%",
-            tracer.name(),
-            mean,
-            100.0 * spread / mean,
-            100.0 * mean / base
-        );
-        throughput.insert(
-            tracer.name().to_string(),
-            json!({"runs": values, "mean": mean, "spread": spread, "ratio": mean / base}),
-        );
-    }
-    results.insert("throughput".into(), Value::Object(throughput));
+    let throughput = side_by_side("req/s", &rps);
+    println!("\nSyscall cost: getppid() in a loop, {ROUNDS} alternating rounds");
+    results.insert("syscall_ns".into(), side_by_side("ns", &syscall));
+    results.insert("throughput".into(), throughput);
     println!("\nKernel cost per program (kernel.bpf_stats_enabled), mean ns per run");
     println!(
         "{:<16} {:>10} {:>12} {:>10} {:>12}",
