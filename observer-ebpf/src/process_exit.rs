@@ -20,8 +20,8 @@ use observer_common::{
 };
 
 use crate::{
-    emit::{header, submit},
-    globals::PROCESS_EXIT_LAYOUT,
+    emit::{header, submit, submit_now},
+    globals::{PROCESS_EXIT_LAYOUT, SETTINGS},
     scope, shutting, task,
 };
 
@@ -55,7 +55,14 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         Some(layout) => read_status(&mut record, layout),
         None => record.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     }
-    submit(record);
+    // In a scoped run, the exits that get here come from the scope or from a cgroup
+    // userspace has not seen yet, which it rescans for and shuts out in the kernel: it
+    // should hear of those at once. Scoped runs send few records, so waking costs little.
+    if SETTINGS.load().scope_filtered != 0 {
+        submit_now(record);
+    } else {
+        submit(record);
+    }
     Ok(())
 }
 

@@ -19,6 +19,9 @@ pub struct ProcHost {
     last_scan: Option<Instant>,
     /// How many times the index was rebuilt.
     scans: u64,
+    /// A cgroup id was missing while rescans were rate-limited: the next periodic
+    /// check rescans, so a group created just after a scan is not left unknown.
+    unknown_seen: bool,
 }
 
 impl Default for ProcHost {
@@ -34,6 +37,7 @@ impl ProcHost {
             cgroup_index: HashMap::new(),
             last_scan: None,
             scans: 0,
+            unknown_seen: false,
         }
     }
 
@@ -49,6 +53,11 @@ impl ProcHost {
         self.scans
     }
 
+    /// Whether a cgroup id was looked up and missed since the last scan.
+    pub fn saw_unknown_cgroup(&self) -> bool {
+        self.unknown_seen
+    }
+
     /// Rebuilds the cgroup index from the cgroup v2 filesystem.
     pub fn rescan(&mut self) {
         let Some((mount, root)) = &self.cgroup2 else {
@@ -56,6 +65,7 @@ impl ProcHost {
         };
         self.last_scan = Some(Instant::now());
         self.scans += 1;
+        self.unknown_seen = false;
         self.cgroup_index.clear();
         let mut pending = vec![mount.clone()];
         while let Some(dir) = pending.pop() {
@@ -176,7 +186,9 @@ impl HostView for ProcHost {
         {
             self.rescan();
         }
-        self.cgroup_index.get(&cgroup_id).cloned()
+        let path = self.cgroup_index.get(&cgroup_id).cloned();
+        self.unknown_seen |= path.is_none();
+        path
     }
 }
 

@@ -223,9 +223,10 @@ impl Session {
         };
         let filter = &self.pipeline.filter;
         let host = self.pipeline.enricher.host_mut();
-        if scope
-            .last_rescan
-            .is_none_or(|at| at.elapsed() >= SCOPE_RESCAN)
+        if host.saw_unknown_cgroup()
+            || scope
+                .last_rescan
+                .is_none_or(|at| at.elapsed() >= SCOPE_RESCAN)
         {
             host.rescan();
             scope.last_rescan = Some(Instant::now());
