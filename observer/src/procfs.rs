@@ -21,7 +21,7 @@ pub struct ProcHost {
     scans: u64,
     /// A cgroup id was missing while rescans were rate-limited: the next periodic
     /// check rescans, so a group created just after a scan is not left unknown.
-    unknown_seen: bool,
+    rescan_deferred: bool,
 }
 
 impl Default for ProcHost {
@@ -37,7 +37,7 @@ impl ProcHost {
             cgroup_index: HashMap::new(),
             last_scan: None,
             scans: 0,
-            unknown_seen: false,
+            rescan_deferred: false,
         }
     }
 
@@ -53,9 +53,9 @@ impl ProcHost {
         self.scans
     }
 
-    /// Whether a cgroup id was looked up and missed since the last scan.
-    pub fn saw_unknown_cgroup(&self) -> bool {
-        self.unknown_seen
+    /// Whether a cgroup id was missed since the last scan while rescans were rate-limited.
+    pub fn rescan_deferred(&self) -> bool {
+        self.rescan_deferred
     }
 
     /// Rebuilds the cgroup index from the cgroup v2 filesystem.
@@ -65,7 +65,7 @@ impl ProcHost {
         };
         self.last_scan = Some(Instant::now());
         self.scans += 1;
-        self.unknown_seen = false;
+        self.rescan_deferred = false;
         self.cgroup_index.clear();
         let mut pending = vec![mount.clone()];
         while let Some(dir) = pending.pop() {
@@ -185,10 +185,12 @@ impl HostView for ProcHost {
             .is_none_or(|at| at.elapsed() >= RESCAN_INTERVAL)
         {
             self.rescan();
+        } else {
+            // Rate-limited: the next scope sync rescans. (An id still missing after a
+            // fresh scan is a group already gone: rescanning again would not find it.)
+            self.rescan_deferred = true;
         }
-        let path = self.cgroup_index.get(&cgroup_id).cloned();
-        self.unknown_seen |= path.is_none();
-        path
+        self.cgroup_index.get(&cgroup_id).cloned()
     }
 }
 

@@ -223,7 +223,7 @@ impl Session {
         };
         let filter = &self.pipeline.filter;
         let host = self.pipeline.enricher.host_mut();
-        if host.saw_unknown_cgroup()
+        if host.rescan_deferred()
             || scope
                 .last_rescan
                 .is_none_or(|at| at.elapsed() >= SCOPE_RESCAN)
