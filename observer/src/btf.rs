@@ -137,34 +137,48 @@ impl Btf {
     }
 
     /// Byte offset of `member` in `struct name`, searching anonymous structs and unions.
+    /// A dotted path (`sk_lock.owned`) descends into named struct members.
     pub fn member_offset(&self, struct_name: &str, member: &str) -> Result<u32> {
         let id = *self
             .structs_by_name
             .get(struct_name)
             .with_context(|| format!("struct {struct_name} not found in BTF"))?;
-        let bits = self
-            .find_member_bits(self.get(id).expect("indexed id exists"), member, 0)
-            .with_context(|| format!("{struct_name}.{member} not found in BTF"))?;
+        let mut ty = self.get(id).expect("indexed id exists");
+        let mut bits = 0;
+        let mut path = member.split('.').peekable();
+        while let Some(name) = path.next() {
+            let (offset, type_id) = self
+                .find_member(ty, name, 0)
+                .with_context(|| format!("{struct_name}.{member} not found in BTF"))?;
+            bits += offset;
+            if path.peek().is_some() {
+                ty = self
+                    .resolve(type_id)
+                    .filter(|inner| matches!(inner.kind, KIND_STRUCT | KIND_UNION))
+                    .with_context(|| format!("{struct_name}.{member}: {name} is not a struct"))?;
+            }
+        }
         if bits % 8 != 0 {
             bail!("{struct_name}.{member} is a bitfield");
         }
         Ok(bits / 8)
     }
 
-    fn find_member_bits(&self, ty: &Type, member: &str, depth: u32) -> Option<u32> {
+    /// A member's offset in bits and its type.
+    fn find_member(&self, ty: &Type, member: &str, depth: u32) -> Option<(u32, u32)> {
         if depth > 8 {
             return None;
         }
         for m in &ty.members {
             if m.name_off != 0 {
                 if self.string(m.name_off) == member {
-                    return Some(m.offset);
+                    return Some((m.offset, m.type_id));
                 }
             } else if let Some(inner) = self.resolve(m.type_id)
                 && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                && let Some(bits) = self.find_member_bits(inner, member, depth + 1)
+                && let Some((bits, type_id)) = self.find_member(inner, member, depth + 1)
             {
-                return Some(m.offset + bits);
+                return Some((m.offset + bits, type_id));
             }
         }
         None
@@ -363,6 +377,30 @@ pub(crate) mod tests {
             "{missing}"
         );
         assert!(btf.member_offset("mm_struct", "x").is_err());
+    }
+
+    #[test]
+    fn follows_a_dotted_path_through_a_typedef() {
+        // struct sock { ...; socket_lock_t sk_lock; } with
+        // typedef struct { spinlock_t slock; int owned; } socket_lock_t.
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4);
+        let lock = b.composite(false, "", &[("slock", int, 0), ("owned", int, 4)]);
+        let socket_lock_t = b.typedef("socket_lock_t", lock);
+        b.composite(
+            false,
+            "sock",
+            &[("sk_state", int, 0), ("sk_lock", socket_lock_t, 136)],
+        );
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.member_offset("sock", "sk_lock.owned").unwrap(), 140);
+        assert_eq!(btf.member_offset("sock", "sk_lock").unwrap(), 136);
+        let not_struct = btf.member_offset("sock", "sk_state.x").unwrap_err();
+        assert!(
+            not_struct.to_string().contains("not a struct"),
+            "{not_struct}"
+        );
+        assert!(btf.member_offset("sock", "sk_lock.nope").is_err());
     }
 
     #[test]
