@@ -56,6 +56,18 @@ pub struct SignalGenerateRecord {
     pub target_comm: [u8; COMM_LEN],
     /// The sending process's comm (its thread group leader's when BTF offsets are known).
     pub sender_comm: [u8; COMM_LEN],
+    /// [`target_flags`] bits.
+    pub target_flags: u32,
+    pub _pad: u32,
+}
+
+/// What the kernel side knew of a signal's target (`SignalGenerateRecord::target_flags`).
+pub mod target_flags {
+    /// Read from the target task: its thread group (`target_tgid`) is exact.
+    pub const TASK_READ: u32 = 1 << 0;
+    /// Its `signal_struct` has SIGNAL_UNKILLABLE: the init of its PID namespace (or of the
+    /// host), which the kernel shields from signals it has no handler for.
+    pub const NAMESPACE_INIT: u32 = 1 << 1;
 }
 
 /// `signal:signal_deliver`, in the target thread's context when it dequeues the signal.
@@ -251,7 +263,7 @@ const _: () = assert!(size_of::<TcpStateRecord>() == 88);
 const _: () = assert!(size_of::<TcpResetRecord>() == 88);
 const _: () = assert!(size_of::<TcpAcceptRecord>() == 80);
 const _: () = assert!(size_of::<RecordHeader>() == 16);
-const _: () = assert!(size_of::<SignalGenerateRecord>() == 80);
+const _: () = assert!(size_of::<SignalGenerateRecord>() == 88);
 const _: () = assert!(size_of::<SignalDeliverRecord>() == 72);
 const _: () = assert!(size_of::<ProcessExitRecord>() == 112);
 const _: () = assert!(size_of::<ExitGroupCallRecord>() == 32);
@@ -287,15 +299,6 @@ pub struct SignalDeliverLayout {
 pub struct ProcessExitLayout {
     /// [`FIELD_ABSENT`] before 6.16-ish kernels, which lack the field.
     pub group_dead: u32,
-}
-
-/// Offsets into `syscalls:sys_enter_tgkill` (`tgid`, `pid`, `sig`; each a long).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TgkillLayout {
-    pub tgid: u32,
-    pub pid: u32,
-    pub sig: u32,
 }
 
 /// Offsets into `syscalls:sys_enter_exit_group` (`error_code`, a long).
@@ -392,6 +395,10 @@ pub struct SockLayout {
     pub skc_v6_daddr: u32,
     /// `sock.sk_protocol`: a u16 since 5.6 (a bitfield before).
     pub sock_protocol: u32,
+    /// `sock.sk_lock.owned`: 1 while a task holds the socket (lock_sock()). Softirq and
+    /// timer work on a held socket is deferred to that task's release_sock(), so whatever
+    /// runs on it then runs in the holder's context.
+    pub sk_lock_owned: u32,
 }
 
 /// `task_struct.flags` bit set once a task has started exiting (include/linux/sched.h).
@@ -421,6 +428,10 @@ pub struct TaskLayout {
     /// `task_struct.children` and `.sibling` (list_heads).
     pub task_children: u32,
     pub task_sibling: u32,
+    /// `task_struct.pid`: the thread id.
+    pub task_pid: u32,
+    /// `kernel_siginfo.si_code`.
+    pub siginfo_code: u32,
     pub _pad: u32,
 }
 
@@ -453,6 +464,13 @@ pub const SIGKILL: i32 = 9;
 
 /// `signal_struct.flags` bit set once the whole group is exiting (include/linux/sched/signal.h).
 pub const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;
+/// `signal_struct.flags` bit of a PID namespace's init (include/linux/sched/signal.h): fatal
+/// signals it has no handler for are ignored, unless SIGKILL/SIGSTOP from an ancestor
+/// namespace. A group exit overwrites the flags with SIGNAL_GROUP_EXIT.
+pub const SIGNAL_UNKILLABLE: u32 = 0x0000_0040;
+/// `si_code` values (include/uapi/asm-generic/siginfo.h): sent by kill(), by the kernel.
+pub const SI_USER: i32 = 0;
+pub const SI_KERNEL: i32 = 0x80;
 
 /// Bit for signal `sig` in a 64-bit signal mask.
 pub const fn signal_bit(sig: i32) -> u64 {
@@ -496,7 +514,6 @@ mod pod {
     unsafe impl aya::Pod for SignalGenerateLayout {}
     unsafe impl aya::Pod for SignalDeliverLayout {}
     unsafe impl aya::Pod for ProcessExitLayout {}
-    unsafe impl aya::Pod for TgkillLayout {}
     unsafe impl aya::Pod for ExitGroupLayout {}
     unsafe impl aya::Pod for TaskLayout {}
     unsafe impl aya::Pod for Settings {}

@@ -4,7 +4,7 @@ use aya_ebpf::Global;
 use observer_common::{
     AcceptLayout, ExitGroupLayout, InetSockSetStateLayout, ProcessExitLayout, Settings,
     SignalDeliverLayout, SignalGenerateLayout, SockLayout, SplitAddrLayout, TaskLayout,
-    TcpResetLayout, TgkillLayout,
+    TcpResetLayout,
 };
 
 #[unsafe(no_mangle)]
@@ -75,6 +75,7 @@ pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout {
     skc_v6_rcv_saddr: 0,
     skc_v6_daddr: 0,
     sock_protocol: 0,
+    sk_lock_owned: 0,
 });
 
 #[unsafe(no_mangle)]
@@ -101,13 +102,6 @@ pub static PROCESS_EXIT_LAYOUT: Global<ProcessExitLayout> =
     Global::new(ProcessExitLayout { group_dead: 0 });
 
 #[unsafe(no_mangle)]
-pub static TGKILL_LAYOUT: Global<TgkillLayout> = Global::new(TgkillLayout {
-    tgid: 0,
-    pid: 0,
-    sig: 0,
-});
-
-#[unsafe(no_mangle)]
 pub static EXIT_GROUP_LAYOUT: Global<ExitGroupLayout> =
     Global::new(ExitGroupLayout { error_code: 0 });
 
@@ -126,5 +120,7 @@ pub static TASK_LAYOUT: Global<TaskLayout> = Global::new(TaskLayout {
     signal_live: 0,
     task_children: 0,
     task_sibling: 0,
+    task_pid: 0,
+    siginfo_code: 0,
     _pad: 0,
 });

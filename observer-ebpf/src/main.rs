@@ -20,7 +20,6 @@ mod tcp_accept;
 mod tcp_destroy;
 mod tcp_reset;
 mod tcp_state;
-mod tgkill;
 
 #[cfg(not(test))]
 #[panic_handler]

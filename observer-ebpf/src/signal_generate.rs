@@ -1,84 +1,212 @@
-//! `signal:signal_generate`: a signal was generated for a task. Runs in the sender's
-//! context (or in whatever context the kernel generated it from, e.g. a timer).
+//! `signal_generate`: a signal was generated for a task. Runs in the sender's context (or
+//! in whatever context the kernel generated it from, e.g. a timer). Fires for every
+//! signal on the host, so the signal number is checked first.
 //!
-//! Tracepoint record on 6.18 (offsets come from the `format` file, never from here):
-//! ```text
-//! int sig; int errno; int code; char comm[16]; pid_t pid; int group; int result;
-//! ```
-//! `pid` and `comm` are the *target thread's*; `group` is 1 for kill(), 0 for tgkill().
+//! Two attachments, one logic (`on_generate`):
+//! - `signal_generate`, a raw tracepoint: `TP_PROTO(int sig, struct kernel_siginfo *info,
+//!   struct task_struct *task, int group, int result)`. The target task itself gives its
+//!   exact thread group and whether it is a namespace's init; needs BTF offsets.
+//! - `signal_generate_tp`, the classic tracepoint, for kernels without BTF. Record on 6.18
+//!   (offsets come from the `format` file, never from here):
+//!   ```text
+//!   int sig; int errno; int code; char comm[16]; pid_t pid; int group; int result;
+//!   ```
+//!   `pid` and `comm` are the target *thread's*; its thread group is known only when a
+//!   thread signals itself, else userspace resolves it from /proc.
+//!
+//! `group` is 1 for kill(), 0 for tgkill().
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
-use observer_common::{COMM_LEN, SignalGenerateRecord, kind, signal_bit};
+use observer_common::{
+    COMM_LEN, SI_KERNEL, SI_USER, SIGNAL_UNKILLABLE, SignalGenerateLayout, SignalGenerateRecord,
+    TaskLayout, kind, signal_bit, target_flags,
+};
 
 use crate::{
     emit::{header, submit_now},
     globals::{SETTINGS, SIGNAL_GENERATE_LAYOUT},
     shutting,
-    task::current_process_comm,
-    tgkill::take_tgkill_target,
+    task::{self, current_process_comm},
 };
 
-#[tracepoint]
-pub fn signal_generate(ctx: TracePointContext) -> u32 {
-    let _ = try_signal_generate(&ctx);
+/// The signal's target as one attachment sees it.
+struct Target {
+    tid: u32,
+    /// 0 when unknown.
+    tgid: u32,
+    comm: [u8; COMM_LEN],
+    flags: u32,
+}
+
+/// What one `signal_generate` call offers, however the program is attached.
+trait Generation {
+    fn sig(&self) -> Option<i32>;
+    fn si_code(&self) -> Option<i32>;
+    fn group(&self) -> Option<i32>;
+    fn result(&self) -> Option<i32>;
+    fn target(&self) -> Option<Target>;
+}
+
+struct RawArgs<'a> {
+    ctx: &'a RawTracePointContext,
+    task: TaskLayout,
+}
+
+/// `SEND_SIG_NOINFO` and `SEND_SIG_PRIV`: `info` values that are markers, not pointers
+/// (include/linux/sched/signal.h). The tracepoint stores SI_USER and SI_KERNEL for them.
+const SEND_SIG_NOINFO: u64 = 0;
+const SEND_SIG_PRIV: u64 = 1;
+
+impl Generation for RawArgs<'_> {
+    #[inline(always)]
+    fn sig(&self) -> Option<i32> {
+        Some(self.ctx.arg(0))
+    }
+    #[inline(always)]
+    fn si_code(&self) -> Option<i32> {
+        match self.ctx.arg::<u64>(1) {
+            SEND_SIG_NOINFO => Some(SI_USER),
+            SEND_SIG_PRIV => Some(SI_KERNEL),
+            info => task::read(info, self.task.siginfo_code),
+        }
+    }
+    #[inline(always)]
+    fn group(&self) -> Option<i32> {
+        Some(self.ctx.arg(3))
+    }
+    #[inline(always)]
+    fn result(&self) -> Option<i32> {
+        Some(self.ctx.arg(4))
+    }
+    #[inline(always)]
+    fn target(&self) -> Option<Target> {
+        let target: u64 = self.ctx.arg(2);
+        let signal = task::read::<u64>(target, self.task.task_signal)?;
+        let unkillable = task::read::<u32>(signal, self.task.signal_flags)
+            .is_some_and(|flags| flags & SIGNAL_UNKILLABLE != 0);
+        Some(Target {
+            tid: task::read(target, self.task.task_pid)?,
+            tgid: task::read(target, self.task.task_tgid)?,
+            comm: task::read(target, self.task.task_comm)?,
+            flags: target_flags::TASK_READ
+                | if unkillable {
+                    target_flags::NAMESPACE_INIT
+                } else {
+                    0
+                },
+        })
+    }
+}
+
+struct ClassicRecord<'a> {
+    ctx: &'a TracePointContext,
+    layout: SignalGenerateLayout,
+}
+
+impl ClassicRecord<'_> {
+    #[inline(always)]
+    fn field<T>(&self, offset: u32) -> Option<T> {
+        // SAFETY: offsets from this kernel's format file; read_at uses
+        // bpf_probe_read_kernel, which fails cleanly on a bad address.
+        unsafe { self.ctx.read_at(offset as usize) }.ok()
+    }
+}
+
+impl Generation for ClassicRecord<'_> {
+    #[inline(always)]
+    fn sig(&self) -> Option<i32> {
+        self.field(self.layout.sig)
+    }
+    #[inline(always)]
+    fn si_code(&self) -> Option<i32> {
+        self.field(self.layout.code)
+    }
+    #[inline(always)]
+    fn group(&self) -> Option<i32> {
+        self.field(self.layout.group)
+    }
+    #[inline(always)]
+    fn result(&self) -> Option<i32> {
+        self.field(self.layout.result)
+    }
+    #[inline(always)]
+    fn target(&self) -> Option<Target> {
+        let tid: u32 = self.field(self.layout.pid)?;
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // A thread signalling itself (raise, faults) is in the sender's group.
+        let tgid = if tid == pid_tgid as u32 {
+            (pid_tgid >> 32) as u32
+        } else {
+            0
+        };
+        Some(Target {
+            tid,
+            tgid,
+            comm: self.field(self.layout.comm)?,
+            flags: 0,
+        })
+    }
+}
+
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn signal_generate(ctx: RawTracePointContext) -> u32 {
+    // Attached only when BTF gave the task layout.
+    if let Some(task) = task::layout() {
+        on_generate(&RawArgs { ctx: &ctx, task });
+    }
     0
 }
 
-fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
-    let layout = SIGNAL_GENERATE_LAYOUT.load();
-    // SAFETY (all reads): offsets come from this kernel's format file; read_at uses
-    // bpf_probe_read_kernel, which fails cleanly on a bad address.
-    let sig: i32 = unsafe { ctx.read_at(layout.sig as usize)? };
+#[tracepoint]
+pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
+    on_generate(&ClassicRecord {
+        ctx: &ctx,
+        layout: SIGNAL_GENERATE_LAYOUT.load(),
+    });
+    0
+}
+
+#[inline(always)]
+fn on_generate(generation: &impl Generation) -> Option<()> {
+    let sig = generation.sig()?;
     let settings = SETTINGS.load();
     let bit = signal_bit(sig);
     let reported = (settings.signal_mask | settings.fatal_default_mask) & bit != 0;
     let terminating = settings.termination_mask & bit != 0;
     if !reported && !terminating {
-        return Ok(());
+        return None;
     }
-    let si_code: i32 = unsafe { ctx.read_at(layout.code as usize)? };
-    let target_tid: i32 = unsafe { ctx.read_at(layout.pid as usize)? };
-    let group: i32 = unsafe { ctx.read_at(layout.group as usize)? };
-    let result: i32 = unsafe { ctx.read_at(layout.result as usize)? };
-    let target_comm: [u8; COMM_LEN] = unsafe { ctx.read_at(layout.comm as usize)? };
-
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let sender_tgid = (pid_tgid >> 32) as u32;
-    let sender_tid = pid_tgid as u32;
-    let target_tid = target_tid as u32;
-    // The tracepoint names the target thread only. Its thread group is known here when a
-    // thread signals itself (raise, faults) or came through tgkill(); otherwise 0 asks
-    // userspace to resolve it.
-    let target_tgid = if target_tid == sender_tid {
-        sender_tgid
-    } else {
-        take_tgkill_target(sender_tid, target_tid).unwrap_or(0)
-    };
-
+    let target = generation.target()?;
+    let result = generation.result()?;
     if result == 0 && terminating {
         // kill() names a process by its leader's id, so an unresolved target is its tgid.
-        shutting::mark(if target_tgid != 0 {
-            target_tgid
+        shutting::mark(if target.tgid != 0 {
+            target.tgid
         } else {
-            target_tid
+            target.tid
         });
     }
     if !reported {
-        return Ok(());
+        return None;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
     submit_now(SignalGenerateRecord {
         header: header(kind::SIGNAL_GENERATE),
         sig,
-        si_code,
+        si_code: generation.si_code()?,
         result,
-        group: group as u32,
-        target_tid,
-        target_tgid,
-        sender_tgid,
-        sender_tid,
-        target_comm,
+        group: generation.group()? as u32,
+        target_tid: target.tid,
+        target_tgid: target.tgid,
+        sender_tgid: (pid_tgid >> 32) as u32,
+        sender_tid: pid_tgid as u32,
+        target_comm: target.comm,
         sender_comm: current_process_comm(),
+        target_flags: target.flags,
+        _pad: 0,
     });
-    Ok(())
+    Some(())
 }

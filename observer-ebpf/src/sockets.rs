@@ -2,8 +2,8 @@
 //!
 //! TCP events often fire in softirq context, where the current task is not the socket's
 //! owner. Ownership is therefore learnt where it is certain — in process context at
-//! listen() (CLOSE→LISTEN), connect() (→SYN_SENT) and accept() — and looked up by the
-//! socket's address later.
+//! listen() (CLOSE→LISTEN), connect() (→SYN_SENT) and accept() (traced while some
+//! process is shutting down) — and looked up by the socket's address later.
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap, programs::TracePointContext,
 };
@@ -161,15 +161,25 @@ pub fn current_is_exiting() -> bool {
     })
 }
 
-/// The owner to report for a socket: the one learnt in process context, else unknown
-/// (tgid 0).
+/// The owner to report for an RST on a socket: the one learnt in process context; else,
+/// while a task holds the socket (`sk_lock.owned`), the current task, which is that
+/// holder: close() with unread data, SO_LINGER 0, exit, or backlog work its
+/// release_sock() runs. Else unknown (tgid 0), e.g. softirq work on an accepted socket
+/// whose accept() was not traced.
 #[inline(always)]
 pub fn reported_owner(sk: u64) -> SocketOwner {
+    let unknown = SocketOwner {
+        role: role::UNKNOWN,
+        ..Default::default()
+    };
+    let held = sock_layout()
+        .is_some_and(|layout| task::read::<u32>(sk, layout.sk_lock_owned).is_some_and(|o| o != 0));
     owner_or(
         sk,
-        SocketOwner {
-            role: role::UNKNOWN,
-            ..Default::default()
+        if held {
+            current_owner(role::UNKNOWN)
+        } else {
+            unknown
         },
     )
 }

@@ -23,7 +23,7 @@ struct Row {
 }
 
 /// The tracepoint fields observer reads, per tracepoint (optional ones end with `?`).
-const FIELDS: [(&str, &str, &[&str]); 10] = [
+const FIELDS: [(&str, &str, &[&str]); 9] = [
     (
         "signal",
         "signal_generate",
@@ -39,7 +39,6 @@ const FIELDS: [(&str, &str, &[&str]); 10] = [
         "sched_process_exit",
         &["comm", "pid", "group_dead?"],
     ),
-    ("syscalls", "sys_enter_tgkill", &["tgid", "pid", "sig"]),
     ("syscalls", "sys_enter_exit_group", &["error_code"]),
     (
         "sock",

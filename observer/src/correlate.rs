@@ -96,6 +96,16 @@ impl Correlator {
         std::mem::take(&mut self.out)
     }
 
+    /// Whether a process told to stop less than `window_ns` before `now_ns` still runs:
+    /// meanwhile, the programs that only shutdowns need stay attached.
+    pub fn shutdown_under_way(&self, now_ns: u64, window_ns: u64) -> bool {
+        self.live.values().any(|shutdown| {
+            shutdown
+                .first_signal_ns
+                .is_some_and(|at| now_ns.saturating_sub(at) < window_ns)
+        })
+    }
+
     /// The input ended: every pending report, with what was seen.
     pub fn finish(&mut self) -> Vec<Line> {
         self.release(u64::MAX);
@@ -628,6 +638,23 @@ mod tests {
         let mut out: Vec<Line> = lines.iter().flat_map(|l| correlator.observe(l)).collect();
         out.extend(correlator.finish());
         out
+    }
+
+    #[test]
+    fn a_shutdown_is_under_way_from_the_signal_until_the_exit_or_the_window() {
+        let window = 1000 * MS;
+        let mut correlator = Correlator::new(config());
+        let at = |ms: u64| line(ms, Event::Lost(LostEvent { count: 0 })).mono_ns;
+        assert!(!correlator.shutdown_under_way(at(0), window));
+        correlator.observe(&term(100, P));
+        assert!(correlator.shutdown_under_way(at(100), window));
+        assert!(correlator.shutdown_under_way(at(1099), window));
+        assert!(
+            !correlator.shutdown_under_way(at(1100), window),
+            "window over"
+        );
+        correlator.observe(&exit(500, P, SUPERVISOR, Some(0), None));
+        assert!(!correlator.shutdown_under_way(at(500), window), "exited");
     }
 
     fn shutdowns(lines: &[Line]) -> Vec<ShutdownReport> {

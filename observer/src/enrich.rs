@@ -3,7 +3,7 @@
 //! infers exit statuses when BTF is missing. Pure apart from the [`HostView`] it is given.
 use observer_common::{
     ExitGroupCallRecord, ProcessExitRecord, SIG_DFL, SIGKILL, SignalDeliverRecord,
-    SignalGenerateRecord, exit_flags, signal_bit,
+    SignalGenerateRecord, exit_flags, signal_bit, target_flags,
 };
 
 use crate::{
@@ -182,7 +182,13 @@ impl<H: HostView> Enricher<H> {
                 tid: r.target_tid,
                 comm: comm(&r.target_comm),
                 cgroup: facts.cgroup,
-                ns_pid: facts.ns_pid,
+                // The kernel's word, read at the signal, beats /proc, which a target
+                // that the signal ends may have left before it is read.
+                ns_pid: if r.target_flags & target_flags::NAMESPACE_INIT != 0 {
+                    Some(1)
+                } else {
+                    facts.ns_pid
+                },
                 listening: facts.listening,
                 children: facts.children,
                 exe: facts.exe,
@@ -393,6 +399,8 @@ pub(crate) mod tests {
             sender_tid: 501,
             target_comm: comm_bytes("worker"),
             sender_comm: comm_bytes("supervisord"),
+            target_flags: 0,
+            _pad: 0,
         })
     }
 
@@ -535,6 +543,23 @@ pub(crate) mod tests {
         for _ in 0..2 {
             assert!(enrich(&mut enricher, deliver(20, 20, 15, 15, 0x4000)).is_some());
         }
+    }
+
+    #[test]
+    fn a_namespace_init_is_known_from_the_kernel_without_proc() {
+        let mut enricher = Enricher::new(FakeHost::default(), default_mask(), no_tcp());
+        let mut record = generate(15, 10, 10);
+        let Some(Event::Signal(plain)) = enrich(&mut enricher, record) else {
+            panic!("expected a signal");
+        };
+        assert_eq!(plain.target.ns_pid, None, "FakeHost has no /proc facts");
+        if let Record::SignalGenerate(r) = &mut record {
+            r.target_flags = target_flags::TASK_READ | target_flags::NAMESPACE_INIT;
+        }
+        let Some(Event::Signal(init)) = enrich(&mut enricher, record) else {
+            panic!("expected a signal");
+        };
+        assert_eq!(init.target.ns_pid, Some(1));
     }
 
     #[test]

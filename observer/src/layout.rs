@@ -6,7 +6,7 @@ use anyhow::{Context, Result, ensure};
 use observer_common::{
     AcceptLayout, ExitGroupLayout, FIELD_ABSENT, InetSockSetStateLayout, ProcessExitLayout,
     SignalDeliverLayout, SignalGenerateLayout, SockLayout, SplitAddrLayout, TaskLayout,
-    TcpResetLayout, TgkillLayout, addr_format,
+    TcpResetLayout, addr_format,
 };
 
 use crate::{
@@ -59,7 +59,6 @@ pub struct KernelLayout {
     pub signal_deliver: SignalDeliverLayout,
     pub process_exit: ProcessExitLayout,
     /// None when syscall tracepoints are missing (CONFIG_FTRACE_SYSCALLS=n).
-    pub tgkill: Option<TgkillLayout>,
     pub exit_group: Option<ExitGroupLayout>,
     pub task: TaskLayout,
     /// Why BTF offsets are unknown, when they are.
@@ -96,16 +95,6 @@ impl KernelLayout {
         let process_exit = ProcessExitLayout {
             group_dead: format.optional_offset("group_dead").unwrap_or(FIELD_ABSENT),
         };
-        let tgkill = tracefs::read_format(events, "syscalls", "sys_enter_tgkill")
-            .and_then(|format| {
-                let tp = "syscalls:sys_enter_tgkill";
-                Ok(TgkillLayout {
-                    tgid: format.offset(tp, "tgid", &[8])?,
-                    pid: format.offset(tp, "pid", &[8])?,
-                    sig: format.offset(tp, "sig", &[8])?,
-                })
-            })
-            .ok();
         let exit_group = tracefs::read_format(events, "syscalls", "sys_enter_exit_group")
             .and_then(|format| {
                 let tp = "syscalls:sys_enter_exit_group";
@@ -136,7 +125,6 @@ impl KernelLayout {
             signal_generate,
             signal_deliver,
             process_exit,
-            tgkill,
             exit_group,
             task,
             btf_problem,
@@ -259,6 +247,7 @@ fn sock_layout(btf: &Btf) -> Result<SockLayout> {
         skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
         skc_v6_daddr: skc("skc_v6_daddr")?,
         sock_protocol: member("sock", "sk_protocol").context("sock.sk_protocol")?,
+        sk_lock_owned: member("sock", "sk_lock.owned")?,
     })
 }
 
@@ -295,6 +284,8 @@ fn task_layout(btf: &Btf) -> Result<TaskLayout> {
         signal_live: signal("live")?,
         task_children: task("children")?,
         task_sibling: task("sibling")?,
+        task_pid: task("pid")?,
+        siginfo_code: btf.member_offset("kernel_siginfo", "si_code")?,
         _pad: 0,
     })
 }

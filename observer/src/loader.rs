@@ -4,7 +4,10 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{
+        RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
 use observer_common::Settings;
 
@@ -14,7 +17,10 @@ use crate::layout::KernelLayout;
 struct ProgramSpec {
     program: &'static str,
     tracepoints: Tracepoints,
+    /// Whether this kernel gets it at all.
     wanted: fn(&KernelLayout) -> bool,
+    /// Whether it stays attached, or only while some process is shutting down.
+    shutdown_only: bool,
 }
 
 enum Tracepoints {
@@ -27,32 +33,37 @@ enum Tracepoints {
 }
 
 const PROGRAMS: [ProgramSpec; 11] = [
+    // Raw when BTF gave the task layout: the target task names its thread group exactly.
     ProgramSpec {
         program: "signal_generate",
+        tracepoints: Tracepoints::Raw("signal_generate"),
+        wanted: |layout| layout.task.known != 0,
+        shutdown_only: false,
+    },
+    ProgramSpec {
+        program: "signal_generate_tp",
         tracepoints: Tracepoints::Classic(&[("signal", "signal_generate")]),
-        wanted: |_| true,
+        wanted: |layout| layout.task.known == 0,
+        shutdown_only: false,
     },
     ProgramSpec {
         program: "signal_deliver",
         tracepoints: Tracepoints::Classic(&[("signal", "signal_deliver")]),
         wanted: |_| true,
+        shutdown_only: false,
     },
     ProgramSpec {
         program: "process_exit",
         tracepoints: Tracepoints::Classic(&[("sched", "sched_process_exit")]),
         wanted: |_| true,
-    },
-    // Exact thread group of tgkill() targets; without syscall tracepoints, /proc is used.
-    ProgramSpec {
-        program: "tgkill_enter",
-        tracepoints: Tracepoints::Classic(&[("syscalls", "sys_enter_tgkill")]),
-        wanted: |layout| layout.tgkill.is_some(),
+        shutdown_only: false,
     },
     // Exit codes for status inference, needed only when BTF is missing.
     ProgramSpec {
         program: "exit_group_enter",
         tracepoints: Tracepoints::Classic(&[("syscalls", "sys_enter_exit_group")]),
         wanted: |layout| layout.btf_problem.is_some() && layout.exit_group.is_some(),
+        shutdown_only: false,
     },
     // The hot path: raw when BTF gave the socket layout it reads addresses with, else the
     // classic tracepoint, whose record carries them.
@@ -60,28 +71,35 @@ const PROGRAMS: [ProgramSpec; 11] = [
         program: "tcp_state",
         tracepoints: Tracepoints::Raw("inet_sock_set_state"),
         wanted: |layout| layout.tcp.is_some() && layout.sock.known != 0,
+        shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_state_tp",
         tracepoints: Tracepoints::Classic(&[("sock", "inet_sock_set_state")]),
         wanted: |layout| layout.tcp.is_some() && layout.sock.known == 0,
+        shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_send_reset",
         tracepoints: Tracepoints::Classic(&[("tcp", "tcp_send_reset")]),
         wanted: |layout| layout.tcp.is_some(),
+        shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_receive_reset",
         tracepoints: Tracepoints::Classic(&[("tcp", "tcp_receive_reset")]),
         wanted: |layout| layout.tcp.is_some(),
+        shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_destroy",
         tracepoints: Tracepoints::Raw("tcp_destroy_sock"),
         wanted: |layout| layout.tcp.is_some(),
+        shutdown_only: false,
     },
-    // Owners of accepted sockets; needs the fd → sock walk, so BTF.
+    // Accepts after a termination signal, and the owners of the sockets accepted then;
+    // needs the fd → sock walk, so BTF. Syscall tracepoints tax every syscall on the
+    // host, so only while some process is shutting down.
     ProgramSpec {
         program: "accept_exit",
         tracepoints: Tracepoints::Classic(&[
@@ -91,6 +109,7 @@ const PROGRAMS: [ProgramSpec; 11] = [
         wanted: |layout| {
             layout.sock.known != 0 && layout.tcp.as_ref().is_some_and(|tcp| tcp.accept.is_some())
         },
+        shutdown_only: true,
     },
 ];
 
@@ -99,11 +118,22 @@ pub struct Probes {
     ebpf: Option<Ebpf>,
     lost: PerCpuArray<MapData, u64>,
     out_of_scope_cgroups: HashMap<MapData, u64, u8>,
+    /// The programs attached for the whole run.
     pub attached: Vec<&'static str>,
+    /// Loaded, and attached only while some process is shutting down: with their links
+    /// while they are.
+    shutdown_only: Vec<(&'static ProgramSpec, Option<Links>)>,
+}
+
+/// How to detach a program from what it was attached to.
+enum Links {
+    Classic(Vec<TracePointLinkId>),
+    Raw(RawTracePointLinkId),
 }
 
 impl Probes {
-    /// Loads and attaches the programs; returns them with the ring buffer they fill.
+    /// Loads the programs and attaches those that stay attached; returns them with the
+    /// ring buffer they fill.
     pub fn load(
         object: &[u8],
         layout: &KernelLayout,
@@ -112,9 +142,16 @@ impl Probes {
     ) -> Result<(Self, RingBuf<MapData>)> {
         let mut ebpf = load_object(object, layout, settings, ring_bytes)?;
         let mut attached = Vec::new();
+        let mut shutdown_only = Vec::new();
         for spec in PROGRAMS.iter().filter(|spec| (spec.wanted)(layout)) {
-            attach(&mut ebpf, spec).with_context(|| format!("program {}", spec.program))?;
-            attached.push(spec.program);
+            let context = || format!("program {}", spec.program);
+            load_program(&mut ebpf, spec).with_context(context)?;
+            if spec.shutdown_only {
+                shutdown_only.push((spec, None));
+            } else {
+                attach(&mut ebpf, spec).with_context(context)?;
+                attached.push(spec.program);
+            }
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
@@ -127,8 +164,38 @@ impl Probes {
             lost,
             out_of_scope_cgroups,
             attached,
+            shutdown_only,
         };
         Ok((probes, ring))
+    }
+
+    /// The programs attached only while some process is shutting down.
+    pub fn shutdown_only(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.shutdown_only.iter().map(|(spec, _)| spec.program)
+    }
+
+    /// Attaches (`on`) or detaches the programs that run only while some process is
+    /// shutting down; whether that changed anything.
+    pub fn trace_shutdowns(&mut self, on: bool) -> Result<bool> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for (spec, links) in &mut self.shutdown_only {
+            let context = || format!("program {}", spec.program);
+            match (on, links.take()) {
+                (true, None) => {
+                    *links = Some(attach(ebpf, spec).with_context(context)?);
+                    changed = true;
+                }
+                (false, Some(attached)) => {
+                    detach(ebpf, spec, attached).with_context(context)?;
+                    changed = true;
+                }
+                (_, unchanged) => *links = unchanged,
+            }
+        }
+        Ok(changed)
     }
 
     /// Detaches every program: no new records arrive after this.
@@ -165,8 +232,12 @@ pub fn try_each(
         .iter()
         .filter(|spec| (spec.wanted)(layout))
         .map(|spec| {
-            let described = spec.tracepoints.describe();
-            (spec.program, attach(&mut ebpf, spec).map(|()| described))
+            let mut described = spec.tracepoints.describe();
+            if spec.shutdown_only {
+                described.push_str(" (while a process shuts down)");
+            }
+            let attached = load_program(&mut ebpf, spec).and_then(|()| attach(&mut ebpf, spec));
+            (spec.program, attached.map(|_| described))
         })
         .collect()
 }
@@ -192,9 +263,6 @@ fn load_object(
             .override_global("PROCESS_EXIT_LAYOUT", &layout.process_exit, true)
             .override_global("TASK_LAYOUT", &layout.task, true)
             .map_max_entries("EVENTS", ring_bytes);
-        if let Some(tgkill) = &layout.tgkill {
-            loader.override_global("TGKILL_LAYOUT", tgkill, true);
-        }
         if let Some(exit_group) = &layout.exit_group {
             loader.override_global("EXIT_GROUP_LAYOUT", exit_group, true);
         }
@@ -226,26 +294,56 @@ impl Tracepoints {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
+fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
     let program = ebpf
         .program_mut(spec.program)
         .context("not in the object")?;
     match spec.tracepoints {
+        Tracepoints::Classic(_) => TryInto::<&mut TracePoint>::try_into(program)?.load()?,
+        Tracepoints::Raw(_) => TryInto::<&mut RawTracePoint>::try_into(program)?.load()?,
+    }
+    Ok(())
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
+    let program = ebpf
+        .program_mut(spec.program)
+        .context("not in the object")?;
+    Ok(match spec.tracepoints {
         Tracepoints::Classic(tracepoints) => {
             let program: &mut TracePoint = program.try_into()?;
-            program.load()?;
-            for &(category, tracepoint) in tracepoints {
+            let links = tracepoints.iter().map(|&(category, tracepoint)| {
                 program
                     .attach(category, tracepoint)
-                    .with_context(|| format!("attaching to tracepoint {category}:{tracepoint}"))?;
-            }
+                    .with_context(|| format!("attaching to tracepoint {category}:{tracepoint}"))
+            });
+            Links::Classic(links.collect::<Result<_>>()?)
         }
         Tracepoints::Raw(tracepoint) => {
             let program: &mut RawTracePoint = program.try_into()?;
-            program.load()?;
-            program
-                .attach(tracepoint)
-                .with_context(|| format!("attaching to raw tracepoint {tracepoint}"))?;
+            Links::Raw(
+                program
+                    .attach(tracepoint)
+                    .with_context(|| format!("attaching to raw tracepoint {tracepoint}"))?,
+            )
+        }
+    })
+}
+
+fn detach(ebpf: &mut Ebpf, spec: &ProgramSpec, links: Links) -> Result<()> {
+    let program = ebpf
+        .program_mut(spec.program)
+        .context("not in the object")?;
+    match links {
+        Links::Classic(links) => {
+            let program: &mut TracePoint = program.try_into()?;
+            links
+                .into_iter()
+                .try_for_each(|link| program.detach(link))?;
+        }
+        Links::Raw(link) => {
+            let program: &mut RawTracePoint = program.try_into()?;
+            program.detach(link)?;
         }
     }
     Ok(())

@@ -23,12 +23,17 @@ use crate::{
 /// Ports remembered for processes whose listeners closed.
 const FORMER_LISTENERS: usize = 65_536;
 
+struct Listener {
+    local: String,
+    comm: String,
+}
+
 pub struct TcpTracker {
     /// `enum sk_rst_reason` names, from BTF.
     rst_reasons: HashMap<u32, String>,
     /// Local port → listening processes (several may share a port, e.g. forked workers)
     /// and the address each listens on.
-    listeners: HashMap<u16, HashMap<u32, String>>,
+    listeners: HashMap<u16, HashMap<u32, Listener>>,
     /// Local port → the process whose listener there closed last.
     former_listeners: BoundedMap<u16, ProcessRef>,
 }
@@ -48,10 +53,14 @@ impl TcpTracker {
         let owner = owner_ref(&r.owner);
         let old_state = i32::from(r.old_state);
         if i32::from(r.new_state) == tcp_state::LISTEN {
+            let listener = Listener {
+                local: local.clone(),
+                comm: owner.comm.clone(),
+            };
             self.listeners
                 .entry(port)
                 .or_default()
-                .insert(owner.pid, local.clone());
+                .insert(owner.pid, listener);
             self.former_listeners.remove(&port);
             return Some(Event::TcpListen(TcpListenEvent {
                 action: ListenAction::Open,
@@ -88,7 +97,7 @@ impl TcpTracker {
     pub fn listening_of(&self, pid: u32) -> impl Iterator<Item = &String> {
         self.listeners
             .values()
-            .filter_map(move |pids| pids.get(&pid))
+            .filter_map(move |pids| pids.get(&pid).map(|listener| &listener.local))
     }
 
     fn listener_closed(&mut self, port: u16, owner: &ProcessRef) {
@@ -125,8 +134,14 @@ impl TcpTracker {
 
     pub fn reset(&mut self, r: &TcpResetRecord) -> Event {
         let (local, remote) = endpoints(&r.endpoints);
-        let owner = (r.owner.tgid != 0).then(|| owner_ref(&r.owner));
         let has_socket = r.flags & reset_flags::HAS_SOCKET != 0;
+        let owner = if r.owner.tgid != 0 {
+            Some(owner_ref(&r.owner))
+        } else if has_socket {
+            self.sole_listener(r.endpoints.local_port)
+        } else {
+            None
+        };
         let former_owner = if owner.is_none() && !has_socket {
             let port = r.endpoints.local_port;
             self.former_listeners
@@ -158,6 +173,21 @@ impl TcpTracker {
             comm: owner.map(|o| o.comm),
             former_owner,
         })
+    }
+
+    /// The one process listening on `port`: the owner of an inbound socket whose accept()
+    /// the kernel side did not trace (accepts are traced only while some process is
+    /// shutting down, and not before observer started). None when several listen there.
+    fn sole_listener(&self, port: u16) -> Option<ProcessRef> {
+        let pids = self.listeners.get(&port)?;
+        let mut listeners = pids.iter();
+        match (listeners.next(), listeners.next()) {
+            (Some((&pid, listener)), None) => Some(ProcessRef {
+                pid,
+                comm: listener.comm.clone(),
+            }),
+            _ => None,
+        }
     }
 
     fn reason_name(&self, reason: u32) -> String {
@@ -313,6 +343,39 @@ mod tests {
             flags: reset_flags::REASON_KNOWN | reset_flags::STATE_KNOWN,
             _pad: [0; 2],
         }
+    }
+
+    #[test]
+    fn an_rst_on_an_untraced_inbound_socket_names_the_sole_listener_of_its_port() {
+        let mut tracker = TcpTracker::new(HashMap::new());
+        let on_socket = |port| TcpResetRecord {
+            flags: reset_flags::RECEIVED | reset_flags::HAS_SOCKET,
+            ..refused(port)
+        };
+        let pid_of = |tracker: &mut TcpTracker, port| match tracker.reset(&on_socket(port)) {
+            Event::TcpReset(reset) => reset.pid.zip(reset.comm),
+            other => panic!("{other:?}"),
+        };
+        let listen = |tracker: &mut TcpTracker, pid| {
+            tracker.state_change(&state(
+                owner(pid, role::LISTENER, "server"),
+                tcp_state::CLOSE,
+                tcp_state::LISTEN,
+                0,
+                8080,
+            ))
+        };
+        assert_eq!(pid_of(&mut tracker, 8080), None, "nobody listens");
+        listen(&mut tracker, 42);
+        assert_eq!(pid_of(&mut tracker, 8080), Some((42, "server".to_string())));
+        assert_eq!(pid_of(&mut tracker, 9090), None, "another port");
+        listen(&mut tracker, 43);
+        assert_eq!(pid_of(&mut tracker, 8080), None, "two listeners: no guess");
+        // No socket (a refused connect): never a listener's, whoever listens.
+        let Event::TcpReset(refused) = tracker.reset(&refused(8080)) else {
+            panic!("expected a reset");
+        };
+        assert_eq!(refused.pid, None);
     }
 
     #[test]

@@ -38,6 +38,10 @@ use crate::{
 /// record (only signals, and a ring a quarter full, do): this bounds how late a record
 /// is handled, and turns one wake-up per record into one per batch on a busy host.
 const RING_POLL: Duration = Duration::from_millis(20);
+/// How long after a process's first termination signal, while it runs, the programs that
+/// only shutdowns need (accept tracing) stay attached: past Kubernetes' 30 s and systemd's
+/// 90 s grace periods, and bounded for a process that takes a SIGHUP as a reload.
+const SHUTDOWN_TRACING_WINDOW: Duration = Duration::from_secs(300);
 /// How often the lost-record counters are read.
 const LOST_POLL: Duration = Duration::from_millis(250);
 /// With `--unit/--container/--cgroup`, how often new cgroups are looked for (a cgroup id
@@ -120,10 +124,16 @@ impl Session {
             metrics: None,
         };
         let names: Vec<String> = options.signals.iter().map(|&s| signals::name(s)).collect();
+        let shutdown_only: Vec<&str> = probes.shutdown_only().collect();
         eprintln!(
-            "observer: watching {}, process exits and TCP on {host} ({} programs attached{})",
+            "observer: watching {}, process exits and TCP on {host} ({} programs attached{}{})",
             names.join(","),
             probes.attached.len(),
+            if shutdown_only.is_empty() {
+                String::new()
+            } else {
+                format!(", {} while a process shuts down", shutdown_only.join(","))
+            },
             if layout.btf_problem.is_some() {
                 ", no BTF"
             } else {
@@ -173,14 +183,17 @@ impl Session {
                     // A record committed between the drain and clear_ready() woke nobody:
                     // drain once more so it cannot wait for the next wake-up.
                     drain(guard.get_inner_mut(), &mut self.pipeline)?;
+                    self.sync_shutdown_tracing()?;
                     self.pipeline.output.sink.flush()?;
                 }
                 _ = ring_poll.tick() => {
                     drain(ring.get_mut(), &mut self.pipeline)?;
+                    self.sync_shutdown_tracing()?;
                     self.pipeline.output.sink.flush()?;
                 }
                 _ = lost_poll.tick() => {
                     drain(ring.get_mut(), &mut self.pipeline)?;
+                    self.sync_shutdown_tracing()?;
                     self.report_lost()?;
                     self.sync_kernel_scope()?;
                     self.pipeline.advance(clock::monotonic_ns())?;
@@ -214,6 +227,18 @@ impl Session {
             );
         }
         Ok(self.lost_reported)
+    }
+
+    /// Attaches the shutdown-only programs while a shutdown is under way, and detaches
+    /// them after. Called after each drain and before the flush, so that they are attached
+    /// by the time a signal's line can be read.
+    fn sync_shutdown_tracing(&mut self) -> Result<()> {
+        let under_way = self.pipeline.correlator.shutdown_under_way(
+            clock::monotonic_ns(),
+            SHUTDOWN_TRACING_WINDOW.as_nanos() as u64,
+        );
+        self.probes.trace_shutdowns(under_way)?;
+        Ok(())
     }
 
     /// Hands the kernel the cgroups found since the last sync that the scope leaves out.
@@ -405,7 +430,8 @@ fn warn_about_gaps(layout: &KernelLayout) {
         eprintln!(
             "observer: warning: no usable kernel BTF ({problem}); exit statuses are \
              inferred from exit_group() calls and fatal signals, core dumps and parent \
-             pids are not reported"
+             pids are not reported, and the process of a thread-directed signal's \
+             target is looked up in /proc"
         );
     }
     if let Some(problem) = &layout.tcp_problem {
@@ -427,10 +453,10 @@ fn warn_about_gaps(layout: &KernelLayout) {
             consequence.unwrap_or_default()
         );
     }
-    if layout.tgkill.is_none() {
+    if layout.sock.known != 0 && layout.tcp.as_ref().is_some_and(|tcp| tcp.accept.is_none()) {
         eprintln!(
-            "observer: warning: syscall tracepoints are unavailable; the process of a \
-             thread-directed signal's target is looked up in /proc"
+            "observer: warning: syscall tracepoints are unavailable; accepts after a \
+             termination signal are not reported"
         );
     }
 }

@@ -5,12 +5,13 @@ use std::{
     io::Write,
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use observer_tests::{
-    Events, Observer, expected_rst_reason, kernel_traces_rst_reasons, own_comm, read_line,
-    send_signal,
+    Events, Observer,
+    attachments::linked_programs,
+    expected_rst_reason, kernel_traces_rst_reasons, own_comm, read_line, send_signal,
     testee::{command, start_interactive},
     wait_timeout,
 };
@@ -320,6 +321,47 @@ fn accepts_after_sigterm_are_counted_exactly() {
     before
         .iter_mut()
         .for_each(|c| c.shutdown(Shutdown::Both).unwrap());
+}
+
+/// The accept program sits on syscall tracepoints, which slow every syscall on the host:
+/// it is attached from a termination signal until its target exits, not otherwise.
+#[test]
+fn accepts_are_traced_only_while_a_process_shuts_down() {
+    let observer = Observer::start(&[]);
+    let accept_traced = || {
+        let attached = linked_programs(observer.pid());
+        assert!(
+            attached.iter().any(|p| p == "tcp_state"),
+            "the always-on programs are visible: {attached:?}"
+        );
+        // One link per syscall: accept4() and accept().
+        match attached.iter().filter(|p| *p == "accept_exit").count() {
+            0 => false,
+            2 => true,
+            n => panic!("accept_exit linked {n} times: {attached:?}"),
+        }
+    };
+    assert!(!accept_traced(), "attached before any shutdown");
+    let (mut server, port) = start_interactive(&["tcp-server", "127.0.0.1:0", "handler"]);
+    let pid = server.id();
+    send_signal(pid, libc::SIGTERM);
+    assert_eq!(read_line(&mut server), "term");
+    observer.wait_for_line(|line| line["type"] == "signal" && line["target"]["pid"] == pid);
+    assert!(accept_traced(), "not attached once the signal was reported");
+    let _client = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    assert!(read_line(&mut server).starts_with("accepted"));
+    command(&mut server, "exit");
+    wait_timeout(&mut server);
+    observer.wait_for_line(|line| line["type"] == "exit" && line["pid"] == pid);
+    // Detached at the drain after the exit's record: within a ring poll (20 ms).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while accept_traced() {
+        assert!(Instant::now() < deadline, "still attached after the exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let events = observer.stop();
+    let accepts = events.of_type("tcp_accept").filter(|a| a["pid"] == pid);
+    assert_eq!(accepts.count(), 1, "{}", events.dump());
 }
 
 #[test]

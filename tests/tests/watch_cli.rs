@@ -164,6 +164,12 @@ fn without_btf_exit_statuses_are_inferred() {
         assert_eq!(exit["status_source"], "inferred", "{exit}");
         assert_eq!(exit["ppid"], json!(null), "{exit}");
     }
+    // Signals come from the classic tracepoint then, the target's process from /proc.
+    for pid in [statuses[1].0, statuses[2].0, statuses[3].0] {
+        let signals = events.signals_to(pid);
+        assert_eq!(signals.len(), 1, "{}", events.dump());
+        assert_eq!(signals[0]["sender"]["pid"], std::process::id());
+    }
 }
 
 #[test]
