@@ -10,6 +10,10 @@ use aya::{
     },
 };
 use observer_common::Settings;
+use std::{
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use crate::layout::KernelLayout;
 
@@ -123,7 +127,15 @@ pub struct Probes {
     /// Loaded, and attached only while some process is shutting down: with their links
     /// while they are.
     shutdown_only: Vec<(&'static ProgramSpec, Option<Links>)>,
+    /// When they were last asked for.
+    shutdown_asked: Option<Instant>,
+    /// The thread closing the links of the last detach.
+    detaching: Option<JoinHandle<()>>,
 }
+
+/// How long the shutdown-only programs stay attached after they were last asked for, so
+/// that processes stopped one after another (a rolling restart) do not make them flap.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 
 /// How to detach a program from what it was attached to.
 enum Links {
@@ -165,6 +177,8 @@ impl Probes {
             out_of_scope_cgroups,
             attached,
             shutdown_only,
+            shutdown_asked: None,
+            detaching: None,
         };
         Ok((probes, ring))
     }
@@ -174,28 +188,44 @@ impl Probes {
         self.shutdown_only.iter().map(|(spec, _)| spec.program)
     }
 
-    /// Attaches (`on`) or detaches the programs that run only while some process is
-    /// shutting down; whether that changed anything.
-    pub fn trace_shutdowns(&mut self, on: bool) -> Result<bool> {
+    /// Attaches (`on`) the programs that run only while some process is shutting down,
+    /// or detaches them once they have not been asked for in SHUTDOWN_LINGER.
+    pub fn trace_shutdowns(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.shutdown_asked = Some(Instant::now());
+        } else if self
+            .shutdown_asked
+            .is_some_and(|at| at.elapsed() < SHUTDOWN_LINGER)
+        {
+            return Ok(());
+        }
         let Some(ebpf) = self.ebpf.as_mut() else {
-            return Ok(false);
+            return Ok(());
         };
-        let mut changed = false;
+        let mut closing = Vec::new();
         for (spec, links) in &mut self.shutdown_only {
             let context = || format!("program {}", spec.program);
             match (on, links.take()) {
                 (true, None) => {
+                    // A program cannot sit twice on one tracepoint: the last detach
+                    // must be over.
+                    if let Some(detaching) = self.detaching.take() {
+                        let _ = detaching.join();
+                    }
                     *links = Some(attach(ebpf, spec).with_context(context)?);
-                    changed = true;
                 }
                 (false, Some(attached)) => {
-                    detach(ebpf, spec, attached).with_context(context)?;
-                    changed = true;
+                    closing.extend(take_links(ebpf, spec, attached).with_context(context)?);
                 }
                 (_, unchanged) => *links = unchanged,
             }
         }
-        Ok(changed)
+        if !closing.is_empty() {
+            // Unregistering a tracepoint waits for RCU grace periods (170 ms measured
+            // for the syscall ones here), which the event loop must not sit through.
+            self.detaching = Some(std::thread::spawn(move || drop(closing)));
+        }
+        Ok(())
     }
 
     /// Detaches every program: no new records arrive after this.
@@ -330,21 +360,24 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
     })
 }
 
-fn detach(ebpf: &mut Ebpf, spec: &ProgramSpec, links: Links) -> Result<()> {
+/// A program's links, taken from it: dropping them detaches it.
+fn take_links(ebpf: &mut Ebpf, spec: &ProgramSpec, links: Links) -> Result<Vec<Box<dyn Send>>> {
     let program = ebpf
         .program_mut(spec.program)
         .context("not in the object")?;
-    match links {
-        Links::Classic(links) => {
+    let owned: Vec<Box<dyn Send>> = match links {
+        Links::Classic(ids) => {
             let program: &mut TracePoint = program.try_into()?;
-            links
-                .into_iter()
-                .try_for_each(|link| program.detach(link))?;
+            let mut owned: Vec<Box<dyn Send>> = Vec::new();
+            for id in ids {
+                owned.push(Box::new(program.take_link(id)?));
+            }
+            owned
         }
-        Links::Raw(link) => {
+        Links::Raw(id) => {
             let program: &mut RawTracePoint = program.try_into()?;
-            program.detach(link)?;
+            vec![Box::new(program.take_link(id)?)]
         }
-    }
-    Ok(())
+    };
+    Ok(owned)
 }

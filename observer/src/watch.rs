@@ -18,6 +18,7 @@ use crate::{
     cli::WatchArgs,
     clock::{self, WallClock},
     correlate::Correlator,
+    decode::{Record, decode},
     enrich::Enricher,
     event::{Event, Line, Verdict},
     filter::{Filter, Scope},
@@ -178,21 +179,21 @@ impl Session {
             tokio::select! {
                 ready = ring.readable_mut() => {
                     let mut guard = ready?;
-                    drain(guard.get_inner_mut(), &mut self.pipeline)?;
+                    drain(guard.get_inner_mut(), &mut self.pipeline, &mut self.probes)?;
                     guard.clear_ready();
                     // A record committed between the drain and clear_ready() woke nobody:
                     // drain once more so it cannot wait for the next wake-up.
-                    drain(guard.get_inner_mut(), &mut self.pipeline)?;
+                    drain(guard.get_inner_mut(), &mut self.pipeline, &mut self.probes)?;
                     self.sync_shutdown_tracing()?;
                     self.pipeline.output.sink.flush()?;
                 }
                 _ = ring_poll.tick() => {
-                    drain(ring.get_mut(), &mut self.pipeline)?;
+                    drain(ring.get_mut(), &mut self.pipeline, &mut self.probes)?;
                     self.sync_shutdown_tracing()?;
                     self.pipeline.output.sink.flush()?;
                 }
                 _ = lost_poll.tick() => {
-                    drain(ring.get_mut(), &mut self.pipeline)?;
+                    drain(ring.get_mut(), &mut self.pipeline, &mut self.probes)?;
                     self.sync_shutdown_tracing()?;
                     self.report_lost()?;
                     self.sync_kernel_scope()?;
@@ -216,7 +217,7 @@ impl Session {
         // Detach first so that the drain below sees everything there will ever be.
         self.probes.detach();
         if let Some(ring) = self.ring.as_mut() {
-            drain(ring, &mut self.pipeline)?;
+            drain(ring, &mut self.pipeline, &mut self.probes)?;
         }
         self.report_lost()?;
         self.pipeline.finish()?;
@@ -461,11 +462,31 @@ fn warn_about_gaps(layout: &KernelLayout) {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline<ProcHost>) -> Result<()> {
+/// Hands every record waiting in the ring to the pipeline. A termination signal turns
+/// the shutdown-only programs on before its record is handled: enriching it reads the
+/// target's /proc entry, which can take tens of milliseconds on a host with many
+/// sockets, while the target may already be accepting.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline<ProcHost>,
+    probes: &mut Probes,
+) -> Result<()> {
     while let Some(item) = ring.next() {
+        if starts_a_shutdown(&item) {
+            probes.trace_shutdowns(true)?;
+        }
         pipeline.handle_record(&item)?;
     }
     Ok(())
+}
+
+/// Whether a kernel record is a termination signal the kernel delivered (or queued).
+fn starts_a_shutdown(bytes: &[u8]) -> bool {
+    matches!(
+        decode(bytes),
+        Ok(Record::SignalGenerate(r))
+            if r.result == 0 && signals::TERMINATION_SIGNALS.contains(&r.sig)
+    )
 }
 
 fn hostname() -> String {
