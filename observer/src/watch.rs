@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use observer_common::{Settings, signal_bit};
+use observer_common::{Settings, kind, signal_bit};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -481,12 +481,14 @@ fn drain(
 }
 
 /// Whether a kernel record is a termination signal the kernel delivered (or queued).
+/// Most records are not signals: their kind, the header's first field, is enough.
 fn starts_a_shutdown(bytes: &[u8]) -> bool {
-    matches!(
-        decode(bytes),
-        Ok(Record::SignalGenerate(r))
-            if r.result == 0 && signals::TERMINATION_SIGNALS.contains(&r.sig)
-    )
+    bytes.get(..4) == Some(&kind::SIGNAL_GENERATE.to_ne_bytes()[..])
+        && matches!(
+            decode(bytes),
+            Ok(Record::SignalGenerate(r))
+                if r.result == 0 && signals::TERMINATION_SIGNALS.contains(&r.sig)
+        )
 }
 
 fn hostname() -> String {
