@@ -1,6 +1,7 @@
 //! [`HostView`] backed by /proc and the cgroup v2 filesystem.
 use std::{
     collections::HashMap,
+    io::BufRead,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -128,8 +129,8 @@ impl HostView for ProcHost {
         // The process's own network namespace: /proc/PID/net.
         let mut listening: Vec<String> = ["tcp", "tcp6"]
             .iter()
-            .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
-            .flat_map(|text| parse_listeners(&text))
+            .filter_map(|table| std::fs::File::open(format!("/proc/{pid}/net/{table}")).ok())
+            .flat_map(|file| parse_listeners(std::io::BufReader::new(file)))
             .filter(|(inode, _)| inodes.contains(inode))
             .map(|(_, local)| local)
             .collect();
@@ -202,20 +203,31 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// LISTEN sockets in a /proc/net/tcp or tcp6 table: (inode, `addr:port`).
-fn parse_listeners(table: &str) -> Vec<(u64, String)> {
+/// LISTEN sockets in a /proc/net/tcp or tcp6 table: (inode, `addr:port`). The kernel
+/// lists every listener before any other socket (tcp_seq_start: the listening hash, then
+/// the established one), so reading stops at the first other state: the rest, every
+/// connection and TIME_WAIT socket on the host, can be 100k lines and ~100 ms to
+/// generate, and is never asked for.
+fn parse_listeners(table: impl BufRead) -> Vec<(u64, String)> {
     table
         .lines()
         .skip(1)
-        .filter_map(|line| {
+        .map_while(|line| {
+            let line = line.ok()?;
             let fields: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
             if fields.get(3) != Some(&"0A") {
                 return None;
             }
-            let local = parse_proc_endpoint(fields.get(1)?)?;
-            Some((fields.get(9)?.parse().ok()?, local))
+            let listener = || {
+                Some((
+                    fields.get(9)?.parse().ok()?,
+                    parse_proc_endpoint(fields[1])?,
+                ))
+            };
+            Some(listener())
         })
+        .flatten()
         .collect()
 }
 
@@ -313,16 +325,23 @@ mod tests {
     fn reads_listeners_from_proc_net_tables() {
         let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+   1: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 not-an-inode
+   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0
 ";
+        // A malformed listener is skipped; reading stops at the first connection (the
+        // kernel lists listeners first), so line 3 is never reached.
         assert_eq!(
-            parse_listeners(tcp),
+            parse_listeners(tcp.as_bytes()),
             vec![(4242, "127.0.0.1:8080".to_string())]
         );
         let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0
 ";
-        assert_eq!(parse_listeners(tcp6), vec![(77, "[::1]:80".to_string())]);
+        assert_eq!(
+            parse_listeners(tcp6.as_bytes()),
+            vec![(77, "[::1]:80".to_string())]
+        );
         assert_eq!(socket_inode("socket:[4242]"), Some(4242));
         assert_eq!(socket_inode("/dev/null"), None);
     }
