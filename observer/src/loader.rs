@@ -5,7 +5,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        Program, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
     },
 };
@@ -324,10 +324,12 @@ impl Tracepoints {
     }
 }
 
+fn program_of<'a>(ebpf: &'a mut Ebpf, spec: &ProgramSpec) -> Result<&'a mut Program> {
+    ebpf.program_mut(spec.program).context("not in the object")
+}
+
 fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
-    let program = ebpf
-        .program_mut(spec.program)
-        .context("not in the object")?;
+    let program = program_of(ebpf, spec)?;
     match spec.tracepoints {
         Tracepoints::Classic(_) => TryInto::<&mut TracePoint>::try_into(program)?.load()?,
         Tracepoints::Raw(_) => TryInto::<&mut RawTracePoint>::try_into(program)?.load()?,
@@ -336,9 +338,7 @@ fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
-    let program = ebpf
-        .program_mut(spec.program)
-        .context("not in the object")?;
+    let program = program_of(ebpf, spec)?;
     Ok(match spec.tracepoints {
         Tracepoints::Classic(tracepoints) => {
             let program: &mut TracePoint = program.try_into()?;
@@ -362,9 +362,7 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
 
 /// A program's links, taken from it: dropping them detaches it.
 fn take_links(ebpf: &mut Ebpf, spec: &ProgramSpec, links: Links) -> Result<Vec<Box<dyn Send>>> {
-    let program = ebpf
-        .program_mut(spec.program)
-        .context("not in the object")?;
+    let program = program_of(ebpf, spec)?;
     let owned: Vec<Box<dyn Send>> = match links {
         Links::Classic(ids) => {
             let program: &mut TracePoint = program.try_into()?;
