@@ -9,6 +9,7 @@
 mod emit;
 mod exit_group;
 mod globals;
+mod owners;
 mod process_exit;
 mod scope;
 mod shutting;
@@ -17,7 +18,6 @@ mod signal_generate;
 mod sockets;
 mod task;
 mod tcp_accept;
-mod tcp_destroy;
 mod tcp_reset;
 mod tcp_state;
 

@@ -1,64 +1,14 @@
-//! Socket ownership and addresses, shared by the TCP programs.
-//!
-//! TCP events often fire in softirq context, where the current task is not the socket's
-//! owner. Ownership is therefore learnt where it is certain — in process context at
-//! listen() (CLOSE→LISTEN), connect() (→SYN_SENT) and accept() (traced while some
-//! process is shutting down) — and looked up by the socket's address later.
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap, programs::TracePointContext,
-};
-use observer_common::{AF_INET, SockLayout, SocketOwner, SplitAddrLayout, TcpEndpoints, role};
+//! Socket addresses and the reads behind them, shared by the TCP programs: from
+//! tracepoint records, from `struct sock` at BTF offsets, and from a file descriptor to
+//! its `struct sock`.
+use aya_ebpf::programs::TracePointContext;
+use observer_common::{AF_INET, SockLayout, SplitAddrLayout, TcpEndpoints};
 
 use crate::{globals::SOCK_LAYOUT, task};
-
-/// `struct sock *` → owner. Entries go when the socket is destroyed; the LRU bound covers
-/// sockets destroyed while observer was not running.
-#[map]
-static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(65_536, 0);
 
 pub fn sock_layout() -> Option<SockLayout> {
     let layout = SOCK_LAYOUT.load();
     (layout.known != 0).then_some(layout)
-}
-
-/// The current process as the owner of a socket playing `role`.
-pub fn current_owner(role: u8) -> SocketOwner {
-    SocketOwner {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        role,
-        _pad: [0; 3],
-        comm: task::current_process_comm(),
-    }
-}
-
-pub fn remember_owner(sk: u64, owner: &SocketOwner) {
-    let _ = SOCKET_OWNERS.insert(sk, *owner, 0);
-}
-
-// The lookups below branch explicitly and return defined values on both paths: with an
-// `Option<SocketOwner>`, LLVM may compare the (undefined) payload of `None`, which the
-// verifier rejects as a read of an uninitialised register.
-
-/// The socket's known owner, else `fallback`.
-pub fn owner_or(sk: u64, fallback: SocketOwner) -> SocketOwner {
-    match SOCKET_OWNERS.get_ptr(sk) {
-        // SAFETY: a successful lookup's pointer; entries are plain integers.
-        Some(owner) => unsafe { *owner },
-        None => fallback,
-    }
-}
-
-/// The tgid of the socket's known owner, else `fallback`.
-pub fn owner_tgid_or(sk: u64, fallback: u32) -> u32 {
-    match SOCKET_OWNERS.get_ptr(sk) {
-        // SAFETY: as above.
-        Some(owner) => unsafe { (*owner).tgid },
-        None => fallback,
-    }
-}
-
-pub fn forget(sk: u64) {
-    let _ = SOCKET_OWNERS.remove(sk);
 }
 
 /// Reads a tracepoint's `sport`/`dport`/`family`/`saddr`/`daddr`(`_v6`) fields.
@@ -159,27 +109,4 @@ pub fn current_is_exiting() -> bool {
         task::read::<u32>(task::current(), layout.task_flags)
             .is_some_and(|flags| flags & observer_common::PF_EXITING != 0)
     })
-}
-
-/// The owner to report for an RST on a socket: the one learnt in process context; else,
-/// while a task holds the socket (`sk_lock.owned`), the current task, which is that
-/// holder: close() with unread data, SO_LINGER 0, exit, or backlog work its
-/// release_sock() runs. Else unknown (tgid 0), e.g. softirq work on an accepted socket
-/// whose accept() was not traced.
-#[inline(always)]
-pub fn reported_owner(sk: u64) -> SocketOwner {
-    let unknown = SocketOwner {
-        role: role::UNKNOWN,
-        ..Default::default()
-    };
-    let held = sock_layout()
-        .is_some_and(|layout| task::read::<u32>(sk, layout.sk_lock_owned).is_some_and(|o| o != 0));
-    owner_or(
-        sk,
-        if held {
-            current_owner(role::UNKNOWN)
-        } else {
-            unknown
-        },
-    )
 }

@@ -16,7 +16,7 @@ use observer_common::{TcpAcceptRecord, kind, role};
 use crate::{
     emit::{header, submit},
     globals::ACCEPT_LAYOUT,
-    scope, shutting, sockets,
+    owners, scope, shutting, sockets,
 };
 
 #[tracepoint]
@@ -40,12 +40,13 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(sk) = sockets::current_fd_sock(fd as u64, &layout) else {
         return Ok(());
     };
-    let owner = sockets::current_owner(role::INBOUND);
-    sockets::remember_owner(sk, &owner);
+    let Some(endpoints) = sockets::sock_endpoints(sk, &layout) else {
+        return Ok(());
+    };
+    let owner = owners::current(role::INBOUND);
+    owners::remember_connection(sk, endpoints.remote_port, &owner);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if shutting::is_shutting_down(tgid)
-        && let Some(endpoints) = sockets::sock_endpoints(sk, &layout)
-    {
+    if shutting::is_shutting_down(tgid) {
         submit(TcpAcceptRecord {
             header: header(kind::TCP_ACCEPT),
             endpoints,

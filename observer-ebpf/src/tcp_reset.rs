@@ -22,7 +22,7 @@ use observer_common::{
 use crate::{
     emit::{header, submit},
     globals::{TCP_RECEIVE_RESET_LAYOUT, TCP_SEND_RESET_LAYOUT},
-    sockets, task,
+    owners, sockets, task,
 };
 
 #[tracepoint]
@@ -75,7 +75,7 @@ fn report_reset(
     submit(TcpResetRecord {
         header: header(kind::TCP_RESET),
         endpoints,
-        owner: sockets::reported_owner(sk),
+        owner: owners::of_reset(sk, endpoints.remote_port),
         reason,
         state,
         flags,

@@ -2,9 +2,9 @@
 //! only look at the two states and return. Reported: listeners opening (CLOSE→LISTEN)
 //! and closing (LISTEN→CLOSE), and sockets the kernel closes while their process exits.
 //! Ownership is learnt at CLOSE→LISTEN and →SYN_SENT, which run in the listening/
-//! connecting process's context; it is forgotten when the socket is destroyed
-//! (tcp_destroy.rs), not at CLOSE: tcp_close() enters CLOSE before it sends the RST of
-//! an abort, whose owner we still want.
+//! connecting process's context. A listener's is forgotten when it closes; a
+//! connection's stays until its slot is reused (sockets.rs), so no hook runs when a
+//! socket is destroyed.
 //!
 //! Two attachments, one logic (`on_state_change`):
 //! - `tcp_state`, a raw tracepoint: `TP_PROTO(const struct sock *sk, const int oldstate,
@@ -37,14 +37,15 @@ use observer_common::{
 use crate::{
     emit::{header, submit},
     globals::INET_SOCK_SET_STATE_LAYOUT,
-    scope, sockets, task,
+    owners, scope, sockets, task,
 };
 
-/// What one `inet_sock_set_state` call offers, however the program is attached.
+/// What one `inet_sock_set_state` call offers, however the program is attached, beyond
+/// the two states (read first, by the entry points).
 trait StateChange {
-    fn states(&self) -> Option<(i32, i32)>;
     fn protocol(&self) -> Option<u16>;
     fn sock(&self) -> Option<u64>;
+    fn remote_port(&self) -> Option<u16>;
     fn endpoints(&self) -> Option<TcpEndpoints>;
 }
 
@@ -55,16 +56,16 @@ struct RawArgs<'a> {
 
 impl StateChange for RawArgs<'_> {
     #[inline(always)]
-    fn states(&self) -> Option<(i32, i32)> {
-        Some((self.ctx.arg(1), self.ctx.arg(2)))
-    }
-    #[inline(always)]
     fn protocol(&self) -> Option<u16> {
         task::read(self.ctx.arg(0), self.sock.sock_protocol)
     }
     #[inline(always)]
     fn sock(&self) -> Option<u64> {
         Some(self.ctx.arg(0))
+    }
+    #[inline(always)]
+    fn remote_port(&self) -> Option<u16> {
+        task::read::<u16>(self.ctx.arg(0), self.sock.skc_dport).map(u16::from_be)
     }
     #[inline(always)]
     fn endpoints(&self) -> Option<TcpEndpoints> {
@@ -77,7 +78,7 @@ struct ClassicRecord<'a> {
     layout: InetSockSetStateLayout,
 }
 
-impl StateChange for ClassicRecord<'_> {
+impl ClassicRecord<'_> {
     #[inline(always)]
     fn states(&self) -> Option<(i32, i32)> {
         // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
@@ -85,6 +86,9 @@ impl StateChange for ClassicRecord<'_> {
         let new_state = unsafe { self.ctx.read_at(self.layout.newstate as usize) }.ok()?;
         Some((old_state, new_state))
     }
+}
+
+impl StateChange for ClassicRecord<'_> {
     #[inline(always)]
     fn protocol(&self) -> Option<u16> {
         unsafe { self.ctx.read_at(self.layout.protocol as usize) }.ok()
@@ -94,6 +98,10 @@ impl StateChange for ClassicRecord<'_> {
         unsafe { self.ctx.read_at(self.layout.skaddr as usize) }.ok()
     }
     #[inline(always)]
+    fn remote_port(&self) -> Option<u16> {
+        unsafe { self.ctx.read_at(self.layout.addrs.dport as usize) }.ok()
+    }
+    #[inline(always)]
     fn endpoints(&self) -> Option<TcpEndpoints> {
         sockets::read_split(self.ctx, &self.layout.addrs).ok()
     }
@@ -101,41 +109,78 @@ impl StateChange for ClassicRecord<'_> {
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tcp_state(ctx: RawTracePointContext) -> u32 {
-    // Attached only when BTF gave the socket layout.
-    if let Some(sock) = sockets::sock_layout() {
-        on_state_change(&RawArgs { ctx: &ctx, sock });
+    let (old_state, new_state): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    // Most transitions end here, before even the socket layout is loaded. Attached only
+    // when BTF gave that layout.
+    if let Some(interest) = Interest::of(old_state, new_state)
+        && let Some(sock) = sockets::sock_layout()
+    {
+        on_state_change(&RawArgs { ctx: &ctx, sock }, old_state, new_state, interest);
     }
     0
 }
 
 #[tracepoint]
 pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
-    on_state_change(&ClassicRecord {
+    let record = ClassicRecord {
         ctx: &ctx,
         layout: INET_SOCK_SET_STATE_LAYOUT.load(),
-    });
+    };
+    if let Some((old_state, new_state)) = record.states()
+        && let Some(interest) = Interest::of(old_state, new_state)
+    {
+        on_state_change(&record, old_state, new_state, interest);
+    }
     0
 }
 
+/// The transitions worth a second look; every connection makes several others.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Interest {
+    /// CLOSE→LISTEN: a listener opens, in the listening process's context.
+    OpensListener,
+    /// →SYN_SENT: connect(), in the connecting process's context.
+    Connects,
+    /// LISTEN→CLOSE: a listener closes, in the context of whoever held it last (which
+    /// may be its exit).
+    ListenerClosed,
+    /// tcp_close() takes an open socket to FIN_WAIT1, LAST_ACK or (aborting) CLOSE:
+    /// reported if the current task is exiting and the close is its own.
+    MayCloseAtExit,
+}
+
+impl Interest {
+    #[inline(always)]
+    fn of(old_state: i32, new_state: i32) -> Option<Self> {
+        if new_state == tcp_state::LISTEN {
+            Some(Self::OpensListener)
+        } else if new_state == tcp_state::SYN_SENT {
+            Some(Self::Connects)
+        } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
+            Some(Self::ListenerClosed)
+        } else if tcp_state::is_open(old_state)
+            && matches!(
+                new_state,
+                tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
+            )
+        {
+            Some(Self::MayCloseAtExit)
+        } else {
+            None
+        }
+    }
+}
+
 #[inline(always)]
-fn on_state_change(change: &impl StateChange) -> Option<()> {
-    // The hot path reads the two states and returns: every connection makes several
-    // transitions and only a few matter here. The protocol and the socket are read
-    // only for those.
-    let (old_state, new_state) = change.states()?;
-    let opens_listener = new_state == tcp_state::LISTEN;
-    let connects = new_state == tcp_state::SYN_SENT;
-    let listener_closed = old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE;
-    // tcp_close() takes an open socket to FIN_WAIT1, LAST_ACK or (aborting) CLOSE.
-    let may_close_at_exit = tcp_state::is_open(old_state)
-        && matches!(
-            new_state,
-            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE
-        );
+fn on_state_change(
+    change: &impl StateChange,
+    old_state: i32,
+    new_state: i32,
+    interest: Interest,
+) -> Option<()> {
     // Most closes happen in tasks that are not exiting: that is checked first, the
     // protocol and the socket only after.
-    let exiting_close = may_close_at_exit && sockets::current_is_exiting();
-    if !(opens_listener || connects || listener_closed || exiting_close) {
+    if interest == Interest::MayCloseAtExit && !sockets::current_is_exiting() {
         return None;
     }
     // Every transition reported below runs in its process's context (listen(),
@@ -145,54 +190,65 @@ fn on_state_change(change: &impl StateChange) -> Option<()> {
         return None;
     }
     let sk = change.sock()?;
-
-    if connects {
-        sockets::remember_owner(sk, &sockets::current_owner(role::OUTBOUND));
-        return None;
+    match interest {
+        Interest::Connects => {
+            let owner = owners::current(role::OUTBOUND);
+            owners::remember_connection(sk, change.remote_port()?, &owner);
+            None
+        }
+        Interest::OpensListener => {
+            let owner = owners::current(role::LISTENER);
+            owners::remember_listener(sk, &owner);
+            report(change.endpoints()?, old_state, new_state, owner, 0)
+        }
+        Interest::ListenerClosed | Interest::MayCloseAtExit => {
+            let endpoints = change.endpoints()?;
+            let fallback = owners::current(role::UNKNOWN);
+            let known = owners::known_or(sk, endpoints.remote_port, fallback);
+            let at_exit = (interest == Interest::MayCloseAtExit || sockets::current_is_exiting())
+                && closed_by_exiting_owner(sk, known.tgid);
+            if interest == Interest::MayCloseAtExit {
+                if !at_exit {
+                    return None;
+                }
+                return report(
+                    endpoints,
+                    old_state,
+                    new_state,
+                    known,
+                    tcp_flags::CLOSED_AT_EXIT,
+                );
+            }
+            owners::forget_listener(sk);
+            // A listener is reported as closed by that process, not by its opener, which
+            // may have forked it away (a daemonizing server) and be gone.
+            let flags = if at_exit {
+                tcp_flags::CLOSED_AT_EXIT
+            } else {
+                0
+            };
+            let closer = owners::current(role::LISTENER);
+            report(endpoints, old_state, new_state, closer, flags)
+        }
     }
-    if opens_listener {
-        let owner = sockets::current_owner(role::LISTENER);
-        sockets::remember_owner(sk, &owner);
-        return report(change, old_state, new_state, owner, 0);
-    }
-    let closed_at_exit = exiting_close && closed_by_exiting_owner(sk);
-    if listener_closed || closed_at_exit {
-        // A listener closes in the process context of whoever held it last (close(),
-        // shutdown(), exit): that process, not its opener, which may have forked it
-        // away (a daemonizing server) and be gone.
-        let owner = if listener_closed {
-            sockets::current_owner(role::LISTENER)
-        } else {
-            sockets::owner_or(sk, sockets::current_owner(role::UNKNOWN))
-        };
-        let flags = if closed_at_exit {
-            tcp_flags::CLOSED_AT_EXIT
-        } else {
-            0
-        };
-        return report(change, old_state, new_state, owner, flags);
-    }
-    None
 }
 
-/// For a socket changing state in an exiting task: whether the exit closed it (and not
-/// softirq work that happened to run on the exiting task's stack).
-fn closed_by_exiting_owner(sk: u64) -> bool {
+/// For a socket changing state in an exiting task, whose owner is `owner_tgid` (known,
+/// or else the current process): whether the exit closed it, and not softirq work that
+/// happened to run on the exiting task's stack.
+fn closed_by_exiting_owner(sk: u64, owner_tgid: u32) -> bool {
     let Some(layout) = sockets::sock_layout() else {
         return false;
     };
-    if task::read::<u8>(sk, layout.sock_shutdown) != Some(SHUTDOWN_MASK) {
-        return false;
-    }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    sockets::owner_tgid_or(sk, tgid) == tgid
+    task::read::<u8>(sk, layout.sock_shutdown) == Some(SHUTDOWN_MASK)
+        && owner_tgid == (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 // Inlined: with the socket owner by value, more arguments than a BPF call can pass
 // (five registers).
 #[inline(always)]
 fn report(
-    change: &impl StateChange,
+    endpoints: TcpEndpoints,
     old_state: i32,
     new_state: i32,
     owner: observer_common::SocketOwner,
@@ -200,7 +256,7 @@ fn report(
 ) -> Option<()> {
     submit(TcpStateRecord {
         header: header(kind::TCP_STATE),
-        endpoints: change.endpoints()?,
+        endpoints,
         owner,
         old_state: old_state as u8,
         new_state: new_state as u8,

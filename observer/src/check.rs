@@ -23,7 +23,7 @@ struct Row {
 }
 
 /// The tracepoint fields observer reads, per tracepoint (optional ones end with `?`).
-const FIELDS: [(&str, &str, &[&str]); 9] = [
+const FIELDS: [(&str, &str, &[&str]); 8] = [
     (
         "signal",
         "signal_generate",
@@ -57,8 +57,6 @@ const FIELDS: [(&str, &str, &[&str]); 9] = [
         "tcp_receive_reset",
         &["skaddr", "sport", "dport", "family", "saddr", "daddr"],
     ),
-    // Attached raw: only its existence matters.
-    ("tcp", "tcp_destroy_sock", &[]),
     ("syscalls", "sys_exit_accept4", &["ret"]),
 ];
 

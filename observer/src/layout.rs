@@ -199,9 +199,6 @@ fn tcp_layout(events: &Path) -> Result<TcpLayout> {
         &tracefs::read_format(events, "tcp", "tcp_receive_reset")?,
         "tcp:tcp_receive_reset",
     )?;
-    // tcp_destroy is a raw tracepoint (its one argument is the socket): the event must
-    // exist, its record is never read.
-    tracefs::read_format(events, "tcp", "tcp_destroy_sock")?;
     // One program serves accept4() and accept(): their `ret` must sit at one offset.
     let accept_ret = |name: &str| -> Result<u32> {
         let format = tracefs::read_format(events, "syscalls", name)?;

@@ -36,7 +36,7 @@ enum Tracepoints {
     Raw(&'static str),
 }
 
-const PROGRAMS: [ProgramSpec; 11] = [
+const PROGRAMS: [ProgramSpec; 10] = [
     // Raw when BTF gave the task layout: the target task names its thread group exactly.
     ProgramSpec {
         program: "signal_generate",
@@ -92,12 +92,6 @@ const PROGRAMS: [ProgramSpec; 11] = [
     ProgramSpec {
         program: "tcp_receive_reset",
         tracepoints: Tracepoints::Classic(&[("tcp", "tcp_receive_reset")]),
-        wanted: |layout| layout.tcp.is_some(),
-        shutdown_only: false,
-    },
-    ProgramSpec {
-        program: "tcp_destroy",
-        tracepoints: Tracepoints::Raw("tcp_destroy_sock"),
         wanted: |layout| layout.tcp.is_some(),
         shutdown_only: false,
     },

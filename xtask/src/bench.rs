@@ -267,7 +267,7 @@ fn cost(
     after: &BTreeMap<String, (u64, u64)>,
 ) -> BTreeMap<String, Value> {
     // Kernel names stop at 15 bytes: signal_generate_tp shows as signal_generate.
-    const OURS: [&str; 10] = [
+    const OURS: [&str; 9] = [
         "signal_generate",
         "signal_deliver",
         "process_exit",
@@ -275,7 +275,6 @@ fn cost(
         "tcp_state_tp",
         "tcp_send_reset",
         "tcp_receive_res",
-        "tcp_destroy",
         "accept_exit",
         "exit_group_ente",
     ];
