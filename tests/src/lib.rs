@@ -15,6 +15,7 @@ use std::{
 use serde_json::Value;
 
 pub mod attachments;
+pub mod sockets;
 pub mod testee;
 
 /// Longest any step may take before the test fails (generous: CI machines are slow).

@@ -4,7 +4,6 @@
 use std::{
     io::Write,
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -12,6 +11,7 @@ use observer_tests::{
     Events, Observer,
     attachments::linked_programs,
     expected_rst_reason, kernel_traces_rst_reasons, own_comm, read_line, send_signal,
+    sockets::{self, pin_to_cpu0, set_linger_zero},
     testee::{command, start_interactive},
     wait_timeout,
 };
@@ -36,24 +36,6 @@ fn the_reset<'a>(events: &'a Events, direction: &str, local: &str, remote: &str)
         events.dump()
     );
     resets[0]
-}
-
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a linger struct of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 /// Waits until the peer has seen our RST (a read fails or returns EOF).
@@ -454,52 +436,6 @@ fn without_btf_listeners_come_from_the_classic_tracepoint() {
     }
 }
 
-/// Pins the calling thread to CPU 0.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread (0).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-}
-
-/// A TCP socket created now (its `struct sock` allocated), connected later.
-fn unconnected_socket() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2); the fd is owned from here on.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    assert!(fd >= 0);
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-}
-
-fn connect_fd(fd: std::os::fd::OwnedFd, addr: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only")
-    };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: a valid socket fd and sockaddr_in.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    TcpStream::from(fd)
-}
-
 /// Connection owners are kept per socket address and never deleted, so a freed socket's
 /// owner stays behind. The kernel reuses a freed socket's memory for the next socket
 /// allocated on the same CPU: here, another process's aborted outbound socket is freed
@@ -512,29 +448,17 @@ fn a_reused_socket_address_does_not_inherit_its_former_owner() {
     let observer = Observer::start(&[]);
     // Seen opening, so observer knows who listens on its port.
     let ours = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut aborter = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import os, socket, struct, sys\n\
-             os.sched_setaffinity(0, {0})\n\
-             for line in sys.stdin:\n\
-             \x20   s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-             \x20   s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
-             \x20   s.close()\n\
-             \x20   print('aborted', flush=True)\n",
-            &target.local_addr().unwrap().port().to_string(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut aborter, _) = start_interactive(&["tcp-server", "127.0.0.1:0"]);
+    command(&mut aborter, "pin");
+    assert_eq!(read_line(&mut aborter), "pinned");
+    let abort = format!("abort {}", target.local_addr().unwrap().port());
     let mut clients = Vec::new();
     for _ in 0..20 {
         // Our client's sock is allocated first, so the accepted one comes next.
-        let fd = unconnected_socket();
-        command(&mut aborter, "abort");
+        let fd = sockets::unconnected_socket();
+        command(&mut aborter, &abort);
         assert_eq!(read_line(&mut aborter), "aborted");
-        let client = connect_fd(fd, ours.local_addr().unwrap());
+        let client = sockets::connect(fd, ours.local_addr().unwrap());
         let (mut accepted, _) = ours.accept().unwrap();
         set_linger_zero(&client);
         let client_addr = client.local_addr().unwrap();
@@ -542,7 +466,7 @@ fn a_reused_socket_address_does_not_inherit_its_former_owner() {
         wait_for_reset(&mut accepted);
         clients.push(client_addr);
     }
-    drop(aborter.stdin.take());
+    command(&mut aborter, "exit");
     wait_timeout(&mut aborter);
     let events = observer.stop();
 

@@ -13,7 +13,10 @@
 //!                           and hold every connection, printing "accepted PORT" (the
 //!                           client's); with `handler`, print "term" when SIGTERM arrives
 //!                           and keep serving. Commands on stdin: "connect PORT" (hold an
-//!                           outbound connection to ADDR's host, print "connected"), "exit"
+//!                           outbound connection to ADDR's host, print "connected"),
+//!                           "abort PORT" (connect there and close at once with SO_LINGER
+//!                           0, print "aborted"), "pin" (run on CPU 0, print "pinned"),
+//!                           "exit"
 use std::{
     io::Write,
     sync::atomic::{AtomicBool, Ordering},
@@ -173,6 +176,17 @@ fn tcp_server(addr: &str, handler: bool) -> ! {
                 let target = SocketAddr::new(local.ip(), port.parse().unwrap());
                 outbound.push(TcpStream::connect(target).expect("connect"));
                 ready_line("connected");
+            }
+            ["abort", port] => {
+                let target = SocketAddr::new(local.ip(), port.parse().unwrap());
+                let stream = TcpStream::connect(target).expect("connect");
+                observer_tests::sockets::set_linger_zero(&stream);
+                drop(stream);
+                ready_line("aborted");
+            }
+            ["pin"] => {
+                observer_tests::sockets::pin_to_cpu0();
+                ready_line("pinned");
             }
             ["exit"] => std::process::exit(0),
             _ => panic!("unknown command {line:?}"),
