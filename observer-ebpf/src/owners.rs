@@ -102,8 +102,9 @@ fn still_connected(way: &ConnectionOwner, layout: &SockLayout) -> bool {
 }
 
 /// Remembers the owner of a connected (or connecting) socket. Two sockets of one set
-/// remembered at the same instant on two CPUs may interleave their stores; a lookup's
-/// match limits the damage to one of them losing its entry.
+/// remembered at the same instant on two CPUs may pick the same way and interleave
+/// their stores (no lock: that is the point): one of them then loses its entry, or,
+/// rarer still, is named with the other's owner.
 pub fn remember_connection(sk: u64, remote_port: u16, owner: &SocketOwner) {
     let (set, evict) = set_of(sk);
     let Some(set) = CONNECTION_OWNERS.get_ptr_mut(set) else {
