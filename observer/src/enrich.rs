@@ -169,7 +169,8 @@ impl<H: HostView> Enricher<H> {
             return None;
         }
         let terminating = signals::TERMINATION_SIGNALS.contains(&r.sig);
-        let facts = self.target_facts(tgid, terminating, r.header.mono_ns);
+        let target_comm = comm(&r.target_comm);
+        let facts = self.target_facts(tgid, &target_comm, terminating, r.header.mono_ns);
         Some(Event::Signal(SignalEvent {
             sig: r.sig,
             sig_name: signals::name(r.sig),
@@ -180,7 +181,7 @@ impl<H: HostView> Enricher<H> {
             target: ThreadRef {
                 pid: tgid,
                 tid: r.target_tid,
-                comm: comm(&r.target_comm),
+                comm: target_comm,
                 cgroup: facts.cgroup,
                 // The kernel's word, read at the signal, beats /proc, which a target
                 // that the signal ends may have left before it is read.
@@ -203,7 +204,13 @@ impl<H: HostView> Enricher<H> {
 
     /// The target's facts from /proc, or as read less than TARGET_FACTS_TTL_NS ago; the
     /// termination-only ones (listeners, children, command) only for a terminating signal.
-    fn target_facts(&mut self, tgid: u32, terminating: bool, mono_ns: u64) -> TargetFacts {
+    fn target_facts(
+        &mut self,
+        tgid: u32,
+        comm: &str,
+        terminating: bool,
+        mono_ns: u64,
+    ) -> TargetFacts {
         if let Some(facts) = self.targets.get(&tgid)
             && mono_ns.saturating_sub(facts.read_ns) < TARGET_FACTS_TTL_NS
             && (facts.full || !terminating)
@@ -227,7 +234,7 @@ impl<H: HostView> Enricher<H> {
         if terminating {
             facts.full = true;
             (facts.exe, facts.cmdline) = self.host.command(tgid);
-            facts.listening = self.listening(tgid);
+            facts.listening = self.listening(tgid, comm);
             facts.children = self.host.children(tgid);
         }
         self.targets.insert(tgid, facts.clone());
@@ -236,9 +243,11 @@ impl<H: HostView> Enricher<H> {
 
     /// A target's listeners: those the kernel reported it opening (exact, even when the
     /// record is handled after the process closed them) and those /proc shows (opened
-    /// before observer started).
-    fn listening(&mut self, tgid: u32) -> Vec<String> {
+    /// before observer started). The TCP tracker learns the latter too, so that an RST
+    /// on one of their inbound sockets during the drain names the process.
+    fn listening(&mut self, tgid: u32, comm: &str) -> Vec<String> {
         let mut listening = self.host.listening(tgid);
+        self.tcp.learn_listeners(tgid, comm, &listening);
         listening.extend(self.tcp.listening_of(tgid).cloned());
         listening.sort();
         listening.dedup();

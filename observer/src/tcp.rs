@@ -93,7 +93,28 @@ impl TcpTracker {
         }))
     }
 
-    /// The addresses `pid` was seen to start listening on, still open.
+    /// Listeners /proc shows `pid` holding: opened before observer started, so never seen
+    /// opening. Known from now on as if they had been; one already known stays as it is.
+    pub fn learn_listeners(&mut self, pid: u32, comm: &str, local_addrs: &[String]) {
+        for local in local_addrs {
+            let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            self.listeners
+                .entry(port)
+                .or_default()
+                .entry(pid)
+                .or_insert_with(|| Listener {
+                    local: local.clone(),
+                    comm: comm.to_string(),
+                });
+        }
+    }
+
+    /// The addresses `pid` listens on, seen opening or learnt from /proc, still open.
     pub fn listening_of(&self, pid: u32) -> impl Iterator<Item = &String> {
         self.listeners
             .values()
@@ -376,6 +397,33 @@ mod tests {
             panic!("expected a reset");
         };
         assert_eq!(refused.pid, None);
+    }
+
+    #[test]
+    fn listeners_learnt_from_proc_name_untraced_inbound_resets_and_keep_what_was_seen() {
+        let mut tracker = TcpTracker::new(HashMap::new());
+        let on_socket = |port| TcpResetRecord {
+            flags: reset_flags::RECEIVED | reset_flags::HAS_SOCKET,
+            ..refused(port)
+        };
+        tracker.state_change(&state(
+            owner(42, role::LISTENER, "seen"),
+            tcp_state::CLOSE,
+            tcp_state::LISTEN,
+            0,
+            8080,
+        ));
+        let from_proc = ["127.0.0.1:8080".to_string(), "[::]:9090".to_string()];
+        tracker.learn_listeners(42, "from-proc", &from_proc);
+        for (port, comm) in [(8080, "seen"), (9090, "from-proc")] {
+            let Event::TcpReset(reset) = tracker.reset(&on_socket(port)) else {
+                panic!("expected a reset");
+            };
+            assert_eq!((reset.pid, reset.comm.as_deref()), (Some(42), Some(comm)));
+        }
+        let mut open: Vec<&String> = tracker.listening_of(42).collect();
+        open.sort();
+        assert_eq!(open, ["127.0.0.1:8080", "[::]:9090"]);
     }
 
     #[test]

@@ -477,3 +477,38 @@ fn a_reused_socket_address_does_not_inherit_its_former_owner() {
         assert_eq!(received["pid"], me(), "{received}");
     }
 }
+
+/// A server started before observer was never seen opening its listener; the /proc read
+/// at its SIGTERM teaches observer that it listens, so an RST one of its connections
+/// (accepted before the signal, so untraced) receives during the drain names it.
+#[test]
+fn a_server_older_than_observer_is_named_for_resets_during_its_drain() {
+    let (mut server, port) = start_interactive(&["tcp-server", "127.0.0.1:0", "handler"]);
+    let pid = server.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = TcpStream::connect(addr).unwrap();
+    assert!(read_line(&mut server).starts_with("accepted"));
+    let observer = Observer::start(&[]);
+    send_signal(pid, libc::SIGTERM);
+    assert_eq!(read_line(&mut server), "term");
+    observer.wait_for_line(|line| line["type"] == "signal" && line["target"]["pid"] == pid);
+    let client_addr = client.local_addr().unwrap();
+    set_linger_zero(&client);
+    drop(client); // the server's socket receives the RST, in softirq
+    std::thread::sleep(Duration::from_millis(100));
+    command(&mut server, "exit");
+    wait_timeout(&mut server);
+    let events = observer.stop();
+
+    let received = the_reset(
+        &events,
+        "received",
+        &addr.to_string(),
+        &client_addr.to_string(),
+    );
+    assert_eq!(
+        (&received["pid"], &received["comm"]),
+        (&json!(pid), &json!("testee")),
+        "{received}"
+    );
+}
