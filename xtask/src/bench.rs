@@ -7,7 +7,7 @@
 //!    crosses the TCP hot path: the worst case), in many short alternating rounds. On a
 //!    shared (virtual) machine noise only ever takes throughput away — another tenant's
 //!    burst, a host interrupt — so each tracer is represented by its upper quartile (the
-//!    third-best of ten rounds), its least disturbed runs, and compared with no
+//!    third-best of the default ten rounds), its least disturbed runs, and compared with no
 //!    tracer's. The same statistic between no tracer's odd and even rounds is printed as
 //!    the resolution: how far apart two identical setups read.
 //! 2. Kernel cost per program: mean ns per run from kernel.bpf_stats_enabled, idle and
@@ -30,7 +30,6 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 const PORT: u16 = 18_090;
-const ROUNDS: usize = 10;
 const LOAD_SECS: u64 = 3;
 /// Between a tracer saying it is ready and the measurement. This VM runs faster after a
 /// pause than right after a burst (a null tracer read 105–107% of no tracer when its run
@@ -303,18 +302,19 @@ fn cost(
         .collect()
 }
 
-/// Runs `measure` under each tracer in turn, `ROUNDS` times, rotating the order so that
+/// Runs `measure` under each tracer in turn, `rounds` times, rotating the order so that
 /// drift in the machine spreads evenly; `stopped` gets each tracer's (CPU %, peak RSS).
 fn alternate(
     observer: &Path,
     dir: &Path,
+    rounds: usize,
     unit: &str,
     mut measure: impl FnMut() -> Result<f64>,
     mut stopped: impl FnMut(Tracer, (f64, f64)),
 ) -> Result<BTreeMap<Tracer, Vec<f64>>> {
     let order = [Tracer::None, Tracer::Observer, Tracer::Bpftrace];
     let mut values: BTreeMap<Tracer, Vec<f64>> = BTreeMap::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for offset in 0..order.len() {
             let tracer = order[(round + offset) % order.len()];
             let running = Running::start(tracer, observer, dir, &[])?;
@@ -483,10 +483,14 @@ fn refused_burst(rate: u64, secs: u64) -> (u16, u64) {
     (port, refused)
 }
 
-pub fn run(root: &Path) -> Result<()> {
+pub fn run(root: &Path, rounds: usize) -> Result<()> {
     ensure!(
         crate::is_root(),
         "the benchmark loads eBPF programs and needs root"
+    );
+    ensure!(
+        rounds >= 2,
+        "--rounds {rounds}: the resolution compares odd and even rounds, so at least 2"
     );
     crate::install_apt(&["nginx", "wrk", "bpftrace", "bpftool"])?;
     crate::build_ebpf(root)?;
@@ -513,6 +517,7 @@ pub fn run(root: &Path) -> Result<()> {
         let rps = alternate(
             &observer,
             &dir,
+            rounds,
             "req/s",
             || wrk_rps(LOAD_SECS, connections),
             |tracer, cost| {
@@ -528,6 +533,7 @@ pub fn run(root: &Path) -> Result<()> {
     let syscall = alternate(
         &observer,
         &dir,
+        rounds,
         "ns/getppid",
         || Ok(syscall_ns()),
         |_, _| {},
@@ -553,12 +559,12 @@ pub fn run(root: &Path) -> Result<()> {
     let mut throughput_json = serde_json::Map::new();
     for (name, rps) in &throughput {
         println!(
-            "\nThroughput: wrk → nginx, {}, {ROUNDS} alternating rounds of {LOAD_SECS} s",
+            "\nThroughput: wrk → nginx, {}, {rounds} alternating rounds of {LOAD_SECS} s",
             name.replace('_', " ")
         );
         throughput_json.insert(name.to_string(), side_by_side("req/s", Better::Higher, rps));
     }
-    println!("\nSyscall cost: getppid() in a loop, {ROUNDS} alternating rounds");
+    println!("\nSyscall cost: getppid() in a loop, {rounds} alternating rounds");
     results.insert(
         "syscall_ns".into(),
         side_by_side("ns", Better::Lower, &syscall),

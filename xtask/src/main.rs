@@ -61,7 +61,12 @@ enum Task {
     },
     /// Measure observer's overhead and loss against no tracer and bpftrace (as root):
     /// prints a table, writes target/bench/results.json.
-    Bench,
+    Bench {
+        /// Alternating rounds per load, each about 6 s per tracer; more resolve finer on
+        /// a noisy machine.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
     /// The whole suite: lint, unit tests, and the privileged tests that load the real
     /// programs (as root, through sudo if needed, one at a time).
     Test {
@@ -87,7 +92,7 @@ fn main() -> Result<()> {
         Task::Test {
             kernel: Some(series),
         } => test_on_kernel(&root, &series),
-        Task::Bench => bench::run(&root),
+        Task::Bench { rounds } => bench::run(&root, rounds),
         Task::Fuzz { seconds } => fuzz(&root, seconds),
     }
 }
