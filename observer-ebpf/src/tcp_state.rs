@@ -30,8 +30,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    IPPROTO_TCP, InetSockSetStateLayout, SHUTDOWN_MASK, SockLayout, TcpEndpoints, TcpStateRecord,
-    kind, role, tcp_flags, tcp_state,
+    IPPROTO_TCP, InetSockSetStateLayout, SHUTDOWN_MASK, SockLayout, SocketOwner, TcpEndpoints,
+    TcpStateRecord, kind, role, tcp_flags, tcp_state,
 };
 
 use crate::{
@@ -203,6 +203,7 @@ fn on_state_change(
         }
         Interest::ListenerClosed | Interest::MayCloseAtExit => {
             let endpoints = change.endpoints()?;
+            // The current process, read once: the fallback owner, and a listener's closer.
             let fallback = owners::current(role::UNKNOWN);
             let known = owners::known_or(sk, endpoints.remote_port, fallback);
             let at_exit = (interest == Interest::MayCloseAtExit || sockets::current_is_exiting())
@@ -227,7 +228,10 @@ fn on_state_change(
             } else {
                 0
             };
-            let closer = owners::current(role::LISTENER);
+            let closer = SocketOwner {
+                role: role::LISTENER,
+                ..fallback
+            };
             report(endpoints, old_state, new_state, closer, flags)
         }
     }
@@ -251,7 +255,7 @@ fn report(
     endpoints: TcpEndpoints,
     old_state: i32,
     new_state: i32,
-    owner: observer_common::SocketOwner,
+    owner: SocketOwner,
     flags: u8,
 ) -> Option<()> {
     submit(TcpStateRecord {
