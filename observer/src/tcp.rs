@@ -366,14 +366,19 @@ mod tests {
         }
     }
 
+    /// An RST received on a socket of `port` whose owner the kernel did not know.
+    fn received_on_socket(port: u16) -> TcpResetRecord {
+        TcpResetRecord {
+            flags: reset_flags::RECEIVED | reset_flags::HAS_SOCKET,
+            ..refused(port)
+        }
+    }
+
     #[test]
     fn an_rst_on_an_untraced_inbound_socket_names_the_sole_listener_of_its_port() {
         let mut tracker = TcpTracker::new(HashMap::new());
-        let on_socket = |port| TcpResetRecord {
-            flags: reset_flags::RECEIVED | reset_flags::HAS_SOCKET,
-            ..refused(port)
-        };
-        let pid_of = |tracker: &mut TcpTracker, port| match tracker.reset(&on_socket(port)) {
+        let pid_of = |tracker: &mut TcpTracker, port| match tracker.reset(&received_on_socket(port))
+        {
             Event::TcpReset(reset) => reset.pid.zip(reset.comm),
             other => panic!("{other:?}"),
         };
@@ -402,10 +407,6 @@ mod tests {
     #[test]
     fn listeners_learnt_from_proc_name_untraced_inbound_resets_and_keep_what_was_seen() {
         let mut tracker = TcpTracker::new(HashMap::new());
-        let on_socket = |port| TcpResetRecord {
-            flags: reset_flags::RECEIVED | reset_flags::HAS_SOCKET,
-            ..refused(port)
-        };
         tracker.state_change(&state(
             owner(42, role::LISTENER, "seen"),
             tcp_state::CLOSE,
@@ -416,7 +417,7 @@ mod tests {
         let from_proc = ["127.0.0.1:8080".to_string(), "[::]:9090".to_string()];
         tracker.learn_listeners(42, "from-proc", &from_proc);
         for (port, comm) in [(8080, "seen"), (9090, "from-proc")] {
-            let Event::TcpReset(reset) = tracker.reset(&on_socket(port)) else {
+            let Event::TcpReset(reset) = tracker.reset(&received_on_socket(port)) else {
                 panic!("expected a reset");
             };
             assert_eq!((reset.pid, reset.comm.as_deref()), (Some(42), Some(comm)));
