@@ -22,7 +22,7 @@
 //! that went through neither connect() nor a traced accept() (or it would have replaced
 //! the entry) and has the old socket's remote port: an inbound socket whose client's
 //! ephemeral port equals the port the old socket connected to.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::Array, maps::LruHashMap};
+use aya_ebpf::{macros::map, maps::Array, maps::LruHashMap};
 use observer_common::{SockLayout, SocketOwner, role, tcp_state};
 
 use crate::{sockets, task};
@@ -73,11 +73,12 @@ fn set_of(sk: u64) -> (u32, usize) {
 
 /// The current process as the owner of a socket playing `role`.
 pub fn current(role: u8) -> SocketOwner {
+    let (tgid, comm) = task::current_process();
     SocketOwner {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tgid,
         role,
         _pad: [0; 3],
-        comm: task::current_process_comm(),
+        comm,
     }
 }
 

@@ -28,8 +28,7 @@ use observer_common::{
 use crate::{
     emit::{header, submit_now},
     globals::{SETTINGS, SIGNAL_GENERATE_LAYOUT},
-    shutting,
-    task::{self, current_process_comm},
+    shutting, task,
 };
 
 /// The signal's target as one attachment sees it.
@@ -204,7 +203,7 @@ fn on_generate(generation: &impl Generation) -> Option<()> {
         sender_tgid: (pid_tgid >> 32) as u32,
         sender_tid: pid_tgid as u32,
         target_comm: target.comm,
-        sender_comm: current_process_comm(),
+        sender_comm: task::current_process().1,
         target_flags: target.flags,
         _pad: 0,
     });

@@ -106,7 +106,8 @@ pub fn current_fd_sock(fd: u64, layout: &SockLayout) -> Option<u64> {
 #[inline(always)]
 pub fn current_is_exiting() -> bool {
     sock_layout().is_some_and(|layout| {
-        task::read::<u32>(task::current(), layout.task_flags)
-            .is_some_and(|flags| flags & observer_common::PF_EXITING != 0)
+        // SAFETY: a typed pointer.
+        let flags: u32 = unsafe { task::load(task::current_typed(), layout.task_flags) };
+        flags & observer_common::PF_EXITING != 0
     })
 }

@@ -1,8 +1,12 @@
 //! Reads from `struct task_struct` and `struct signal_struct` at offsets from vmlinux BTF
-//! (TASK_LAYOUT). Every read goes through bpf_probe_read_kernel, so a wrong offset can
-//! only yield a wrong value, never a fault.
+//! (TASK_LAYOUT), two ways, neither of which can fault:
+//! - `read`: bpf_probe_read_kernel, from any address (a wrong one fails the read).
+//! - `load`: a plain load through a pointer the verifier has typed from BTF, which checks
+//!   the offset against that struct when the program loads. No helper call: the hot
+//!   paths use it.
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+    bpf_probe_read_kernel,
 };
 use observer_common::{COMM_LEN, TaskLayout};
 
@@ -18,6 +22,26 @@ pub fn current() -> u64 {
     unsafe { bpf_get_current_task() }
 }
 
+/// The current task as a BTF-typed pointer, for `load`.
+#[inline(always)]
+pub fn current_typed() -> u64 {
+    // SAFETY: no arguments; returns the current task_struct, typed for the verifier.
+    unsafe { bpf_get_current_task_btf() as u64 }
+}
+
+/// Loads a `T` at `base + offset` through a BTF-typed pointer (`current_typed()`, a
+/// `tp_btf` argument, or a pointer member loaded through one), without a helper call.
+/// The offset is a `.rodata` constant, so the verifier checks `offset..offset+size`
+/// against the struct's BTF at load time, and the JIT emits a plain load whose fault
+/// (a bad pointer) reads zero.
+///
+/// # Safety
+/// `base` must be such a pointer, or the program is refused at load time.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(base: u64, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
+}
+
 /// Reads a `T` at `base + offset` in kernel memory.
 pub fn read<T>(base: u64, offset: u32) -> Option<T> {
     if base == 0 {
@@ -27,18 +51,23 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
-/// The comm of the current thread group's leader (what `ps` shows for the process),
-/// falling back to the current thread's comm. When the current thread is the leader
-/// (single-threaded servers, main threads) its own comm is that, one helper call.
-pub fn current_process_comm() -> [u8; COMM_LEN] {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid as u32 != (pid_tgid >> 32) as u32
-        && let Some(layout) = layout()
-    {
-        let leader = read::<u64>(current(), layout.task_group_leader).unwrap_or(0);
-        if let Some(comm) = read::<[u8; COMM_LEN]>(leader, layout.task_comm) {
-            return comm;
+/// The current process: its tgid, and the comm of its thread group's leader (what `ps`
+/// shows). With BTF, one helper call and plain loads; else the current thread's comm.
+pub fn current_process() -> (u32, [u8; COMM_LEN]) {
+    if let Some(layout) = layout() {
+        let task = current_typed();
+        // SAFETY: typed pointers; a task's group_leader is never null.
+        unsafe {
+            let leader: u64 = load(task, layout.task_group_leader);
+            let halves: [u64; 2] = [
+                load(leader, layout.task_comm),
+                load(leader, layout.task_comm + 8),
+            ];
+            // Two u64s are sixteen bytes.
+            let comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(halves);
+            return (load(task, layout.task_tgid), comm);
         }
     }
-    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    (tgid, bpf_get_current_comm().unwrap_or([0; COMM_LEN]))
 }
