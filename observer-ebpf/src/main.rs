@@ -1,8 +1,8 @@
-//! observer's kernel programs: classic and raw tracepoints (no kprobes, fentry or LSM on
-//! the hosts we target). Each program reads its tracepoint's fields at offsets that
-//! userspace took from tracefs `format` files (or, raw, its `TP_PROTO` arguments and
-//! struct members at BTF offsets), filters cheaply, and hands one fixed-size record to
-//! the ring buffer. Correlation happens in userspace.
+//! observer's kernel programs: classic, raw and BTF-typed tracepoints (no kprobes, fentry
+//! or LSM on the hosts we target). Each program reads its tracepoint's fields at offsets
+//! that userspace took from tracefs `format` files (or, raw and typed, its `TP_PROTO`
+//! arguments and struct members at BTF offsets), filters cheaply, and hands one
+//! fixed-size record to the ring buffer. Correlation happens in userspace.
 #![no_std]
 #![no_main]
 

@@ -1,10 +1,30 @@
 //! Socket addresses and the reads behind them, shared by the TCP programs: from
 //! tracepoint records, from `struct sock` at BTF offsets, and from a file descriptor to
 //! its `struct sock`.
-use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TracePointContext};
 use observer_common::{AF_INET, SockLayout, SplitAddrLayout, TcpEndpoints};
 
 use crate::{globals::SOCK_LAYOUT, task};
+
+/// One slot per CPU through which a typed pointer becomes a plain number.
+#[map]
+static ADDRESS_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The address a BTF-typed pointer holds, as a plain number to hash and compare: the
+/// verifier refuses shifts and multiplications on pointers, and tracks a pointer
+/// through registers and the stack, but not through map memory. (Storing a pointer
+/// into a map needs CAP_PERFMON or root, which observer has.) Only `tcp_state` uses
+/// the slot, and the kernel never nests a program's runs on one CPU.
+#[inline(always)]
+pub fn address_of(typed: u64) -> Option<u64> {
+    let slot = ADDRESS_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a successful lookup's pointer to this CPU's u64; volatile, so that the
+    // compiler does not hand back the pointer it stored.
+    unsafe {
+        core::ptr::write_volatile(slot, typed);
+        Some(core::ptr::read_volatile(slot))
+    }
+}
 
 pub fn sock_layout() -> Option<SockLayout> {
     let layout = SOCK_LAYOUT.load();

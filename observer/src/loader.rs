@@ -2,11 +2,11 @@
 //! that knows which program goes on which tracepoint, and when.
 use anyhow::{Context, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        Program, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId,
+        BtfTracePoint, Program, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use observer_common::Settings;
@@ -34,6 +34,10 @@ enum Tracepoints {
     /// A raw tracepoint: the program gets the tracepoint's `TP_PROTO` arguments and the
     /// kernel builds no record, so it is the cheaper attachment on hot paths.
     Raw(&'static str),
+    /// A BTF-typed raw tracepoint (`tp_btf`): as `Raw`, and the verifier knows the
+    /// arguments' types, so the program reads struct members with plain loads instead of
+    /// a helper call each.
+    Typed(&'static str),
 }
 
 const PROGRAMS: [ProgramSpec; 10] = [
@@ -69,11 +73,11 @@ const PROGRAMS: [ProgramSpec; 10] = [
         wanted: |layout| layout.btf_problem.is_some() && layout.exit_group.is_some(),
         shutdown_only: false,
     },
-    // The hot path: raw when BTF gave the socket layout it reads addresses with, else the
-    // classic tracepoint, whose record carries them.
+    // The hot path: typed when BTF gave the socket layout it reads addresses with, else
+    // the classic tracepoint, whose record carries them.
     ProgramSpec {
         program: "tcp_state",
-        tracepoints: Tracepoints::Raw("inet_sock_set_state"),
+        tracepoints: Tracepoints::Typed("inet_sock_set_state"),
         wanted: |layout| layout.tcp.is_some() && layout.sock.known != 0,
         shutdown_only: false,
     },
@@ -135,6 +139,7 @@ const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 enum Links {
     Classic(Vec<TracePointLinkId>),
     Raw(RawTracePointLinkId),
+    Typed(BtfTracePointLinkId),
 }
 
 impl Probes {
@@ -305,7 +310,7 @@ fn load_object(
 }
 
 impl Tracepoints {
-    /// As `observer check` prints it: `sock:inet_sock_set_state`, `raw_tp inet_sock_set_state`.
+    /// As `observer check` prints it: `sock:inet_sock_set_state`, `tp_btf inet_sock_set_state`.
     fn describe(&self) -> String {
         match self {
             Self::Classic(tracepoints) => tracepoints
@@ -314,6 +319,7 @@ impl Tracepoints {
                 .collect::<Vec<_>>()
                 .join(", "),
             Self::Raw(name) => format!("raw_tp {name}"),
+            Self::Typed(name) => format!("tp_btf {name}"),
         }
     }
 }
@@ -327,6 +333,12 @@ fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
     match spec.tracepoints {
         Tracepoints::Classic(_) => TryInto::<&mut TracePoint>::try_into(program)?.load()?,
         Tracepoints::Raw(_) => TryInto::<&mut RawTracePoint>::try_into(program)?.load()?,
+        Tracepoints::Typed(tracepoint) => {
+            // Parsed again, not kept from the object's load: this runs once, and the
+            // parsed BTF is the largest thing observer ever holds.
+            let btf = Btf::from_sys_fs().context("reading vmlinux BTF")?;
+            TryInto::<&mut BtfTracePoint>::try_into(program)?.load(tracepoint, &btf)?
+        }
     }
     Ok(())
 }
@@ -351,6 +363,14 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
                     .with_context(|| format!("attaching to raw tracepoint {tracepoint}"))?,
             )
         }
+        Tracepoints::Typed(tracepoint) => {
+            let program: &mut BtfTracePoint = program.try_into()?;
+            Links::Typed(
+                program
+                    .attach()
+                    .with_context(|| format!("attaching to tp_btf {tracepoint}"))?,
+            )
+        }
     })
 }
 
@@ -368,6 +388,10 @@ fn take_links(ebpf: &mut Ebpf, spec: &ProgramSpec, links: Links) -> Result<Vec<B
         }
         Links::Raw(id) => {
             let program: &mut RawTracePoint = program.try_into()?;
+            vec![Box::new(program.take_link(id)?)]
+        }
+        Links::Typed(id) => {
+            let program: &mut BtfTracePoint = program.try_into()?;
             vec![Box::new(program.take_link(id)?)]
         }
     };

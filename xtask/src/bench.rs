@@ -255,7 +255,12 @@ fn bpf_stats() -> Result<BTreeMap<String, (u64, u64)>> {
         .as_array()
         .map(|list| {
             list.iter()
-                .filter(|p| matches!(p["type"].as_str(), Some("tracepoint" | "raw_tracepoint")))
+                .filter(|p| {
+                    matches!(
+                        p["type"].as_str(),
+                        Some("tracepoint" | "raw_tracepoint" | "tracing")
+                    )
+                })
                 .filter_map(|p| {
                     Some((
                         p["name"].as_str()?.to_string(),
