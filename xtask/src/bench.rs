@@ -9,7 +9,9 @@
 //!    burst, a host interrupt — so each tracer is represented by its upper quartile (the
 //!    third-best of the default ten rounds), its least disturbed runs, and compared with no
 //!    tracer's. The same statistic between no tracer's odd and even rounds is printed as
-//!    the resolution: how far apart two identical setups read.
+//!    the resolution: how far apart two identical setups read. An empty program on
+//!    `inet_sock_set_state`, observer's per-connection tracepoint, runs in each round as
+//!    the floor: what tracing that tracepoint costs before any program logic.
 //! 2. Kernel cost per program: mean ns per run from kernel.bpf_stats_enabled, idle and
 //!    under the new-connection load, and what all programs together take per request
 //!    and as a share of the machine's CPU.
@@ -28,6 +30,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
+
+use crate::empty_program::{self, EmptyProgram};
 
 const PORT: u16 = 18_090;
 const LOAD_SECS: u64 = 3;
@@ -56,6 +60,9 @@ tracepoint:syscalls:sys_exit_accept4 /args->ret >= 0/ { @accepts[pid] = count();
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Tracer {
     None,
+    /// An empty program on observer's per-connection tracepoint: the floor any tracer of
+    /// it starts from.
+    EmptyProgram,
     Observer,
     Bpftrace,
 }
@@ -64,6 +71,7 @@ impl Tracer {
     fn name(self) -> &'static str {
         match self {
             Tracer::None => "no tracer",
+            Tracer::EmptyProgram => "empty prog",
             Tracer::Observer => "observer",
             Tracer::Bpftrace => "bpftrace",
         }
@@ -73,14 +81,19 @@ impl Tracer {
 /// A running tracer and how to read its cost.
 struct Running {
     child: Option<Child>,
+    empty_program: Option<EmptyProgram>,
     started: Instant,
     cpu_ticks_at_start: u64,
 }
 
 impl Running {
     fn start(tracer: Tracer, observer: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
+        let empty_program = match tracer {
+            Tracer::EmptyProgram => Some(empty_program::attach(c"inet_sock_set_state")?),
+            _ => None,
+        };
         let child = match tracer {
-            Tracer::None => None,
+            Tracer::None | Tracer::EmptyProgram => None,
             Tracer::Observer => {
                 let log = dir.join("observer.err");
                 // observer appends to --output: each run starts from an empty file, so
@@ -120,6 +133,7 @@ impl Running {
         let cpu_ticks_at_start = child.as_ref().map_or(0, |c| cpu_ticks(c.id()));
         Ok(Self {
             child,
+            empty_program,
             started: Instant::now(),
             cpu_ticks_at_start,
         })
@@ -131,6 +145,8 @@ impl Running {
 
     /// Stops it (SIGINT, as a user would); returns (CPU % of one core, peak RSS MiB).
     fn stop(mut self) -> Result<(f64, f64)> {
+        // An empty program has no process to stop: it detaches here.
+        drop(self.empty_program.take());
         let Some(mut child) = self.child.take() else {
             return Ok((0.0, 0.0));
         };
@@ -317,7 +333,12 @@ fn alternate(
     mut measure: impl FnMut() -> Result<f64>,
     mut stopped: impl FnMut(Tracer, (f64, f64)),
 ) -> Result<BTreeMap<Tracer, Vec<f64>>> {
-    let order = [Tracer::None, Tracer::Observer, Tracer::Bpftrace];
+    let order = [
+        Tracer::None,
+        Tracer::EmptyProgram,
+        Tracer::Observer,
+        Tracer::Bpftrace,
+    ];
     let mut values: BTreeMap<Tracer, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         for offset in 0..order.len() {

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod empty_program;
 mod kernel;
 
 /// Debian packages the eBPF build needs (bpf-linker links against LLVM 22).
