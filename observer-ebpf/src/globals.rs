@@ -1,5 +1,8 @@
 //! Values userspace sets at load time (`EbpfLoader::override_global`). They live in
 //! `.rodata`, so the verifier sees them as constants.
+//!
+//! `Global::load` copies a whole struct with one volatile load per field (19 for the
+//! socket layout). Hot paths read the fields they need with `field!` instead.
 use aya_ebpf::Global;
 use observer_common::{
     AcceptLayout, ExitGroupLayout, InetSockSetStateLayout, ProcessExitLayout, Settings,
@@ -124,3 +127,22 @@ pub static TASK_LAYOUT: Global<TaskLayout> = Global::new(TaskLayout {
     siginfo_code: 0,
     _pad: 0,
 });
+
+/// The struct inside a global, for `field!`.
+#[inline(always)]
+pub fn inside<T>(global: &'static Global<T>) -> *const T {
+    // A Global<T> is one always-initialised MaybeUninit<T>; as large as T, that field
+    // can only start at the global's own address.
+    const { assert!(core::mem::size_of::<Global<T>>() == core::mem::size_of::<T>()) };
+    global as *const Global<T> as *const T
+}
+
+/// `field!(SOCK_LAYOUT.task_flags)`: one field of a global, one volatile load (which the
+/// verifier, reading the frozen `.rodata`, still sees as a constant).
+macro_rules! field {
+    ($global:ident . $field:ident) => {
+        // SAFETY: a field of a live static, read in place.
+        unsafe { core::ptr::read_volatile(&raw const (*$crate::globals::inside(&$global)).$field) }
+    };
+}
+pub(crate) use field;

@@ -23,9 +23,12 @@
 //! the entry) and has the old socket's remote port: an inbound socket whose client's
 //! ephemeral port equals the port the old socket connected to.
 use aya_ebpf::{macros::map, maps::Array, maps::LruHashMap};
-use observer_common::{SockLayout, SocketOwner, role, tcp_state};
+use observer_common::{SocketOwner, role, tcp_state};
 
-use crate::{sockets, task};
+use crate::{
+    globals::{SOCK_LAYOUT, field},
+    sockets, task,
+};
 
 /// `struct sock *` of a listener → its owner. The LRU bound only matters for listeners
 /// that closed while observer was not running.
@@ -94,11 +97,11 @@ pub fn forget_listener(sk: u64) {
 /// through bpf_probe_read_kernel: TCP sockets' slab is SLAB_TYPESAFE_BY_RCU, and a
 /// failed read counts as gone.
 #[inline(always)]
-fn still_connected(way: &ConnectionOwner, layout: &SockLayout) -> bool {
+fn still_connected(way: &ConnectionOwner) -> bool {
     way.sk != 0
-        && task::read::<u8>(way.sk, layout.skc_state)
+        && task::read::<u8>(way.sk, field!(SOCK_LAYOUT.skc_state))
             .is_some_and(|state| i32::from(state) != tcp_state::CLOSE)
-        && task::read::<u16>(way.sk, layout.skc_dport)
+        && task::read::<u16>(way.sk, field!(SOCK_LAYOUT.skc_dport))
             .is_some_and(|port| u16::from_be(port) == way.remote_port)
 }
 
@@ -120,11 +123,9 @@ pub fn remember_connection(sk: u64, remote_port: u16, owner: &SocketOwner) {
         }
     }
     // Without BTF the sockets cannot be read: the hash picks.
-    if chosen == WAYS
-        && let Some(layout) = sockets::sock_layout()
-    {
+    if chosen == WAYS && sockets::sock_layout_known() {
         for (i, way) in set.ways.iter().enumerate() {
-            if chosen == WAYS && !still_connected(way, &layout) {
+            if chosen == WAYS && !still_connected(way) {
                 chosen = i;
             }
         }

@@ -4,7 +4,10 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TracePointContext};
 use observer_common::{AF_INET, SockLayout, SplitAddrLayout, TcpEndpoints};
 
-use crate::{globals::SOCK_LAYOUT, task};
+use crate::{
+    globals::{SOCK_LAYOUT, field},
+    task,
+};
 
 /// One slot per CPU through which a typed pointer becomes a plain number.
 #[map]
@@ -29,6 +32,13 @@ pub fn address_of(typed: u64) -> Option<u64> {
 pub fn sock_layout() -> Option<SockLayout> {
     let layout = SOCK_LAYOUT.load();
     (layout.known != 0).then_some(layout)
+}
+
+/// Whether BTF gave the socket layout, without copying it: for hot paths, which then
+/// read the offsets they use with `field!`.
+#[inline(always)]
+pub fn sock_layout_known() -> bool {
+    field!(SOCK_LAYOUT.known) != 0
 }
 
 /// Reads a tracepoint's `sport`/`dport`/`family`/`saddr`/`daddr`(`_v6`) fields.
@@ -125,9 +135,11 @@ pub fn current_fd_sock(fd: u64, layout: &SockLayout) -> Option<u64> {
 /// Whether the current task is exiting (`PF_EXITING`); false without BTF.
 #[inline(always)]
 pub fn current_is_exiting() -> bool {
-    sock_layout().is_some_and(|layout| {
+    // Checked on every close, so two fields of the layout, not all of it.
+    sock_layout_known() && {
+        let offset = field!(SOCK_LAYOUT.task_flags);
         // SAFETY: a typed pointer.
-        let flags: u32 = unsafe { task::load(task::current_typed(), layout.task_flags) };
+        let flags: u32 = unsafe { task::load(task::current_typed(), offset) };
         flags & observer_common::PF_EXITING != 0
-    })
+    }
 }

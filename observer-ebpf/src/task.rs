@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{
 };
 use observer_common::{COMM_LEN, TaskLayout};
 
-use crate::globals::TASK_LAYOUT;
+use crate::globals::{TASK_LAYOUT, field};
 
 pub fn layout() -> Option<TaskLayout> {
     let layout = TASK_LAYOUT.load();
@@ -53,19 +53,22 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
 
 /// The current process: its tgid, and the comm of its thread group's leader (what `ps`
 /// shows). With BTF, one helper call and plain loads; else the current thread's comm.
+/// Runs on every connect(), so it reads the three offsets it needs, not the layout.
 pub fn current_process() -> (u32, [u8; COMM_LEN]) {
-    if let Some(layout) = layout() {
+    if field!(TASK_LAYOUT.known) != 0 {
         let task = current_typed();
+        let (leader_offset, comm_offset, tgid_offset) = (
+            field!(TASK_LAYOUT.task_group_leader),
+            field!(TASK_LAYOUT.task_comm),
+            field!(TASK_LAYOUT.task_tgid),
+        );
         // SAFETY: typed pointers; a task's group_leader is never null.
         unsafe {
-            let leader: u64 = load(task, layout.task_group_leader);
-            let halves: [u64; 2] = [
-                load(leader, layout.task_comm),
-                load(leader, layout.task_comm + 8),
-            ];
+            let leader: u64 = load(task, leader_offset);
+            let halves: [u64; 2] = [load(leader, comm_offset), load(leader, comm_offset + 8)];
             // Two u64s are sixteen bytes.
             let comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(halves);
-            return (load(task, layout.task_tgid), comm);
+            return (load(task, tgid_offset), comm);
         }
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

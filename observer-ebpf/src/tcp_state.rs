@@ -33,13 +33,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    IPPROTO_TCP, InetSockSetStateLayout, SHUTDOWN_MASK, SockLayout, SocketOwner, TcpEndpoints,
-    TcpStateRecord, kind, role, tcp_flags, tcp_state,
+    IPPROTO_TCP, InetSockSetStateLayout, SHUTDOWN_MASK, SocketOwner, TcpEndpoints, TcpStateRecord,
+    kind, role, tcp_flags, tcp_state,
 };
 
 use crate::{
     emit::{header, submit},
-    globals::INET_SOCK_SET_STATE_LAYOUT,
+    globals::{INET_SOCK_SET_STATE_LAYOUT, SOCK_LAYOUT, field},
     owners, scope, sockets, task,
 };
 
@@ -52,9 +52,10 @@ trait StateChange {
     fn endpoints(&self) -> Option<TcpEndpoints>;
 }
 
+/// Socket members at offsets read one by one (`field!`): most calls that get here are
+/// connects and closes that need two or three of them.
 struct TypedArgs<'a> {
     ctx: &'a BtfTracePointContext,
-    sock: SockLayout,
 }
 
 impl TypedArgs<'_> {
@@ -68,8 +69,9 @@ impl TypedArgs<'_> {
 impl StateChange for TypedArgs<'_> {
     #[inline(always)]
     fn protocol(&self) -> Option<u16> {
+        let offset = field!(SOCK_LAYOUT.sock_protocol);
         // SAFETY: a typed pointer.
-        Some(unsafe { task::load(self.sock_typed(), self.sock.sock_protocol) })
+        Some(unsafe { task::load(self.sock_typed(), offset) })
     }
     #[inline(always)]
     fn sock(&self) -> Option<u64> {
@@ -77,14 +79,15 @@ impl StateChange for TypedArgs<'_> {
     }
     #[inline(always)]
     fn remote_port(&self) -> Option<u16> {
+        let offset = field!(SOCK_LAYOUT.skc_dport);
         // SAFETY: a typed pointer.
         Some(u16::from_be(unsafe {
-            task::load(self.sock_typed(), self.sock.skc_dport)
+            task::load(self.sock_typed(), offset)
         }))
     }
     #[inline(always)]
     fn endpoints(&self) -> Option<TcpEndpoints> {
-        sockets::sock_endpoints(self.sock()?, &self.sock)
+        sockets::sock_endpoints(self.sock()?, &sockets::sock_layout()?)
     }
 }
 
@@ -128,14 +131,9 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> u32 {
     // Most transitions end here, before even the socket layout is loaded. Attached only
     // when BTF gave that layout.
     if let Some(interest) = Interest::of(old_state, new_state)
-        && let Some(sock) = sockets::sock_layout()
+        && sockets::sock_layout_known()
     {
-        on_state_change(
-            &TypedArgs { ctx: &ctx, sock },
-            old_state,
-            new_state,
-            interest,
-        );
+        on_state_change(&TypedArgs { ctx: &ctx }, old_state, new_state, interest);
     }
     0
 }
