@@ -395,8 +395,9 @@ fn clients_refused_after_the_server_exits_are_tied_to_its_port() {
 
 #[test]
 fn without_btf_listeners_come_from_the_classic_tracepoint() {
-    // Without BTF there are no socket offsets, so the raw inet_sock_set_state program
-    // cannot read addresses; the classic one, whose record carries them, takes over.
+    // Without BTF there are no socket offsets, and no typed tracepoint: the typed
+    // inet_sock_set_state program cannot load; the classic one, whose record carries the
+    // addresses, takes over.
     let check = std::process::Command::new(observer_tests::observer_binary())
         .arg("check")
         .env("OBSERVER_BTF", "/nonexistent/vmlinux")
