@@ -11,17 +11,20 @@
 //!    tracer's. The same statistic between no tracer's odd and even rounds is printed as
 //!    the resolution: how far apart two identical setups read. An empty program on
 //!    `inet_sock_set_state`, observer's per-connection tracepoint, runs in each round as
-//!    the floor: what tracing that tracepoint costs before any program logic.
+//!    the floor: what tracing that tracepoint costs before any program logic. That floor
+//!    is also measured finely: loopback connections on one CPU in slices tens of
+//!    milliseconds long, the empty program attached for every other slice.
 //! 2. Kernel cost per program: mean ns per run from kernel.bpf_stats_enabled, idle and
 //!    under the new-connection load, and what all programs together take per request
-//!    and as a share of the machine's CPU.
+//!    and as a share of the machine's CPU. The empty program runs beside them: its mean
+//!    is what the stats' own clock reads add to every program's, subtracted for the net.
 //! 3. Loss: a burst of process exits with SIGTERMs mixed in, and a burst of refused
 //!    connections (two RSTs each), against what observer reported.
 //! 4. observer's own CPU (% of one core) and peak RSS in each of those.
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -44,6 +47,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 const EXITS_PER_SEC: u64 = 5_000;
 const CONNECTS_PER_SEC: u64 = 20_000;
 const BURST_SECS: u64 = 2;
+/// Pairs of 2,000-connection slices in the floor measurement: about 3 s of them.
+const FLOOR_PAIRS: usize = 40;
 
 /// The bpftrace peer: the same tracepoints, filtered the way observer filters them, each
 /// event printed (to a file).
@@ -291,6 +296,18 @@ fn bpf_stats() -> Result<BTreeMap<String, (u64, u64)>> {
         .unwrap_or_default())
 }
 
+/// A program's runs between two snapshots, and their mean ns (None without runs).
+fn runs_and_mean(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    name: &str,
+) -> Option<(u64, Option<f64>)> {
+    let (t1, c1) = after.get(name)?;
+    let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
+    let runs = c1.saturating_sub(c0);
+    Some((runs, (runs > 0).then(|| (t1 - t0) as f64 / runs as f64)))
+}
+
 /// Mean ns per run of each of observer's programs between two snapshots.
 fn cost(
     before: &BTreeMap<String, (u64, u64)>,
@@ -310,14 +327,7 @@ fn cost(
     ];
     OURS.iter()
         .filter_map(|name| {
-            let (t1, c1) = after.get(*name)?;
-            let (t0, c0) = before.get(*name).copied().unwrap_or((0, 0));
-            let runs = c1.saturating_sub(c0);
-            let ns = if runs == 0 {
-                Value::Null
-            } else {
-                json!((t1 - t0) as f64 / runs as f64)
-            };
+            let (runs, ns) = runs_and_mean(before, after, name)?;
             Some((name.to_string(), json!({"runs": runs, "mean_ns": ns})))
         })
         .collect()
@@ -434,6 +444,89 @@ fn syscall_ns() -> f64 {
         unsafe { libc::syscall(libc::SYS_getppid) };
     }
     start.elapsed().as_nanos() as f64 / f64::from(CALLS)
+}
+
+/// Mean ns of one loopback TCP connection's whole life, both ends in this thread:
+/// connect, accept, a byte each way, then the server closes first as nginx does for
+/// `Connection: close` — every state change observer's hot path sees, on both ends.
+fn connections(listener: &TcpListener, count: u32) -> Result<f64> {
+    let address = listener.local_addr()?;
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut client = TcpStream::connect(address).context("connecting on loopback")?;
+        let (mut server, _) = listener.accept()?;
+        client.write_all(b"q")?;
+        server.read_exact(&mut byte)?;
+        server.write_all(b"a")?;
+        client.read_exact(&mut byte)?;
+        drop(server);
+        drop(client);
+    }
+    Ok(start.elapsed().as_nanos() as f64 / f64::from(count))
+}
+
+/// What tracing `inet_sock_set_state` at all costs a connection: `connections` on one
+/// CPU in short slices, the empty program attached for every other one. This VM drifts
+/// by 10–50% within seconds, so alternating rounds of whole tracers seconds apart cannot
+/// resolve a percent; slices tens of milliseconds apart, paired and in alternating
+/// order, can. Returns ns per connection untraced, and the median extra ns per pair.
+fn connection_floor(pairs: usize) -> Result<(f64, f64)> {
+    const PER_SLICE: u32 = 2_000;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_this_thread_to_cpu(0)?;
+                let listener = TcpListener::bind("127.0.0.1:0")?;
+                // TIME_WAIT sockets to their plateau: until then connect() finds free
+                // ports faster.
+                connections(&listener, 30_000)?;
+                let mut untraced = Vec::with_capacity(pairs);
+                let mut extra = Vec::with_capacity(pairs);
+                for pair in 0..pairs {
+                    let slice = |traced: bool| -> Result<f64> {
+                        let _attached = traced
+                            .then(|| empty_program::attach(c"inet_sock_set_state"))
+                            .transpose()?;
+                        connections(&listener, PER_SLICE)
+                    };
+                    let (bare, traced) = if pair % 2 == 0 {
+                        let bare = slice(false)?;
+                        (bare, slice(true)?)
+                    } else {
+                        let traced = slice(true)?;
+                        (slice(false)?, traced)
+                    };
+                    untraced.push(bare);
+                    extra.push(traced - bare);
+                }
+                Ok((median(&mut untraced), median(&mut extra)))
+            })
+            .join()
+            .expect("the connection thread panicked")
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Keeps the calling thread on one CPU, so that both ends of a loopback connection and
+/// the softirq work between them run where the slice's clock runs.
+fn pin_this_thread_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it for cpu < 1024.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    ensure!(
+        result == 0,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 /// Forks `rate` children a second for `secs`, each exiting at once with a known code, or
@@ -565,9 +658,14 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
         |_, _| {},
     )?;
 
+    // The per-connection tracepoint's floor, measured where noise cannot hide a percent.
+    let (connection_untraced, connection_floor_extra) = connection_floor(FLOOR_PAIRS)?;
+
     // 2: kernel cost per program, idle and under the same load, in a run of its own.
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
     let running = Running::start(Tracer::Observer, &observer, &dir, &[])?;
+    // Its mean per run is the accounting alone: two clock reads around a program.
+    let accounting_probe = empty_program::attach(c"inet_sock_set_state")?;
     let idle_start = bpf_stats()?;
     std::thread::sleep(Duration::from_secs(3));
     let idle_end = bpf_stats()?;
@@ -575,12 +673,17 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let load_end = bpf_stats()?;
     let keep_alive_rps = wrk_rps(LOAD_SECS, Connections::KeepAlive)?;
     let keep_alive_end = bpf_stats()?;
+    drop(accounting_probe);
     running.stop()?;
+    let accounting_ns = runs_and_mean(&idle_end, &load_end, empty_program::NAME)
+        .and_then(|(_, ns)| ns)
+        .context("the empty program did not run under load")?;
     fs::write("/proc/sys/kernel/bpf_stats_enabled", bpf_stats_was.trim())?;
     let kernel_cost = json!({
         "idle": cost(&idle_start, &idle_end),
         "load": cost(&idle_end, &load_end),
         "keep_alive_load": cost(&load_end, &keep_alive_end),
+        "accounting_ns_per_run": accounting_ns,
     });
     let mut throughput_json = serde_json::Map::new();
     for (name, rps) in &throughput {
@@ -595,11 +698,29 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
         "syscall_ns".into(),
         side_by_side("ns", Better::Lower, &syscall),
     );
+    println!(
+        "\nConnection floor: a loopback connection's life (connect, accept, a byte each \
+         way, close) on one CPU, {FLOOR_PAIRS} pairs of slices without and with an empty \
+         program on inet_sock_set_state"
+    );
+    println!(
+        "untraced {connection_untraced:.0} ns per connection; the empty program adds \
+         {connection_floor_extra:.0} ns ({:+.2}%), median of the pairs",
+        100.0 * connection_floor_extra / connection_untraced
+    );
+    results.insert(
+        "connection_floor".into(),
+        json!({"untraced_ns": connection_untraced, "empty_program_extra_ns": connection_floor_extra}),
+    );
     results.insert("throughput".into(), Value::Object(throughput_json));
     println!("\nKernel cost per program (kernel.bpf_stats_enabled), mean ns per run");
     println!(
         "{:<16} {:>10} {:>12} {:>10} {:>12}",
         "program", "idle ns", "idle runs", "load ns", "load runs"
+    );
+    println!(
+        "(each mean includes the stats' own accounting: {accounting_ns:.0} ns, an empty \
+         program's mean beside them)"
     );
     if let Some(load) = kernel_cost["load"].as_object() {
         for (name, value) in load {
@@ -622,21 +743,29 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
         ("load", load_rps, "new connection each"),
         ("keep_alive_load", keep_alive_rps, "keep-alive"),
     ] {
-        let program_ns: f64 = kernel_cost[load]
+        let (program_ns, net_ns) = kernel_cost[load]
             .as_object()
             .into_iter()
             .flat_map(|programs| programs.values())
-            .filter_map(|v| Some(v["mean_ns"].as_f64()? * v["runs"].as_f64()?))
-            .sum();
-        let per_request = program_ns / (rps * LOAD_SECS as f64);
+            .filter_map(|v| Some((v["mean_ns"].as_f64()?, v["runs"].as_f64()?)))
+            .fold((0.0, 0.0), |(all, net), (mean, runs)| {
+                (
+                    all + mean * runs,
+                    net + (mean - accounting_ns).max(0.0) * runs,
+                )
+            });
+        let requests = rps * LOAD_SECS as f64;
+        let (per_request, net_per_request) = (program_ns / requests, net_ns / requests);
         let share = program_ns / (LOAD_SECS as f64 * 1e9 * cores);
         println!(
-            "all programs, {label}: {per_request:.0} ns per request, {:.2}% of {cores} cores' time",
+            "all programs, {label}: {per_request:.0} ns per request ({net_per_request:.0} net \
+             of accounting), {:.2}% of {cores} cores' time",
             100.0 * share
         );
         kernel_share.insert(
             load.into(),
-            json!({"ns_per_request": per_request, "share_of_cpu": share, "cores": cores}),
+            json!({"ns_per_request": per_request, "net_ns_per_request": net_per_request,
+                   "share_of_cpu": share, "cores": cores}),
         );
     }
     results.insert("kernel_cost".into(), kernel_cost);

@@ -60,9 +60,12 @@ fn bpf<T>(command: libc::c_long, attr: &T) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Its name, as bpftool shows it.
+pub const NAME: &str = "empty";
+
 pub fn attach(tracepoint: &'static std::ffi::CStr) -> Result<EmptyProgram> {
     let mut prog_name = [0u8; 16];
-    prog_name[..5].copy_from_slice(b"empty");
+    prog_name[..NAME.len()].copy_from_slice(NAME.as_bytes());
     let program = bpf(
         BPF_PROG_LOAD,
         &ProgLoadAttr {
