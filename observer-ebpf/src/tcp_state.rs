@@ -128,8 +128,8 @@ impl StateChange for ClassicRecord<'_> {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcp_state(ctx: BtfTracePointContext) -> u32 {
     let (old_state, new_state): (i32, i32) = (ctx.arg(1), ctx.arg(2));
-    // Most transitions end here, before even the socket layout is loaded. Attached only
-    // when BTF gave that layout.
+    // Most transitions end here, before any global is read. Attached only when BTF gave
+    // the socket layout, which the check below lets the verifier see.
     if let Some(interest) = Interest::of(old_state, new_state)
         && sockets::sock_layout_known()
     {
