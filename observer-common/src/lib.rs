@@ -432,7 +432,11 @@ pub struct TaskLayout {
     pub task_pid: u32,
     /// `kernel_siginfo.si_code`.
     pub siginfo_code: u32,
-    pub _pad: u32,
+    /// 1 when the offsets are the running kernel's own BTF, so programs may load through
+    /// pointers the verifier types from it (`tp_btf` arguments,
+    /// `bpf_get_current_task_btf`). Offsets from another file (`OBSERVER_BTF`, e.g. for
+    /// a kernel built without BTF) are read with `bpf_probe_read_kernel`.
+    pub typed: u32,
 }
 
 /// Run-time settings of the kernel programs.

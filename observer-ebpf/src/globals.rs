@@ -125,7 +125,7 @@ pub static TASK_LAYOUT: Global<TaskLayout> = Global::new(TaskLayout {
     task_sibling: 0,
     task_pid: 0,
     siginfo_code: 0,
-    _pad: 0,
+    typed: 0,
 });
 
 /// The struct inside a global, for `field!`.

@@ -138,8 +138,12 @@ pub fn current_is_exiting() -> bool {
     // Checked on every close, so two fields of the layout, not all of it.
     sock_layout_known() && {
         let offset = field!(SOCK_LAYOUT.task_flags);
-        // SAFETY: a typed pointer.
-        let flags: u32 = unsafe { task::load(task::current_typed(), offset) };
+        let flags: u32 = if task::typed() {
+            // SAFETY: a typed pointer.
+            unsafe { task::load(task::current_typed(), offset) }
+        } else {
+            task::read(task::current(), offset).unwrap_or(0)
+        };
         flags & observer_common::PF_EXITING != 0
     }
 }

@@ -3,7 +3,7 @@
 //! - `read`: bpf_probe_read_kernel, from any address (a wrong one fails the read).
 //! - `load`: a plain load through a pointer the verifier has typed from BTF, which checks
 //!   the offset against that struct when the program loads. No helper call: the hot
-//!   paths use it.
+//!   paths use it, when the running kernel has BTF of its own (`typed`).
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
     bpf_probe_read_kernel,
@@ -20,6 +20,13 @@ pub fn layout() -> Option<TaskLayout> {
 pub fn current() -> u64 {
     // SAFETY: no arguments; returns the current task_struct's address.
     unsafe { bpf_get_current_task() }
+}
+
+/// Whether the offsets are the running kernel's own BTF, so that `current_typed` and
+/// `load` may be used. A load-time constant: the verifier never walks the other branch.
+#[inline(always)]
+pub fn typed() -> bool {
+    field!(TASK_LAYOUT.typed) != 0
 }
 
 /// The current task as a BTF-typed pointer, for `load`.
@@ -52,23 +59,36 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
 }
 
 /// The current process: its tgid, and the comm of its thread group's leader (what `ps`
-/// shows). With BTF, one helper call and plain loads; else the current thread's comm.
-/// Runs on every connect(), so it reads the three offsets it needs, not the layout.
+/// shows). With the kernel's BTF, one helper call and plain loads; with offsets from a
+/// BTF file, helper reads; without BTF, the current thread's comm. Runs on every
+/// connect(), so it reads the three offsets it needs, not the layout. Inlined: as a
+/// bpf-to-bpf call, the helper-read branch returned with r0 still pointing at its own
+/// stack, which the verifier refuses ("cannot return stack pointer to the caller").
+#[inline(always)]
 pub fn current_process() -> (u32, [u8; COMM_LEN]) {
     if field!(TASK_LAYOUT.known) != 0 {
-        let task = current_typed();
         let (leader_offset, comm_offset, tgid_offset) = (
             field!(TASK_LAYOUT.task_group_leader),
             field!(TASK_LAYOUT.task_comm),
             field!(TASK_LAYOUT.task_tgid),
         );
-        // SAFETY: typed pointers; a task's group_leader is never null.
-        unsafe {
-            let leader: u64 = load(task, leader_offset);
-            let halves: [u64; 2] = [load(leader, comm_offset), load(leader, comm_offset + 8)];
-            // Two u64s are sixteen bytes.
-            let comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(halves);
-            return (load(task, tgid_offset), comm);
+        if typed() {
+            let task = current_typed();
+            // SAFETY: typed pointers; a task's group_leader is never null.
+            unsafe {
+                let leader: u64 = load(task, leader_offset);
+                let halves: [u64; 2] = [load(leader, comm_offset), load(leader, comm_offset + 8)];
+                // Two u64s are sixteen bytes.
+                let comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(halves);
+                return (load(task, tgid_offset), comm);
+            }
+        }
+        let task = current();
+        if let Some(tgid) = read::<u32>(task, tgid_offset)
+            && let Some(leader) = read::<u64>(task, leader_offset)
+            && let Some(comm) = read::<[u8; COMM_LEN]>(leader, comm_offset)
+        {
+            return (tgid, comm);
         }
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

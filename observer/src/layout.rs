@@ -23,11 +23,14 @@ pub struct TcpLayout {
     pub accept: Option<AcceptLayout>,
 }
 
+/// Where the running kernel exposes its own BTF.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 /// The kernel BTF to read: `OBSERVER_BTF` if set, else the running kernel's.
 pub fn btf_path() -> std::path::PathBuf {
     std::env::var_os("OBSERVER_BTF")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("/sys/kernel/btf/vmlinux"))
+        .unwrap_or_else(|| std::path::PathBuf::from(KERNEL_BTF))
 }
 
 /// Optional tracepoint fields older kernels lack, and what observer reports without them
@@ -106,7 +109,13 @@ impl KernelLayout {
         let btf = Btf::from_file(btf_path);
         let (task, btf_problem) = match btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")) {
             Ok(btf) => match task_layout(btf) {
-                Ok(task) => (task, None),
+                Ok(task) => (
+                    TaskLayout {
+                        typed: u32::from(btf_path == Path::new(KERNEL_BTF)),
+                        ..task
+                    },
+                    None,
+                ),
                 Err(error) => (TaskLayout::default(), Some(format!("{error:#}"))),
             },
             Err(error) => (TaskLayout::default(), Some(format!("{error:#}"))),
@@ -283,6 +292,6 @@ fn task_layout(btf: &Btf) -> Result<TaskLayout> {
         task_sibling: task("sibling")?,
         task_pid: task("pid")?,
         siginfo_code: btf.member_offset("kernel_siginfo", "si_code")?,
-        _pad: 0,
+        typed: 0,
     })
 }

@@ -73,18 +73,18 @@ const PROGRAMS: [ProgramSpec; 10] = [
         wanted: |layout| layout.btf_problem.is_some() && layout.exit_group.is_some(),
         shutdown_only: false,
     },
-    // The hot path: typed when BTF gave the socket layout it reads addresses with, else
-    // the classic tracepoint, whose record carries them.
+    // The hot path: typed when the running kernel's own BTF gave the socket layout it
+    // reads addresses with, else the classic tracepoint, whose record carries them.
     ProgramSpec {
         program: "tcp_state",
         tracepoints: Tracepoints::Typed("inet_sock_set_state"),
-        wanted: |layout| layout.tcp.is_some() && layout.sock.known != 0,
+        wanted: |layout| layout.tcp.is_some() && hot_path_typed(layout),
         shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_state_tp",
         tracepoints: Tracepoints::Classic(&[("sock", "inet_sock_set_state")]),
-        wanted: |layout| layout.tcp.is_some() && layout.sock.known == 0,
+        wanted: |layout| layout.tcp.is_some() && !hot_path_typed(layout),
         shutdown_only: false,
     },
     ProgramSpec {
@@ -114,6 +114,12 @@ const PROGRAMS: [ProgramSpec; 10] = [
         shutdown_only: true,
     },
 ];
+
+/// Whether `tcp_state` can attach as `tp_btf`: that needs the running kernel's own BTF,
+/// and the socket layout from it.
+fn hot_path_typed(layout: &KernelLayout) -> bool {
+    layout.task.typed != 0 && layout.sock.known != 0
+}
 
 pub struct Probes {
     /// Dropping it detaches every program; the maps stay readable.

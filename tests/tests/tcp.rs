@@ -168,9 +168,40 @@ fn a_connect_to_a_closed_port_is_refused_with_no_socket() {
 
 #[test]
 fn connections_held_at_exit_are_closed_by_the_kernel_with_their_roles() {
+    connections_held_at_exit_are_reported(&[]);
+}
+
+/// BTF from a file (`OBSERVER_BTF`, for kernels built without their own) gives offsets
+/// but no typed pointers: the verifier checks those against the kernel's BTF. The hot
+/// path is then the classic tracepoint, and the owner (tgid, leader's comm) and the
+/// exiting check come through bpf_probe_read_kernel, with the same results.
+#[test]
+fn btf_from_a_file_reads_through_helpers_with_the_same_results() {
+    let copy = std::env::temp_dir().join(format!("observer-vmlinux-{}", std::process::id()));
+    std::fs::copy("/sys/kernel/btf/vmlinux", &copy).unwrap();
+    let copy_path = copy.to_str().unwrap();
+    let check = std::process::Command::new(observer_tests::observer_binary())
+        .arg("check")
+        .env("OBSERVER_BTF", copy_path)
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.lines().any(|line| line.starts_with("ok")
+            && line.contains("tcp_state_tp")
+            && line.ends_with("attached to sock:inet_sock_set_state")),
+        "{check}"
+    );
+    connections_held_at_exit_are_reported(&[("OBSERVER_BTF", copy_path)]);
+    std::fs::remove_file(copy).unwrap();
+}
+
+/// A server holding a listener, two accepted connections and one of its own exits: each
+/// is reported as closed by its exit, with its role, and the exit is exact.
+fn connections_held_at_exit_are_reported(env: &[(&str, &str)]) {
     for host in LOOPBACKS {
         let ours = TcpListener::bind(format!("{host}:0")).unwrap();
-        let observer = Observer::start(&[]);
+        let observer = Observer::start_with_env(&[], env);
         let (mut server, port) = start_interactive(&["tcp-server", &format!("{host}:0")]);
         let pid = server.id();
         let server_addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
@@ -231,7 +262,11 @@ fn connections_held_at_exit_are_closed_by_the_kernel_with_their_roles() {
                 .of_type("tcp_close_at_exit")
                 .all(|c| c["pid"] != me())
         );
-        assert_eq!(events.exit_of(pid)["code"], 0);
+        let exit = events.exit_of(pid);
+        assert_eq!(
+            (&exit["code"], &exit["status_source"]),
+            (&json!(0), &json!("kernel"))
+        );
     }
 }
 
