@@ -180,9 +180,17 @@ fn btf_from_a_file_reads_through_helpers_with_the_same_results() {
     let copy = std::env::temp_dir().join(format!("observer-vmlinux-{}", std::process::id()));
     std::fs::copy("/sys/kernel/btf/vmlinux", &copy).unwrap();
     let copy_path = copy.to_str().unwrap();
+    assert_check_attaches_the_classic_hot_path(copy_path);
+    connections_held_at_exit_are_reported(&[("OBSERVER_BTF", copy_path)]);
+    std::fs::remove_file(copy).unwrap();
+}
+
+/// `observer check`, with `OBSERVER_BTF` set to `btf`, attaches the per-connection
+/// program to the classic tracepoint.
+fn assert_check_attaches_the_classic_hot_path(btf: &str) {
     let check = std::process::Command::new(observer_tests::observer_binary())
         .arg("check")
-        .env("OBSERVER_BTF", copy_path)
+        .env("OBSERVER_BTF", btf)
         .output()
         .unwrap();
     let check = String::from_utf8_lossy(&check.stdout);
@@ -192,8 +200,6 @@ fn btf_from_a_file_reads_through_helpers_with_the_same_results() {
             && line.ends_with("attached to sock:inet_sock_set_state")),
         "{check}"
     );
-    connections_held_at_exit_are_reported(&[("OBSERVER_BTF", copy_path)]);
-    std::fs::remove_file(copy).unwrap();
 }
 
 /// A server holding a listener, two accepted connections and one of its own exits: each
@@ -433,18 +439,7 @@ fn without_btf_listeners_come_from_the_classic_tracepoint() {
     // Without BTF there are no socket offsets, and no typed tracepoint: the typed
     // inet_sock_set_state program cannot load; the classic one, whose record carries the
     // addresses, takes over.
-    let check = std::process::Command::new(observer_tests::observer_binary())
-        .arg("check")
-        .env("OBSERVER_BTF", "/nonexistent/vmlinux")
-        .output()
-        .unwrap();
-    let check = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.lines().any(|line| line.starts_with("ok")
-            && line.contains("tcp_state_tp")
-            && line.ends_with("attached to sock:inet_sock_set_state")),
-        "{check}"
-    );
+    assert_check_attaches_the_classic_hot_path("/nonexistent/vmlinux");
     for host in LOOPBACKS {
         let observer = Observer::start_with_env(&[], &[("OBSERVER_BTF", "/nonexistent/vmlinux")]);
         let (mut server, port) = start_interactive(&["tcp-server", &format!("{host}:0")]);
