@@ -60,37 +60,36 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
 
 /// The current process: its tgid, and the comm of its thread group's leader (what `ps`
 /// shows). With the kernel's BTF, one helper call and plain loads; with offsets from a
-/// BTF file, helper reads; without BTF, the current thread's comm. Runs on every
+/// BTF file, the leader's comm through helper reads; without BTF, the current thread's
+/// comm. Runs on every
 /// connect(), so it reads the three offsets it needs, not the layout. Inlined: as a
 /// bpf-to-bpf call, the helper-read branch returned with r0 still pointing at its own
 /// stack, which the verifier refuses ("cannot return stack pointer to the caller").
 #[inline(always)]
 pub fn current_process() -> (u32, [u8; COMM_LEN]) {
-    if field!(TASK_LAYOUT.known) != 0 {
-        let (leader_offset, comm_offset, tgid_offset) = (
-            field!(TASK_LAYOUT.task_group_leader),
-            field!(TASK_LAYOUT.task_comm),
-            field!(TASK_LAYOUT.task_tgid),
-        );
-        if typed() {
-            let task = current_typed();
-            // SAFETY: typed pointers; a task's group_leader is never null.
-            unsafe {
-                let leader: u64 = load(task, leader_offset);
-                let halves: [u64; 2] = [load(leader, comm_offset), load(leader, comm_offset + 8)];
-                // Two u64s are sixteen bytes.
-                let comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(halves);
-                return (load(task, tgid_offset), comm);
-            }
-        }
-        let task = current();
-        if let Some(tgid) = read::<u32>(task, tgid_offset)
-            && let Some(leader) = read::<u64>(task, leader_offset)
-            && let Some(comm) = read::<[u8; COMM_LEN]>(leader, comm_offset)
-        {
-            return (tgid, comm);
+    let (leader_offset, comm_offset) = (
+        field!(TASK_LAYOUT.task_group_leader),
+        field!(TASK_LAYOUT.task_comm),
+    );
+    // Set only with a known layout.
+    if typed() {
+        let task = current_typed();
+        let tgid_offset = field!(TASK_LAYOUT.task_tgid);
+        // SAFETY: typed pointers; a task's group_leader is never null.
+        unsafe {
+            let leader: u64 = load(task, leader_offset);
+            let halves: [u64; 2] = [load(leader, comm_offset), load(leader, comm_offset + 8)];
+            // Two u64s are sixteen bytes.
+            let comm = core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(halves);
+            return (load(task, tgid_offset), comm);
         }
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if field!(TASK_LAYOUT.known) != 0
+        && let Some(leader) = read::<u64>(current(), leader_offset)
+        && let Some(comm) = read::<[u8; COMM_LEN]>(leader, comm_offset)
+    {
+        return (tgid, comm);
+    }
     (tgid, bpf_get_current_comm().unwrap_or([0; COMM_LEN]))
 }

@@ -173,7 +173,7 @@ fn connections_held_at_exit_are_closed_by_the_kernel_with_their_roles() {
 
 /// BTF from a file (`OBSERVER_BTF`, for kernels built without their own) gives offsets
 /// but no typed pointers: the verifier checks those against the kernel's BTF. The hot
-/// path is then the classic tracepoint, and the owner (tgid, leader's comm) and the
+/// path is then the classic tracepoint, and the owner's comm (its leader's) and the
 /// exiting check come through bpf_probe_read_kernel, with the same results.
 #[test]
 fn btf_from_a_file_reads_through_helpers_with_the_same_results() {
