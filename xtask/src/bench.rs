@@ -47,6 +47,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 const EXITS_PER_SEC: u64 = 5_000;
 const CONNECTS_PER_SEC: u64 = 20_000;
 const BURST_SECS: u64 = 2;
+/// observer's per-connection tracepoint, where the empty program measures the floor.
+const HOT_TRACEPOINT: &std::ffi::CStr = c"inet_sock_set_state";
 /// Pairs of 2,000-connection slices in the floor measurement: about 3 s of them.
 const FLOOR_PAIRS: usize = 40;
 
@@ -94,7 +96,7 @@ struct Running {
 impl Running {
     fn start(tracer: Tracer, observer: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
         let empty_program = match tracer {
-            Tracer::EmptyProgram => Some(empty_program::attach(c"inet_sock_set_state")?),
+            Tracer::EmptyProgram => Some(empty_program::attach(HOT_TRACEPOINT)?),
             _ => None,
         };
         let child = match tracer {
@@ -406,8 +408,7 @@ fn side_by_side(unit: &str, better: Better, values: &BTreeMap<Tracer, Vec<f64>>)
     for (tracer, runs) in values {
         let value = least_disturbed(runs, better);
         let mut ratios: Vec<f64> = runs.iter().zip(base).map(|(v, b)| v / b).collect();
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios[ratios.len() / 2];
+        let median = median(&mut ratios);
         let (low, high) = (ratios[0], ratios[ratios.len() - 1]);
         println!(
             "{:<12} {value:>12.1} {:>8.1}% {:>13.1}% {:>7.1}–{:.1}%",
@@ -486,7 +487,7 @@ fn connection_floor(pairs: usize) -> Result<(f64, f64)> {
                 for pair in 0..pairs {
                     let slice = |traced: bool| -> Result<f64> {
                         let _attached = traced
-                            .then(|| empty_program::attach(c"inet_sock_set_state"))
+                            .then(|| empty_program::attach(HOT_TRACEPOINT))
                             .transpose()?;
                         connections(&listener, PER_SLICE)
                     };
@@ -507,6 +508,7 @@ fn connection_floor(pairs: usize) -> Result<(f64, f64)> {
     })
 }
 
+/// The middle value; sorts `values`.
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -665,7 +667,7 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
     let running = Running::start(Tracer::Observer, &observer, &dir, &[])?;
     // Its mean per run is the accounting alone: two clock reads around a program.
-    let accounting_probe = empty_program::attach(c"inet_sock_set_state")?;
+    let accounting_probe = empty_program::attach(HOT_TRACEPOINT)?;
     let idle_start = bpf_stats()?;
     std::thread::sleep(Duration::from_secs(3));
     let idle_end = bpf_stats()?;
