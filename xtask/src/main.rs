@@ -362,6 +362,7 @@ fn lint(root: &Path) -> Result<()> {
 fn test(root: &Path) -> Result<()> {
     build_ebpf(root)?;
     install_apt(&TEST_APT_PACKAGES)?;
+    install_real_servers(root)?;
     mount_tracefs()?;
     lint(root)?;
     run(host_cargo(root).args(["build", "--package", "observer"]))?;
@@ -389,6 +390,64 @@ fn test(root: &Path) -> Result<()> {
             .arg("--test-threads=1")
             .env("OBSERVER_BIN", &observer)
             .current_dir(root.join("tests")))?;
+    }
+    Ok(())
+}
+
+/// Debian packages of the real servers that tests/tests/real_servers.rs stops (the JDK
+/// runs tests/servers/real/SlowServer.java, Node.js and npm the npm packages below).
+const REAL_SERVER_APT_PACKAGES: [&str; 6] = [
+    "nginx",
+    "redis-server",
+    "python3-venv",
+    "nodejs",
+    "npm",
+    "openjdk-17-jdk-headless",
+];
+/// PyPI packages, into the venv target/real-servers/venv.
+const REAL_SERVER_PIP_PACKAGES: [&str; 2] = ["gunicorn==27.0.1", "uvicorn==0.54.0"];
+/// npm packages, into target/real-servers/node.
+const REAL_SERVER_NPM_PACKAGES: [&str; 2] = ["http-server@14.1.1", "express@5.3.0"];
+
+/// Installs the real servers the privileged tests stop (tests/tests/real_servers.rs):
+/// Debian's, and PyPI's and npm's into target/real-servers (a venv, a node_modules), each
+/// skipped when the versions recorded there are the ones wanted.
+fn install_real_servers(root: &Path) -> Result<()> {
+    install_apt(&REAL_SERVER_APT_PACKAGES)?;
+    let dir = root.join("target/real-servers");
+    let venv = dir.join("venv");
+    let pip_stamp = venv.join("observer-packages.txt");
+    let pip_wanted = REAL_SERVER_PIP_PACKAGES.join("\n");
+    if std::fs::read_to_string(&pip_stamp).ok().as_deref() != Some(pip_wanted.as_str()) {
+        eprintln!(
+            "xtask: installing {} into {}",
+            REAL_SERVER_PIP_PACKAGES.join(" "),
+            venv.display()
+        );
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("creating the venv for the real servers")?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(REAL_SERVER_PIP_PACKAGES))
+        .context("installing the real servers from PyPI")?;
+        std::fs::write(&pip_stamp, &pip_wanted)?;
+    }
+    let node = dir.join("node");
+    let npm_stamp = node.join("observer-packages.txt");
+    let npm_wanted = REAL_SERVER_NPM_PACKAGES.join("\n");
+    if std::fs::read_to_string(&npm_stamp).ok().as_deref() != Some(npm_wanted.as_str()) {
+        eprintln!(
+            "xtask: installing {} into {}",
+            REAL_SERVER_NPM_PACKAGES.join(" "),
+            node.display()
+        );
+        std::fs::create_dir_all(&node)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&node)
+            .args(REAL_SERVER_NPM_PACKAGES))
+        .context("installing the real servers from npm")?;
+        std::fs::write(&npm_stamp, &npm_wanted)?;
     }
     Ok(())
 }

@@ -1,0 +1,1602 @@
+//! Real third-party servers, stopped the way platforms stop them (a termination signal,
+//! a grace period, SIGKILL for the whole group), with what really happened recorded
+//! independently of observer: the test is the server's parent, so its own waitpid()
+//! gives the exit status; real clients on loopback record what each of them saw; the
+//! server's own log says what its workers did.
+//!
+//! Servers (installed by `cargo xtask test`: Debian's packages, PyPI's into
+//! target/real-servers/venv, npm's into target/real-servers/node): nginx (C, pre-fork
+//! master and workers), redis-server (C, one process), gunicorn (Python, pre-fork, sync
+//! workers), uvicorn (Python, asyncio), express and http-server (Node.js), a Node
+//! `cluster` pre-fork server, and a JVM (com.sun.net.httpserver with a shutdown hook).
+//!
+//! The assertions state the correct behaviour:
+//! - exit events match waitpid exactly;
+//! - `clean` when every client got its answer or was idle (a server that drained and
+//!   then re-raised SIGTERM on itself is clean), `dropped` when a request in flight was
+//!   cut or reset, `killed` when SIGKILL ended it;
+//! - connections workers accepted on the master's listener are `inbound`;
+//! - a pre-fork server's master and workers are one service, in one deploy;
+//! - each refused or cut client counts once (a deploy's `dropped_connections` is the
+//!   number of distinct such clients);
+//! - no EXIT_NONZERO_AFTER_SIGTERM for status 128+N right after signal N;
+//! - a Node app without a handler of its own gets NO_SIGTERM_HANDLER.
+//!
+//! Assertions that observer does not satisfy yet are marked `FAILS TODAY:`.
+//!
+//! With REAL_SERVERS_RECORD=DIR each test also writes DIR/<test>.md: the ground truth
+//! next to observer's exit events and reports (the same text is printed on stdout).
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{ErrorKind, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use observer_tests::{Events, Observer, finding_codes, send_signal, servers_dir, temp_path};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------
+// Where the servers are
+
+fn installed(relative: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/real-servers")
+        .join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo xtask test` installs the real servers",
+        path.display()
+    );
+    path
+}
+
+fn program(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: `cargo xtask test` installs the real servers")
+        })
+}
+
+fn real_dir() -> PathBuf {
+    servers_dir().join("real")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = temp_path(name);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What a client saw
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// A full response (HTTP status, or 0 for a Redis reply).
+    Answered(u16),
+    /// ECONNRESET, after `bytes` bytes of a response.
+    Reset { bytes: usize },
+    /// ECONNREFUSED.
+    Refused,
+    /// EOF before any byte of a response.
+    HungUp,
+    /// EOF in the middle of a response.
+    Cut { bytes: usize, expected: usize },
+    /// An idle keep-alive connection (answered earlier) that the server then closed (EOF).
+    IdleClosed,
+    /// An idle keep-alive connection still open after the server was gone.
+    IdleOpen,
+    /// Connected when it should have been refused, or no answer in time.
+    Other(String),
+}
+
+impl Seen {
+    /// A client whose request was lost: cut, reset, hung up on or refused.
+    fn lost(&self) -> bool {
+        matches!(
+            self,
+            Seen::Reset { .. } | Seen::Refused | Seen::HungUp | Seen::Cut { .. }
+        )
+    }
+}
+
+fn io_seen(error: &std::io::Error, bytes: usize, expected: usize) -> Seen {
+    match error.kind() {
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => Seen::Reset { bytes },
+        ErrorKind::ConnectionRefused => Seen::Refused,
+        ErrorKind::UnexpectedEof if bytes == 0 => Seen::HungUp,
+        ErrorKind::UnexpectedEof => Seen::Cut { bytes, expected },
+        _ => Seen::Other(format!("{error} after {bytes} bytes")),
+    }
+}
+
+/// Reads one HTTP response (Content-Length, chunked, or to EOF): its status.
+fn read_response(stream: &mut TcpStream) -> Result<u16, Seen> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut head_end = None;
+    let mut expected = usize::MAX;
+    loop {
+        if let Some(end) = head_end {
+            let body = &data[end..];
+            if expected != usize::MAX && body.len() >= expected {
+                break;
+            }
+            if expected == usize::MAX - 1 && body.ends_with(b"0\r\n\r\n") {
+                break;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                if head_end.is_some() && expected == usize::MAX {
+                    break; // Connection: close, no length: EOF ends it
+                }
+                return Err(if data.is_empty() {
+                    Seen::HungUp
+                } else {
+                    Seen::Cut {
+                        bytes: data.len(),
+                        expected: head_end.map_or(0, |e| e + expected.min(usize::MAX / 2)),
+                    }
+                });
+            }
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(io_seen(&e, data.len(), 0)),
+        }
+        if head_end.is_none()
+            && let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            head_end = Some(pos + 4);
+            let head = String::from_utf8_lossy(&data[..pos]).to_ascii_lowercase();
+            if let Some(length) = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                expected = length;
+            } else if head.contains("transfer-encoding: chunked") {
+                expected = usize::MAX - 1;
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&data[..head_end.unwrap()]).to_string();
+    Ok(head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
+fn http_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+}
+
+/// The protocol a client speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    Http,
+    Redis,
+}
+
+/// Sends `request` and reads one reply.
+fn exchange(stream: &mut TcpStream, protocol: Protocol, request: &str) -> Seen {
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        return io_seen(&e, 0, 0);
+    }
+    match protocol {
+        Protocol::Http => match read_response(stream) {
+            Ok(status) => Seen::Answered(status),
+            Err(seen) => seen,
+        },
+        Protocol::Redis => {
+            let mut reply = Vec::new();
+            let mut byte = [0u8; 1];
+            loop {
+                match stream.read(&mut byte) {
+                    Ok(0) if reply.is_empty() => return Seen::HungUp,
+                    Ok(0) => {
+                        return Seen::Cut {
+                            bytes: reply.len(),
+                            expected: 0,
+                        };
+                    }
+                    Ok(_) => {
+                        reply.push(byte[0]);
+                        if reply.ends_with(b"\r\n") {
+                            return Seen::Answered(0);
+                        }
+                    }
+                    Err(e) => return io_seen(&e, reply.len(), 0),
+                }
+            }
+        }
+    }
+}
+
+fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(25)))?;
+    Ok(stream)
+}
+
+/// A keep-alive client that made one request (answered) and then stays idle.
+struct IdleClient {
+    stream: TcpStream,
+}
+
+impl IdleClient {
+    fn connect(port: u16, protocol: Protocol) -> Self {
+        let mut stream = connect(port).expect("an idle client connects");
+        let request = match protocol {
+            Protocol::Http => http_request("/"),
+            Protocol::Redis => "PING\r\n".to_string(),
+        };
+        let seen = exchange(&mut stream, protocol, &request);
+        assert!(
+            matches!(seen, Seen::Answered(_)),
+            "the first request of an idle client: {seen:?}"
+        );
+        Self { stream }
+    }
+
+    fn local(&self) -> String {
+        self.stream.local_addr().unwrap().to_string()
+    }
+
+    /// After the server is gone: closed (EOF), reset, or still open.
+    fn seen(mut self) -> (String, Seen) {
+        let local = self.local();
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let seen = match self.stream.read(&mut buf) {
+            Ok(0) => Seen::IdleClosed,
+            Ok(n) => Seen::Other(format!("{n} unexpected bytes")),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Seen::IdleOpen
+            }
+            Err(e) => io_seen(&e, 0, 0),
+        };
+        (local, seen)
+    }
+}
+
+/// A client whose request is in flight; its thread reads the reply.
+struct InFlight {
+    local: String,
+    thread: JoinHandle<Seen>,
+}
+
+impl InFlight {
+    /// Sends `request` and waits until it is sent; `first_bytes`: also wait until the
+    /// reply has begun (a download), and then read the rest slowly enough that the
+    /// server still has most of it to send.
+    fn start(port: u16, protocol: Protocol, request: &str) -> Self {
+        let mut stream = connect(port).expect("a client connects");
+        let local = stream.local_addr().unwrap().to_string();
+        let request = request.to_string();
+        let (sent, is_sent) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut seen = None;
+            if let Err(e) = stream.write_all(request.as_bytes()) {
+                seen = Some(io_seen(&e, 0, 0));
+            }
+            sent.send(()).unwrap();
+            seen.unwrap_or_else(|| match protocol {
+                Protocol::Http => match read_response(&mut stream) {
+                    Ok(status) => Seen::Answered(status),
+                    Err(seen) => seen,
+                },
+                Protocol::Redis => exchange(&mut stream, protocol, ""),
+            })
+        });
+        is_sent.recv().unwrap();
+        Self { local, thread }
+    }
+
+    fn seen(self) -> (String, Seen) {
+        (self.local, self.thread.join().unwrap())
+    }
+}
+
+/// A download whose client stops reading after the first bytes until `resume` is sent
+/// (so that the server is still sending when it is told to stop).
+struct Download {
+    local: String,
+    resume: mpsc::Sender<()>,
+    thread: JoinHandle<Seen>,
+}
+
+impl Download {
+    fn start(port: u16, path: &str) -> Self {
+        let mut stream = connect(port).expect("a client connects");
+        let local = stream.local_addr().unwrap().to_string();
+        stream.write_all(http_request(path).as_bytes()).unwrap();
+        let mut first = [0u8; 4096];
+        let n = stream.read(&mut first).unwrap();
+        assert!(n > 0, "the download did not begin");
+        let (resume, resumed) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let head = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
+            let head_len = head.find("\r\n\r\n").map_or(0, |p| p + 4);
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a download has a Content-Length");
+            resumed.recv().unwrap();
+            let mut got = n - head_len;
+            let mut buf = vec![0u8; 1 << 20];
+            while got < length {
+                match stream.read(&mut buf) {
+                    Ok(0) => {
+                        return Seen::Cut {
+                            bytes: got,
+                            expected: length,
+                        };
+                    }
+                    Ok(k) => got += k,
+                    Err(e) => return io_seen(&e, got, length),
+                }
+            }
+            Seen::Answered(200)
+        });
+        Self {
+            local,
+            resume,
+            thread,
+        }
+    }
+
+    fn seen(self) -> (String, Seen) {
+        let _ = self.resume.send(());
+        (self.local, self.thread.join().unwrap())
+    }
+}
+
+/// Clients that connect after the server exited: `n` attempts.
+fn connect_after_exit(port: u16, n: usize) -> Vec<(String, Seen)> {
+    (0..n)
+        .map(|i| {
+            let seen = match TcpStream::connect(("127.0.0.1", port)) {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Seen::Refused,
+                Err(e) => Seen::Other(e.to_string()),
+                Ok(_) => Seen::Other("connected".into()),
+            };
+            (format!("after exit #{i}"), seen)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// A server under test
+
+/// How a server is started: program, arguments, environment, working directory.
+struct Spec {
+    name: &'static str,
+    command: Command,
+    port: u16,
+    protocol: Protocol,
+    /// Processes besides the main one, once it serves (pre-fork workers).
+    workers: usize,
+    /// Its log file (its stdout and stderr, or its own error log).
+    log: PathBuf,
+    dir: TempDir,
+}
+
+/// A running server: the test's own child, in a process group of its own.
+struct Server {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    protocol: Protocol,
+    log: PathBuf,
+    workers: Vec<u32>,
+    _dir: TempDir,
+}
+
+/// The pids of `pid`'s descendants, parents first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(parent) = queue.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{parent}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !found.contains(&child) {
+                    found.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+impl Server {
+    fn start(mut spec: Spec) -> Self {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .unwrap();
+        let child = spec
+            .command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", spec.name));
+        let mut server = Self {
+            name: spec.name,
+            child,
+            port: spec.port,
+            protocol: spec.protocol,
+            log: spec.log,
+            workers: Vec::new(),
+            _dir: spec.dir,
+        };
+        server.wait_until_serving(spec.workers);
+        server
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Until a request is answered and the workers are there.
+    fn wait_until_serving(&mut self, workers: usize) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let request = match self.protocol {
+            Protocol::Http => http_request("/"),
+            Protocol::Redis => "PING\r\n".into(),
+        };
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) while starting:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            let answered = connect(self.port)
+                .map(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    matches!(exchange(&mut s, self.protocol, &request), Seen::Answered(_))
+                })
+                .unwrap_or(false);
+            self.workers = descendants(self.pid());
+            if answered && self.workers.len() >= workers {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not serve on port {} with {workers} workers within 40 s (workers {:?}):\n{}",
+                self.name,
+                self.port,
+                self.workers,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// How the platform asks the server to stop.
+enum Ask {
+    Signal(i32),
+    /// A command (e.g. `nginx -s quit`), run to completion.
+    Command(Command),
+}
+
+/// What the stop did: ground truth.
+struct Stopped {
+    status: ExitStatus,
+    /// SIGKILL sent to the process group after the grace period.
+    sigkilled: bool,
+    /// Processes of the group still alive after the main one was reaped, then SIGKILLed.
+    leftovers: Vec<u32>,
+    elapsed: Duration,
+}
+
+impl Server {
+    /// Asks the server to stop; SIGKILLs its whole group after `grace` if the main
+    /// process still runs (as a container runtime does), and whatever of the group is
+    /// left once it was reaped.
+    fn stop(&mut self, ask: Ask, grace: Duration) -> Stopped {
+        let start = Instant::now();
+        match ask {
+            Ask::Signal(sig) => send_signal(self.pid(), sig),
+            Ask::Command(mut command) => {
+                let status = command.status().expect("running the stop command");
+                assert!(status.success(), "stop command: {status}");
+            }
+        }
+        let mut sigkilled = false;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if !sigkilled && start.elapsed() >= grace {
+                // SAFETY: kill(2) of our own process group.
+                unsafe { libc::kill(-(self.pid() as i32), libc::SIGKILL) };
+                sigkilled = true;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "{} never exited",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let elapsed = start.elapsed();
+        // Leftovers: give stragglers a moment, then kill the group as a runtime would.
+        let mut leftovers = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            let alive: Vec<u32> = self
+                .workers
+                .iter()
+                .copied()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit(')').next().unwrap().split_whitespace().next() != Some("Z")
+                    })
+                })
+                .collect();
+            if alive.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                leftovers = alive;
+                // SAFETY: kill(2) of our own process group.
+                unsafe { libc::kill(-(self.pid() as i32), libc::SIGKILL) };
+                std::thread::sleep(Duration::from_millis(100));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Stopped {
+            status,
+            sigkilled,
+            leftovers,
+            elapsed,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The servers
+
+fn nginx(workers: usize) -> Spec {
+    let dir = TempDir::new("nginx");
+    let port = free_port();
+    let root = &dir.0;
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::write(root.join("www/index.html"), "ok /\n").unwrap();
+    // Downloads served at 32 KiB/s: /slow2 takes 2 s, /slow10 10 s.
+    std::fs::write(root.join("www/slow2"), vec![b'x'; 64 * 1024]).unwrap();
+    std::fs::write(root.join("www/slow10"), vec![b'x'; 320 * 1024]).unwrap();
+    let r = root.display();
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes {workers};\nuser root;\n\
+         pid {r}/nginx.pid;\nerror_log {r}/error.log notice;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  keepalive_timeout 60s;\n\
+         client_body_temp_path {r}/tmp/body;\n  proxy_temp_path {r}/tmp/proxy;\n\
+         fastcgi_temp_path {r}/tmp/fastcgi;\n  uwsgi_temp_path {r}/tmp/uwsgi;\n\
+         scgi_temp_path {r}/tmp/scgi;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    root {r}/www;\n\
+         location /slow {{ limit_rate 32k; }}\n  }}\n}}\n"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let mut command = Command::new(program("nginx"));
+    command.args(nginx_args(root));
+    Spec {
+        name: "nginx",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers,
+        log: root.join("error.log"),
+        dir,
+    }
+}
+
+fn nginx_args(root: &Path) -> Vec<String> {
+    vec![
+        "-p".into(),
+        root.display().to_string(),
+        "-c".into(),
+        root.join("nginx.conf").display().to_string(),
+        "-e".into(),
+        root.join("error.log").display().to_string(),
+    ]
+}
+
+/// `nginx -s SIGNAL` for the nginx started from `server`'s directory.
+fn nginx_signal(server: &Server, signal: &str) -> Command {
+    let mut command = Command::new(program("nginx"));
+    command
+        .args(nginx_args(&server._dir.0))
+        .args(["-s", signal])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// A Lua script that keeps redis busy for `seconds` (redis runs no timer, hence no
+/// shutdown, while a script runs; `DEBUG SLEEP` would be cut short by the signal).
+fn busy_script(seconds: u32) -> String {
+    format!(
+        "EVAL \"local n = redis.call('TIME') local t = n[1] * 1e6 + n[2] + {seconds}e6 \
+         repeat n = redis.call('TIME') until n[1] * 1e6 + n[2] >= t return 1\" 0"
+    )
+}
+
+fn redis() -> Spec {
+    let dir = TempDir::new("redis");
+    let port = free_port();
+    let mut command = Command::new(program("redis-server"));
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        &dir.0.display().to_string(),
+    ]);
+    Spec {
+        name: "redis-server",
+        command,
+        port,
+        protocol: Protocol::Redis,
+        workers: 0,
+        log: dir.0.join("redis.log"),
+        dir,
+    }
+}
+
+fn gunicorn(workers: usize, graceful_timeout: u32) -> Spec {
+    let dir = TempDir::new("gunicorn");
+    let port = free_port();
+    let mut command = Command::new(installed("venv/bin/gunicorn"));
+    command.args([
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--workers",
+        &workers.to_string(),
+        "--worker-class",
+        "sync",
+        "--graceful-timeout",
+        &graceful_timeout.to_string(),
+        "--chdir",
+        &real_dir().display().to_string(),
+        "--log-level",
+        "debug",
+        "wsgi_app:app",
+    ]);
+    Spec {
+        name: "gunicorn",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers,
+        log: dir.0.join("gunicorn.log"),
+        dir,
+    }
+}
+
+fn uvicorn() -> Spec {
+    let dir = TempDir::new("uvicorn");
+    let port = free_port();
+    let mut command = Command::new(installed("venv/bin/uvicorn"));
+    command.args([
+        "asgi_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--app-dir",
+        &real_dir().display().to_string(),
+        "--timeout-keep-alive",
+        "60",
+    ]);
+    Spec {
+        name: "uvicorn",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers: 0,
+        log: dir.0.join("uvicorn.log"),
+        dir,
+    }
+}
+
+fn node(script: &str, args: &[&str], workers: usize) -> Spec {
+    let dir = TempDir::new("node");
+    let port = free_port();
+    let mut command = Command::new(program("node"));
+    command
+        .arg(real_dir().join(script))
+        .arg(port.to_string())
+        .args(args)
+        .env("NODE_PATH", installed("node/node_modules"));
+    Spec {
+        name: "node",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers,
+        log: dir.0.join("node.log"),
+        dir,
+    }
+}
+
+fn express(mode: &str) -> Spec {
+    node("express_app.js", &[mode], 0)
+}
+
+fn node_cluster(workers: usize) -> Spec {
+    node("cluster.js", &[&workers.to_string()], workers)
+}
+
+/// http-server (npm) serving a directory with a 64 MiB file, /big.
+fn http_server() -> Spec {
+    let dir = TempDir::new("http-server");
+    let port = free_port();
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "ok /\n").unwrap();
+    std::fs::write(www.join("big"), vec![b'x'; 64 << 20]).unwrap();
+    let mut command = Command::new(program("node"));
+    command
+        .arg(installed("node/node_modules/http-server/bin/http-server"))
+        .arg(&www)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-c-1"]);
+    Spec {
+        name: "http-server",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers: 0,
+        log: dir.0.join("http-server.log"),
+        dir,
+    }
+}
+
+fn jvm(stop_seconds: u32) -> Spec {
+    let dir = TempDir::new("jvm");
+    let port = free_port();
+    let mut command = Command::new(program("java"));
+    command
+        .args(["-Xshare:auto", "-XX:TieredStopAtLevel=1"])
+        .arg(real_dir().join("SlowServer.java"))
+        .arg(port.to_string())
+        .arg(stop_seconds.to_string());
+    Spec {
+        name: "java",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers: 0,
+        log: dir.0.join("java.log"),
+        dir,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A scenario: observer, a server, clients, a stop; then ground truth and reports side by side
+
+/// Reports due 1 s after exit; a deploy closes 2 s after its last termination signal.
+/// observer is stopped at the end of each scenario, which flushes what is pending.
+const OBSERVER_ARGS: &[&str] = &["--after-exit", "1", "--deploy-window", "2"];
+
+struct Outcome {
+    name: String,
+    server: &'static str,
+    port: u16,
+    how: String,
+    master: u32,
+    workers: Vec<u32>,
+    stopped: Stopped,
+    clients: Vec<(String, String, Seen)>,
+    log: String,
+    events: Events,
+}
+
+impl Outcome {
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.master)
+            .chain(self.workers.iter().copied())
+            .collect()
+    }
+
+    fn shutdown(&self, pid: u32) -> &Value {
+        self.events.shutdown_of(pid)
+    }
+
+    fn shutdowns(&self) -> Vec<&Value> {
+        let pids = self.pids();
+        self.events
+            .of_type("shutdown")
+            .filter(|r| pids.iter().any(|p| r["pid"] == *p))
+            .collect()
+    }
+
+    /// The deploy reports that stopped any of the server's processes.
+    fn deploys(&self) -> Vec<&Value> {
+        let pids = self.pids();
+        self.events
+            .of_type("deploy")
+            .filter(|d| {
+                d["stopped"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|p| pids.iter().any(|q| p == q)))
+            })
+            .collect()
+    }
+
+    fn seen(&self, kind: &str) -> Vec<&Seen> {
+        self.clients
+            .iter()
+            .filter(|(k, _, _)| k == kind)
+            .map(|(_, _, s)| s)
+            .collect()
+    }
+
+    /// Distinct clients that lost their request or were refused.
+    fn lost_clients(&self) -> usize {
+        self.clients.iter().filter(|(_, _, s)| s.lost()).count()
+    }
+
+    /// The record: ground truth, then what observer said.
+    fn describe(&self) -> String {
+        let mut out = format!("## {}\n\n", self.name);
+        out += &format!(
+            "server: {} (master {}, workers {:?}); stopped with {}\n\n",
+            self.server, self.master, self.workers, self.how
+        );
+        out += "### Ground truth\n\n";
+        let s = &self.stopped.status;
+        out += &format!(
+            "- waitpid of {}: code {:?}, signal {:?} (raw {:#x}), after {} ms{}{}\n",
+            self.master,
+            s.code(),
+            s.signal(),
+            s.into_raw(),
+            self.stopped.elapsed.as_millis(),
+            if self.stopped.sigkilled {
+                "; SIGKILL sent to the group after the grace period"
+            } else {
+                ""
+            },
+            if self.stopped.leftovers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; leftovers {:?} SIGKILLed after the main process was reaped",
+                    self.stopped.leftovers
+                )
+            }
+        );
+        for (kind, local, seen) in &self.clients {
+            out += &format!("- client {kind} {local}: {seen:?}\n");
+        }
+        let log: Vec<&str> = self.log.lines().filter(|l| !l.trim().is_empty()).collect();
+        let shown = &log[log.len().saturating_sub(25)..];
+        out += &format!(
+            "- server log (last {} lines):\n```\n{}\n```\n\n",
+            shown.len(),
+            shown.join("\n")
+        );
+        out += "### observer\n\n```\n";
+        for pid in self.pids() {
+            for exit in self.events.exits_of(pid) {
+                out += &format!("{}\n", trim(exit));
+            }
+        }
+        let pids = self.pids();
+        let port = format!(":{}", self.port);
+        let ours = |e: &&Value| {
+            pids.iter().any(|p| {
+                e["pid"] == *p || e["target"]["pid"] == *p || e["former_owner"]["pid"] == *p
+            }) || e["local"].as_str().is_some_and(|l| l.ends_with(&port))
+        };
+        let kinds = [
+            "signal",
+            "signal_delivered",
+            "tcp_listen",
+            "tcp_close_at_exit",
+            "tcp_accept",
+            "tcp_reset",
+        ];
+        let raw: Vec<&Value> = self
+            .events
+            .lines
+            .iter()
+            .filter(|e| kinds.iter().any(|k| e["type"] == *k))
+            .filter(ours)
+            .collect();
+        for event in raw.iter().take(40) {
+            out += &format!("{}\n", trim(event));
+        }
+        if raw.len() > 40 {
+            out += &format!("… {} more signal/tcp events\n", raw.len() - 40);
+        }
+        for report in self.shutdowns() {
+            out += &format!("{}\n", trim(report));
+        }
+        for deploy in self.deploys() {
+            out += &format!("{}\n", trim(deploy));
+        }
+        out += "```\n\n";
+        out
+    }
+
+    fn record(&self) {
+        let text = self.describe();
+        println!("{text}");
+        if let Some(dir) = std::env::var_os("REAL_SERVERS_RECORD") {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(Path::new(&dir).join(format!("{}.md", self.name)), &text).unwrap();
+        }
+    }
+}
+
+/// A report line without its long parts (messages, command lines, times).
+fn trim(line: &Value) -> String {
+    let mut line = line.clone();
+    let object = line.as_object_mut().unwrap();
+    for field in [
+        "v",
+        "host",
+        "mono_ns",
+        "cmdline",
+        "exe",
+        "cgroup",
+        "unit",
+        "container",
+        "time",
+    ] {
+        object.remove(field);
+    }
+    if let Some(target) = object.get_mut("target").and_then(Value::as_object_mut) {
+        for field in ["cmdline", "exe", "cgroup"] {
+            target.remove(field);
+        }
+    }
+    if let Some(findings) = object.get_mut("findings").and_then(Value::as_array_mut) {
+        for finding in findings {
+            if let Some(message) = finding.get_mut("message") {
+                let text = message.as_str().unwrap_or("").to_string();
+                if text.len() > 90 {
+                    *message = json!(format!("{}…", &text[..text.floor_char_boundary(90)]));
+                }
+            }
+        }
+    }
+    line.to_string()
+}
+
+/// Runs one scenario: observer, the server, `clients` before the stop, the stop, clients
+/// after it, and `after_exit` connection attempts once it is gone.
+fn scenario(
+    name: &str,
+    spec: Spec,
+    how: &str,
+    ask: impl FnOnce(&Server) -> Ask,
+    grace: Duration,
+    clients: impl FnOnce(&Server) -> Box<dyn FnOnce() -> Vec<(String, String, Seen)>>,
+    after_exit: usize,
+) -> Outcome {
+    let observer = Observer::start(OBSERVER_ARGS);
+    let server_name = spec.name;
+    let mut server = Server::start(spec);
+    let collect = clients(&server);
+    let ask = ask(&server);
+    let stopped = server.stop(ask, grace);
+    let mut seen = collect();
+    seen.extend(
+        connect_after_exit(server.port, after_exit)
+            .into_iter()
+            .map(|(local, s)| ("refused".to_string(), local, s)),
+    );
+    let events = observer.stop();
+    let outcome = Outcome {
+        name: name.to_string(),
+        server: server_name,
+        port: server.port,
+        how: how.to_string(),
+        master: server.pid(),
+        workers: server.workers.clone(),
+        stopped,
+        clients: seen,
+        log: server.log(),
+        events,
+    };
+    outcome.record();
+    outcome
+}
+
+/// Idle keep-alive clients, requests in flight (`paths`), and optional downloads.
+fn clients(
+    server: &Server,
+    idle: usize,
+    in_flight: &[&str],
+    downloads: &[&str],
+) -> Box<dyn FnOnce() -> Vec<(String, String, Seen)>> {
+    let idle: Vec<IdleClient> = (0..idle)
+        .map(|_| IdleClient::connect(server.port, server.protocol))
+        .collect();
+    let flights: Vec<InFlight> = in_flight
+        .iter()
+        .map(|request| {
+            let request = match server.protocol {
+                Protocol::Http => http_request(request),
+                Protocol::Redis => format!("{request}\r\n"),
+            };
+            InFlight::start(server.port, server.protocol, &request)
+        })
+        .collect();
+    let downloads: Vec<Download> = downloads
+        .iter()
+        .map(|path| Download::start(server.port, path))
+        .collect();
+    // Let the requests reach their handlers.
+    std::thread::sleep(Duration::from_millis(400));
+    Box::new(move || {
+        let mut seen: Vec<(String, String, Seen)> = Vec::new();
+        for client in downloads {
+            let (local, s) = client.seen();
+            seen.push(("download".into(), local, s));
+        }
+        for client in flights {
+            let (local, s) = client.seen();
+            seen.push(("in flight".into(), local, s));
+        }
+        for client in idle {
+            let (local, s) = client.seen();
+            seen.push(("idle".into(), local, s));
+        }
+        seen
+    })
+}
+
+fn term(_: &Server) -> Ask {
+    Ask::Signal(libc::SIGTERM)
+}
+
+const GRACE: Duration = Duration::from_secs(10);
+const SHORT_GRACE: Duration = Duration::from_millis(1500);
+
+// ---------------------------------------------------------------------------------------
+// Checks shared by the scenarios
+
+/// observer's exit event of the main process equals waitpid's status.
+fn assert_exit_matches_waitpid(outcome: &Outcome) {
+    let exit = outcome.events.exit_of(outcome.master);
+    let status = outcome.stopped.status;
+    assert_eq!(
+        (&exit["code"], &exit["signal"]),
+        (&json!(status.code()), &json!(status.signal())),
+        "exit event of {} vs waitpid {status:?}: {exit}",
+        outcome.master
+    );
+    let report = outcome.shutdown(outcome.master);
+    assert_eq!(
+        (&report["exit"]["code"], &report["exit"]["signal"]),
+        (&json!(status.code()), &json!(status.signal())),
+        "{report}"
+    );
+}
+
+fn verdict(report: &Value) -> &str {
+    report["verdict"].as_str().unwrap()
+}
+
+/// No EXIT_NONZERO_AFTER_SIGTERM when the status is 128+N after signal N (or death by it).
+fn assert_no_conventional_exit_finding(report: &Value) {
+    let conventional = report["exit"]["code"].as_u64().is_some_and(|code| {
+        report["sigterm"]["sig_name"]
+            .as_str()
+            .and_then(signal_number)
+            .is_some_and(|n| code == 128 + n)
+    }) || !report["exit"]["signal"].is_null();
+    if conventional {
+        assert!(
+            !finding_codes(report).contains(&"EXIT_NONZERO_AFTER_SIGTERM"),
+            "status 128+N after signal N is the convention, not a failure: {}",
+            trim(report)
+        );
+    }
+}
+
+fn signal_number(name: &str) -> Option<u64> {
+    Some(match name {
+        "SIGHUP" => 1,
+        "SIGINT" => 2,
+        "SIGQUIT" => 3,
+        "SIGKILL" => 9,
+        "SIGTERM" => 15,
+        _ => return None,
+    })
+}
+
+/// Every connection a process held at exit on the server's port is inbound (or the
+/// listener), never outbound.
+fn assert_connections_inbound(outcome: &Outcome) {
+    let local = format!("127.0.0.1:{}", port_of(outcome));
+    for report in outcome.shutdowns() {
+        for connection in report["open_at_exit"].as_array().unwrap() {
+            if connection["local"] == local.as_str() {
+                assert_ne!(
+                    connection["role"],
+                    "outbound",
+                    "a connection accepted on the server's port is inbound: {}",
+                    trim(report)
+                );
+            }
+        }
+    }
+    for event in outcome.events.of_type("tcp_close_at_exit") {
+        if outcome.pids().iter().any(|p| event["pid"] == *p) && event["local"] == local.as_str() {
+            assert_ne!(event["role"], "outbound", "{event}");
+        }
+    }
+}
+
+fn port_of(outcome: &Outcome) -> u16 {
+    // Every client connected to the one port; the refused ones were tried there too.
+    outcome
+        .events
+        .of_type("tcp_listen")
+        .find(|e| outcome.pids().iter().any(|p| e["pid"] == *p))
+        .and_then(|e| e["local"].as_str())
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One deploy holds every process of the server that observer reported on.
+fn the_one_deploy(outcome: &Outcome) -> &Value {
+    let deploys = outcome.deploys();
+    assert_eq!(
+        deploys.len(),
+        1,
+        "one server, one deploy: {:#?}",
+        deploys.iter().map(|d| trim(d)).collect::<Vec<_>>()
+    );
+    let stopped: BTreeSet<u64> = deploys[0]["stopped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    for report in outcome.shutdowns() {
+        assert!(
+            stopped.contains(&report["pid"].as_u64().unwrap()),
+            "{} is not in the server's deploy {}",
+            report["pid"],
+            trim(deploys[0])
+        );
+    }
+    deploys[0]
+}
+
+/// The deploy counts each lost client once.
+fn assert_dropped_counts_clients(outcome: &Outcome) {
+    let deploy = the_one_deploy(outcome);
+    assert_eq!(
+        deploy["dropped_connections"].as_u64().unwrap() as usize,
+        outcome.lost_clients(),
+        "dropped connections vs the clients that lost a request or were refused: {}",
+        trim(deploy)
+    );
+}
+
+fn answered(seen: &[&Seen]) -> bool {
+    seen.iter().all(|s| matches!(s, Seen::Answered(_)))
+}
+
+fn idle_closed_or_open(seen: &[&Seen]) -> bool {
+    seen.iter()
+        .all(|s| matches!(s, Seen::IdleClosed | Seen::IdleOpen))
+}
+
+fn all_refused(outcome: &Outcome) -> bool {
+    outcome.seen("refused").iter().all(|s| **s == Seen::Refused)
+}
+
+// ---------------------------------------------------------------------------------------
+// nginx: a pre-fork master with 2 workers. `nginx -s quit` (SIGQUIT) is its graceful
+// stop, SIGTERM its fast stop.
+
+#[test]
+fn nginx_quit_drains_a_download_and_closes_idle_connections() {
+    let outcome = scenario(
+        "nginx_quit_drains_a_download_and_closes_idle_connections",
+        nginx(2),
+        "nginx -s quit (SIGQUIT), grace 10 s",
+        |s| Ask::Command(nginx_signal(s, "quit")),
+        GRACE,
+        |s| clients(s, 2, &["/slow2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn nginx_sigterm_fast_stop_cuts_a_download() {
+    let outcome = scenario(
+        "nginx_sigterm_fast_stop_cuts_a_download",
+        nginx(2),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 2, &["/slow2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn nginx_quit_then_sigkill_after_the_grace_period() {
+    let outcome = scenario(
+        "nginx_quit_then_sigkill_after_the_grace_period",
+        nginx(2),
+        "nginx -s quit (SIGQUIT), grace 1.5 s, SIGKILL to the group",
+        |s| Ask::Command(nginx_signal(s, "quit")),
+        SHORT_GRACE,
+        |s| clients(s, 1, &["/slow10"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+// ---------------------------------------------------------------------------------------
+// redis-server: one process, one thread serving.
+
+#[test]
+fn redis_sigterm_with_idle_clients() {
+    let outcome = scenario(
+        "redis_sigterm_with_idle_clients",
+        redis(),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 3, &[], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn redis_sigterm_while_a_command_runs() {
+    let outcome = scenario(
+        "redis_sigterm_while_a_command_runs",
+        redis(),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 1, &[&busy_script(2)], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn redis_busy_then_sigkill_after_the_grace_period() {
+    let outcome = scenario(
+        "redis_busy_then_sigkill_after_the_grace_period",
+        redis(),
+        "SIGTERM, grace 1.5 s, SIGKILL to the group",
+        term,
+        SHORT_GRACE,
+        |s| clients(s, 1, &[&busy_script(10)], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+// ---------------------------------------------------------------------------------------
+// gunicorn: a pre-fork master with 2 sync workers; on SIGTERM the master closes its
+// listener, SIGTERMs the workers, and SIGKILLs those still running after
+// --graceful-timeout.
+
+#[test]
+fn gunicorn_sigterm_with_nothing_in_flight() {
+    let outcome = scenario(
+        "gunicorn_sigterm_with_nothing_in_flight",
+        gunicorn(2, 5),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 2, &[], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn gunicorn_sigterm_drains_a_slow_request() {
+    let outcome = scenario(
+        "gunicorn_sigterm_drains_a_slow_request",
+        gunicorn(2, 5),
+        "SIGTERM, grace 10 s (--graceful-timeout 5)",
+        term,
+        GRACE,
+        |s| clients(s, 0, &["/slow?s=2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn gunicorn_sigkills_a_worker_busy_past_its_graceful_timeout() {
+    let outcome = scenario(
+        "gunicorn_sigkills_a_worker_busy_past_its_graceful_timeout",
+        gunicorn(2, 1),
+        "SIGTERM, grace 10 s (--graceful-timeout 1)",
+        term,
+        GRACE,
+        |s| clients(s, 0, &["/slow?s=4"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn gunicorn_sigterm_then_sigkill_after_the_grace_period() {
+    let outcome = scenario(
+        "gunicorn_sigterm_then_sigkill_after_the_grace_period",
+        gunicorn(2, 30),
+        "SIGTERM, grace 1.5 s, SIGKILL to the group (--graceful-timeout 30)",
+        term,
+        SHORT_GRACE,
+        |s| clients(s, 0, &["/slow?s=10"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+// ---------------------------------------------------------------------------------------
+// uvicorn: asyncio; on SIGTERM it closes the listener and idle connections, waits for
+// the requests in flight, then re-raises the captured SIGTERM on itself.
+
+#[test]
+fn uvicorn_sigterm_with_idle_clients() {
+    let outcome = scenario(
+        "uvicorn_sigterm_with_idle_clients",
+        uvicorn(),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 2, &[], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn uvicorn_sigterm_drains_a_slow_request() {
+    let outcome = scenario(
+        "uvicorn_sigterm_drains_a_slow_request",
+        uvicorn(),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 1, &["/slow?s=2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn uvicorn_sigterm_then_sigkill_after_the_grace_period() {
+    let outcome = scenario(
+        "uvicorn_sigterm_then_sigkill_after_the_grace_period",
+        uvicorn(),
+        "SIGTERM, grace 1.5 s, SIGKILL to the group",
+        term,
+        SHORT_GRACE,
+        |s| clients(s, 0, &["/slow?s=10"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+// ---------------------------------------------------------------------------------------
+// Node.js: express without and with a handler of its own, the http-server package, and
+// a `cluster` pre-fork server.
+
+#[test]
+fn express_without_a_handler_cuts_a_slow_request() {
+    let outcome = scenario(
+        "express_without_a_handler_cuts_a_slow_request",
+        express("none"),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 1, &["/slow?s=2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn express_with_a_handler_drains_a_slow_request() {
+    let outcome = scenario(
+        "express_with_a_handler_drains_a_slow_request",
+        express("graceful"),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 2, &["/slow?s=2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn express_with_a_handler_then_sigkill_after_the_grace_period() {
+    let outcome = scenario(
+        "express_with_a_handler_then_sigkill_after_the_grace_period",
+        express("graceful"),
+        "SIGTERM, grace 1.5 s, SIGKILL to the group",
+        term,
+        SHORT_GRACE,
+        |s| clients(s, 0, &["/slow?s=10"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn http_server_exits_at_once_with_idle_clients() {
+    let outcome = scenario(
+        "http_server_exits_at_once_with_idle_clients",
+        http_server(),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 2, &[], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn http_server_exits_at_once_and_cuts_a_download() {
+    let outcome = scenario(
+        "http_server_exits_at_once_and_cuts_a_download",
+        http_server(),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 1, &[], &["/big"]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn node_cluster_sigterm_drains_its_workers() {
+    let outcome = scenario(
+        "node_cluster_sigterm_drains_its_workers",
+        node_cluster(2),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 2, &["/slow?s=2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn node_cluster_then_sigkill_after_the_grace_period() {
+    let outcome = scenario(
+        "node_cluster_then_sigkill_after_the_grace_period",
+        node_cluster(2),
+        "SIGTERM, grace 1.5 s, SIGKILL to the group",
+        term,
+        SHORT_GRACE,
+        |s| clients(s, 1, &["/slow?s=10"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+// ---------------------------------------------------------------------------------------
+// A JVM: com.sun.net.httpserver; its shutdown hook stops the server (waiting for the
+// exchanges in flight) and the JVM exits with status 143.
+
+#[test]
+fn jvm_shutdown_hook_drains_a_slow_request() {
+    let outcome = scenario(
+        "jvm_shutdown_hook_drains_a_slow_request",
+        jvm(5),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 1, &["/slow?s=2"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
+
+#[test]
+fn jvm_shutdown_hook_then_sigkill_after_the_grace_period() {
+    let outcome = scenario(
+        "jvm_shutdown_hook_then_sigkill_after_the_grace_period",
+        jvm(30),
+        "SIGTERM, grace 1.5 s, SIGKILL to the group",
+        term,
+        SHORT_GRACE,
+        |s| clients(s, 0, &["/slow?s=10"], &[]),
+        3,
+    );
+    assert_exit_matches_waitpid(&outcome);
+}
