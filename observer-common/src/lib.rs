@@ -68,6 +68,16 @@ pub mod target_flags {
     /// Its `signal_struct` has SIGNAL_UNKILLABLE: the init of its PID namespace (or of the
     /// host), which the kernel shields from signals it has no handler for.
     pub const NAMESPACE_INIT: u32 = 1 << 1;
+    /// The target's disposition for the signal was read when it was generated
+    /// (`sighand->action[sig - 1].sa.sa_handler`): [`HANDLER_IGNORE`], [`HANDLER_CUSTOM`],
+    /// or neither (SIG_DFL). Known even when the kernel drops the signal at once.
+    pub const DISPOSITION_READ: u32 = 1 << 2;
+    pub const HANDLER_IGNORE: u32 = 1 << 3;
+    pub const HANDLER_CUSTOM: u32 = 1 << 4;
+    /// The target thread blocks the signal (`blocked`, or `real_blocked` while it waits in
+    /// sigtimedwait()): it is taken with signalfd or sigwaitinfo, not by a handler, so no
+    /// `signal_deliver` follows.
+    pub const BLOCKED: u32 = 1 << 5;
 }
 
 /// `signal:signal_deliver`, in the target thread's context when it dequeues the signal.
@@ -203,6 +213,16 @@ pub mod tcp_flags {
     /// The state changed in the context of a process that is exiting (`PF_EXITING`): the
     /// kernel is closing the sockets the process still held.
     pub const CLOSED_AT_EXIT: u8 = 1 << 0;
+    /// A close at exit whose traffic was read from `struct tcp_sock`: `unread_bytes`,
+    /// `unsent_bytes` and the two bits below are valid.
+    pub const TRAFFIC_KNOWN: u8 = 1 << 1;
+    /// The peer ever sent data (`bytes_received` > 0).
+    pub const PEER_SENT_DATA: u8 = 1 << 2;
+    /// The last segment from the peer carried data (`snd_wl1`, the sequence number of
+    /// the last segment that updated the send window, is before `rcv_nxt`): nothing of
+    /// ours was acknowledged after the peer last spoke, so the peer spoke last and is
+    /// waiting for an answer.
+    pub const PEER_SPOKE_LAST: u8 = 1 << 3;
 }
 
 /// `sock:inet_sock_set_state`, only for what a report needs: a listener opening or
@@ -218,6 +238,11 @@ pub struct TcpStateRecord {
     /// [`tcp_flags`].
     pub flags: u8,
     pub _pad: [u8; 5],
+    /// With [`tcp_flags::TRAFFIC_KNOWN`]: bytes the peer sent that the process never read
+    /// (`rcv_nxt - copied_seq`), and bytes it wrote that the peer has not acknowledged
+    /// (`write_seq - snd_una`).
+    pub unread_bytes: u32,
+    pub unsent_bytes: u32,
 }
 
 /// Bits of [`TcpResetRecord::flags`].
@@ -259,7 +284,7 @@ pub struct TcpAcceptRecord {
 
 const _: () = assert!(size_of::<TcpEndpoints>() == 40);
 const _: () = assert!(size_of::<SocketOwner>() == 24);
-const _: () = assert!(size_of::<TcpStateRecord>() == 88);
+const _: () = assert!(size_of::<TcpStateRecord>() == 96);
 const _: () = assert!(size_of::<TcpResetRecord>() == 88);
 const _: () = assert!(size_of::<TcpAcceptRecord>() == 80);
 const _: () = assert!(size_of::<RecordHeader>() == 16);
@@ -399,6 +424,14 @@ pub struct SockLayout {
     /// timer work on a held socket is deferred to that task's release_sock(), so whatever
     /// runs on it then runs in the holder's context.
     pub sk_lock_owned: u32,
+    /// `struct tcp_sock` members that tell an idle connection from one with a request in
+    /// flight when its process exits (read only then).
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
+    pub tcp_snd_wl1: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_write_seq: u32,
+    pub tcp_bytes_received: u32,
 }
 
 /// `task_struct.flags` bit set once a task has started exiting (include/linux/sched.h).
@@ -432,6 +465,15 @@ pub struct TaskLayout {
     pub task_pid: u32,
     /// `kernel_siginfo.si_code`.
     pub siginfo_code: u32,
+    /// `task_struct.sighand`, `sighand_struct.action`, `sizeof(struct k_sigaction)` and
+    /// `k_sigaction.sa.sa_handler`: a task's disposition for a signal.
+    pub task_sighand: u32,
+    pub sighand_action: u32,
+    pub k_sigaction_size: u32,
+    pub k_sigaction_handler: u32,
+    /// `task_struct.blocked` and `.real_blocked` (sigset_t, one u64 on 64-bit).
+    pub task_blocked: u32,
+    pub task_real_blocked: u32,
     /// 1 when the offsets are the running kernel's own BTF, so programs may load through
     /// pointers the verifier types from it (`tp_btf` arguments,
     /// `bpf_get_current_task_btf`). Offsets from another file (`OBSERVER_BTF`, e.g. for

@@ -79,6 +79,12 @@ pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout {
     skc_v6_daddr: 0,
     sock_protocol: 0,
     sk_lock_owned: 0,
+    tcp_rcv_nxt: 0,
+    tcp_copied_seq: 0,
+    tcp_snd_wl1: 0,
+    tcp_snd_una: 0,
+    tcp_write_seq: 0,
+    tcp_bytes_received: 0,
 });
 
 #[unsafe(no_mangle)]
@@ -125,6 +131,12 @@ pub static TASK_LAYOUT: Global<TaskLayout> = Global::new(TaskLayout {
     task_sibling: 0,
     task_pid: 0,
     siginfo_code: 0,
+    task_sighand: 0,
+    sighand_action: 0,
+    k_sigaction_size: 0,
+    k_sigaction_handler: 0,
+    task_blocked: 0,
+    task_real_blocked: 0,
     typed: 0,
 });
 

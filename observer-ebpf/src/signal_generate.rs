@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    COMM_LEN, SI_KERNEL, SI_USER, SIGNAL_UNKILLABLE, SignalGenerateLayout, SignalGenerateRecord,
-    TaskLayout, kind, signal_bit, target_flags,
+    COMM_LEN, SI_KERNEL, SI_USER, SIG_DFL, SIG_IGN, SIGNAL_UNKILLABLE, SignalGenerateLayout,
+    SignalGenerateRecord, TaskLayout, kind, signal_bit, target_flags,
 };
 
 use crate::{
@@ -100,6 +100,40 @@ impl Generation for RawArgs<'_> {
     }
 }
 
+impl RawArgs<'_> {
+    /// The target's disposition for `sig` and whether it blocks it, as
+    /// [`target_flags`] bits: read at generation, because a signal the kernel drops
+    /// (SIG_IGN, a namespace init without a handler) is never delivered, and one taken
+    /// by signalfd or sigwaitinfo() never reaches `signal_deliver`. `sig` is 1..=64
+    /// (checked by the caller against the signal masks).
+    #[inline(always)]
+    fn disposition(&self, sig: i32) -> u32 {
+        let target: u64 = self.ctx.arg(2);
+        let index = (sig as u32).wrapping_sub(1) & 63;
+        let Some(sighand) = task::read::<u64>(target, self.task.task_sighand) else {
+            return 0;
+        };
+        let action = self.task.sighand_action + index * self.task.k_sigaction_size;
+        let Some(handler) = task::read::<u64>(sighand, action + self.task.k_sigaction_handler)
+        else {
+            return 0;
+        };
+        let mut flags = target_flags::DISPOSITION_READ
+            | match handler {
+                SIG_DFL => 0,
+                SIG_IGN => target_flags::HANDLER_IGNORE,
+                _ => target_flags::HANDLER_CUSTOM,
+            };
+        let bit = 1u64 << index;
+        let blocked = task::read::<u64>(target, self.task.task_blocked).unwrap_or(0)
+            | task::read::<u64>(target, self.task.task_real_blocked).unwrap_or(0);
+        if blocked & bit != 0 {
+            flags |= target_flags::BLOCKED;
+        }
+        flags
+    }
+}
+
 struct ClassicRecord<'a> {
     ctx: &'a TracePointContext,
     layout: SignalGenerateLayout,
@@ -154,22 +188,28 @@ impl Generation for ClassicRecord<'_> {
 pub fn signal_generate(ctx: RawTracePointContext) -> u32 {
     // Attached only when BTF gave the task layout.
     if let Some(task) = task::layout() {
-        on_generate(&RawArgs { ctx: &ctx, task });
+        let args = RawArgs { ctx: &ctx, task };
+        on_generate(&args, |sig| args.disposition(sig));
     }
     0
 }
 
 #[tracepoint]
 pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
-    on_generate(&ClassicRecord {
-        ctx: &ctx,
-        layout: SIGNAL_GENERATE_LAYOUT.load(),
-    });
+    // The classic record names the target thread only by pid: no disposition.
+    on_generate(
+        &ClassicRecord {
+            ctx: &ctx,
+            layout: SIGNAL_GENERATE_LAYOUT.load(),
+        },
+        |_| 0,
+    );
     0
 }
 
+/// `disposition` gives extra [`target_flags`] for a reported signal.
 #[inline(always)]
-fn on_generate(generation: &impl Generation) -> Option<()> {
+fn on_generate(generation: &impl Generation, disposition: impl Fn(i32) -> u32) -> Option<()> {
     let sig = generation.sig()?;
     let settings = SETTINGS.load();
     let bit = signal_bit(sig);
@@ -204,7 +244,7 @@ fn on_generate(generation: &impl Generation) -> Option<()> {
         sender_tid: pid_tgid as u32,
         target_comm: target.comm,
         sender_comm: task::current_process().1,
-        target_flags: target.flags,
+        target_flags: target.flags | disposition(sig),
         _pad: 0,
     });
     Some(())

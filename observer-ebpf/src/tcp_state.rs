@@ -219,36 +219,36 @@ fn on_state_change(
             owners::remember_listener(sk, &owner);
             report(change.endpoints()?, old_state, new_state, owner, 0)
         }
-        Interest::ListenerClosed | Interest::MayCloseAtExit => {
+        Interest::MayCloseAtExit => {
             let endpoints = change.endpoints()?;
-            // The current process, read once: the fallback owner, and a listener's closer.
             let fallback = owners::current(role::UNKNOWN);
             let known = owners::known_or(sk, endpoints.remote_port, fallback);
-            let at_exit = (interest == Interest::MayCloseAtExit || sockets::current_is_exiting())
-                && closed_by_exiting_owner(sk, known.tgid);
-            if interest == Interest::MayCloseAtExit {
-                if !at_exit {
-                    return None;
-                }
-                return report(
-                    endpoints,
-                    old_state,
-                    new_state,
-                    known,
-                    tcp_flags::CLOSED_AT_EXIT,
-                );
+            if !closed_by_exiting_owner(sk, known.tgid) {
+                return None;
             }
+            let (traffic_flags, unread, unsent) = traffic(sk);
+            report_closed_at_exit(
+                endpoints,
+                (old_state, new_state),
+                known,
+                tcp_flags::CLOSED_AT_EXIT | traffic_flags,
+                (unread, unsent),
+            )
+        }
+        Interest::ListenerClosed => {
+            let endpoints = change.endpoints()?;
             owners::forget_listener(sk);
-            // A listener is reported as closed by that process, not by its opener, which
-            // may have forked it away (a daemonizing server) and be gone.
-            let flags = if at_exit {
+            // A listener closes in the context of the last process holding it, which
+            // may not be its opener (a daemonizing server, a worker holding its
+            // master's listener): if that process is exiting, its exit closed it.
+            let flags = if sockets::current_is_exiting() && shut_down(sk) {
                 tcp_flags::CLOSED_AT_EXIT
             } else {
                 0
             };
             let closer = SocketOwner {
                 role: role::LISTENER,
-                ..fallback
+                ..owners::current(role::UNKNOWN)
             };
             report(endpoints, old_state, new_state, closer, flags)
         }
@@ -259,11 +259,69 @@ fn on_state_change(
 /// or else the current process): whether the exit closed it, and not softirq work that
 /// happened to run on the exiting task's stack.
 fn closed_by_exiting_owner(sk: u64, owner_tgid: u32) -> bool {
-    let Some(layout) = sockets::sock_layout() else {
-        return false;
+    shut_down(sk) && owner_tgid == (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// __tcp_close() has begun on `sk` (it sets SHUTDOWN_MASK before changing the state).
+fn shut_down(sk: u64) -> bool {
+    sockets::sock_layout_known()
+        && task::read::<u8>(sk, field!(SOCK_LAYOUT.sock_shutdown)) == Some(SHUTDOWN_MASK)
+}
+
+/// What a connection closed at exit carried, from `struct tcp_sock` (its members at BTF
+/// offsets, read with bpf_probe_read_kernel: `sk` is typed as `struct sock`, smaller
+/// than a `tcp_sock`). Runs once per socket an exiting process still held.
+/// __tcp_close() has purged the receive queue by now but left `copied_seq` and
+/// `rcv_nxt` as they were, so the bytes the process never read are still their
+/// difference. Returns [`tcp_flags`] bits, unread bytes and unacknowledged bytes.
+#[inline(always)]
+fn traffic(sk: u64) -> (u8, u32, u32) {
+    let read = |offset| task::read::<u32>(sk, offset);
+    let (Some(rcv_nxt), Some(copied), Some(wl1), Some(una), Some(write_seq), Some(received)) = (
+        read(field!(SOCK_LAYOUT.tcp_rcv_nxt)),
+        read(field!(SOCK_LAYOUT.tcp_copied_seq)),
+        read(field!(SOCK_LAYOUT.tcp_snd_wl1)),
+        read(field!(SOCK_LAYOUT.tcp_snd_una)),
+        read(field!(SOCK_LAYOUT.tcp_write_seq)),
+        task::read::<u64>(sk, field!(SOCK_LAYOUT.tcp_bytes_received)),
+    ) else {
+        return (0, 0, 0);
     };
-    task::read::<u8>(sk, layout.sock_shutdown) == Some(SHUTDOWN_MASK)
-        && owner_tgid == (bpf_get_current_pid_tgid() >> 32) as u32
+    let mut flags = tcp_flags::TRAFFIC_KNOWN;
+    if received > 0 {
+        flags |= tcp_flags::PEER_SENT_DATA;
+    }
+    // Sequence numbers wrap: compare as the kernel's before() does.
+    if (wl1.wrapping_sub(rcv_nxt) as i32) < 0 {
+        flags |= tcp_flags::PEER_SPOKE_LAST;
+    }
+    (
+        flags,
+        rcv_nxt.wrapping_sub(copied),
+        write_seq.wrapping_sub(una),
+    )
+}
+
+#[inline(always)]
+fn report_closed_at_exit(
+    endpoints: TcpEndpoints,
+    (old_state, new_state): (i32, i32),
+    owner: SocketOwner,
+    flags: u8,
+    (unread_bytes, unsent_bytes): (u32, u32),
+) -> Option<()> {
+    submit(TcpStateRecord {
+        header: header(kind::TCP_STATE),
+        endpoints,
+        owner,
+        old_state: old_state as u8,
+        new_state: new_state as u8,
+        flags,
+        _pad: [0; 5],
+        unread_bytes,
+        unsent_bytes,
+    });
+    Some(())
 }
 
 // Inlined: with the socket owner by value, more arguments than a BPF call can pass
@@ -284,6 +342,8 @@ fn report(
         new_state: new_state as u8,
         flags,
         _pad: [0; 5],
+        unread_bytes: 0,
+        unsent_bytes: 0,
     });
     Some(())
 }

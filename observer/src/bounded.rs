@@ -43,6 +43,10 @@ impl<K: Eq + Hash + Copy, V> BoundedMap<K, V> {
         self.entries.get_mut(key).map(|(value, _)| value)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter().map(|(key, (value, _))| (key, value))
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.entries.values().map(|(value, _)| value)
     }

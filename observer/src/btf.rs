@@ -164,6 +164,16 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// `sizeof(struct struct_name)`: BTF keeps a struct's size where other kinds keep
+    /// the type they refer to.
+    pub fn struct_size(&self, struct_name: &str) -> Result<u32> {
+        let id = *self
+            .structs_by_name
+            .get(struct_name)
+            .with_context(|| format!("struct {struct_name} not found in BTF"))?;
+        Ok(self.get(id).expect("indexed id exists").referenced)
+    }
+
     /// A member's offset in bits and its type.
     fn find_member(&self, ty: &Type, member: &str, depth: u32) -> Option<(u32, u32)> {
         if depth > 8 {

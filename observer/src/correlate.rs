@@ -13,11 +13,12 @@ use crate::{
     clock,
     deploy::Deploy,
     event::{
-        Event, ExitInfo, Line, ListenAction, OpenConnection, ProcessRef, SCHEMA_VERSION,
-        SigkillInfo, SignalResult, SigtermInfo,
+        DeliveredEvent, Direction, Event, ExitEvent, ExitInfo, Handler, Line, ListenAction,
+        OpenConnection, Origin, ProcessRef, Role, SCHEMA_VERSION, SigkillInfo, SignalEvent,
+        SignalResult, SignalStep, SigtermInfo, TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent,
     },
     identity,
-    shutdown::{ProcessShutdown, port_of},
+    shutdown::{ProcessShutdown, exit_convention, port_of},
     signals,
 };
 
@@ -55,6 +56,9 @@ pub struct Correlator {
     /// their own (workers told to stop by their master): child pid → parent pid. Their
     /// connections and RSTs at exit count in the parent's report.
     adopted: BoundedMap<u32, u32>,
+    /// The latest signal outside the termination set each process got, with its step:
+    /// if the process exits soon after, that signal stopped it.
+    other_signals: BoundedMap<u32, (u64, SignalEvent, SignalStep)>,
     deploys: Vec<Deploy>,
     out: Vec<Line>,
 }
@@ -70,6 +74,7 @@ impl Correlator {
             live: BoundedMap::new(TRACKED_LISTENERS),
             exited: Vec::new(),
             adopted: BoundedMap::new(TRACKED_LISTENERS),
+            other_signals: BoundedMap::new(TRACKED_LISTENERS),
             deploys: Vec::new(),
             out: Vec::new(),
         }
@@ -211,183 +216,13 @@ impl Correlator {
         let (mono, time) = (line.mono_ns, line.time.as_str());
         match &line.event {
             Event::Signal(e) if signals::TERMINATION_SIGNALS.contains(&e.sig) => {
-                let pid = e.target.pid;
-                if self.live.get(&pid).is_none() {
-                    let mut listening = self
-                        .listening
-                        .get(&pid)
-                        .map(|l| l.sockets.clone())
-                        .unwrap_or_default();
-                    listening.extend(e.target.listening.iter().cloned());
-                    let shutdown = ProcessShutdown::new(
-                        pid,
-                        &e.target.comm,
-                        e.target.cgroup.clone(),
-                        listening,
-                    );
-                    self.live.insert(pid, shutdown);
-                }
-                let shutdown = self.live.get_mut(&pid).expect("inserted above");
-                // A SIGHUP its handler took, then SIGTERM/INT/QUIT: the SIGHUP was a reload
-                // (nginx, many daemons); the shutdown starts now.
-                let reloaded = shutdown.sigterm.as_ref().is_some_and(|t| {
-                    t.sig_name == "SIGHUP" && t.handler == Some(crate::event::Handler::Custom)
-                }) && e.sig != signals::SIGHUP
-                    && e.sig != signals::SIGKILL;
-                if reloaded {
-                    shutdown.restart_at_signal();
-                }
-                if shutdown.first_signal_ns.is_none() {
-                    shutdown.first_signal_ns = Some(mono);
-                    shutdown.namespace_init = e.target.ns_pid == Some(1);
-                    shutdown.children_at_signal.clone_from(&e.target.children);
-                    shutdown.exe.clone_from(&e.target.exe);
-                    shutdown.cmdline.clone_from(&e.target.cmdline);
-                    let (service, ports) = (shutdown.service.clone(), shutdown.ports());
-                    let window = self.config.deploy_window_ns;
-                    let open = self
-                        .deploys
-                        .iter_mut()
-                        .find(|d| d.service == service && mono <= d.window_end(window));
-                    let deploy = match open {
-                        Some(deploy) => deploy,
-                        None => {
-                            let shutdown = self.live.get(&pid).expect("inserted above");
-                            self.deploys
-                                .push(Deploy::new(&service, shutdown, mono, time));
-                            self.deploys.last_mut().expect("just pushed")
-                        }
-                    };
-                    deploy.termination(pid, &ports, mono);
-                }
-                let shutdown = self.live.get_mut(&pid).expect("inserted above");
-                let from = e.sender.clone();
-                if e.sig == signals::SIGKILL {
-                    if shutdown.sigkill.is_none() {
-                        shutdown.sigkill = Some(SigkillInfo {
-                            time: time.to_string(),
-                            from,
-                            after_sigterm_ms: None,
-                        });
-                        shutdown.sigkill_ns = Some(mono);
-                        shutdown.sigkill_by_kernel = e.origin == crate::event::Origin::Kernel;
-                    }
-                } else if shutdown.sigterm.is_none() {
-                    shutdown.sigterm = Some(SigtermInfo {
-                        time: time.to_string(),
-                        sig_name: e.sig_name.clone(),
-                        from,
-                        result: e.result,
-                        handler: None,
-                    });
-                    shutdown.sigterm_ns = Some(mono);
-                }
+                self.on_termination_signal(e, mono, time)
             }
-            Event::SignalDelivered(e) => {
-                if let Some(shutdown) = self.live.get_mut(&e.target.pid)
-                    && let Some(term) = &mut shutdown.sigterm
-                    && term.sig_name == e.sig_name
-                    && term.handler.is_none()
-                {
-                    term.handler = Some(e.handler);
-                    if term.result != SignalResult::Delivered {
-                        term.result = SignalResult::Delivered;
-                    }
-                }
-            }
-            Event::Exit(e) => {
-                self.listening.remove(&e.pid);
-                let died_of_termination = e
-                    .signal
-                    .is_some_and(|sig| signals::TERMINATION_SIGNALS.contains(&sig));
-                let shutdown = match self.live.remove(&e.pid) {
-                    Some(shutdown) => Some(shutdown),
-                    None if died_of_termination => Some(ProcessShutdown::new(
-                        e.pid,
-                        &e.comm,
-                        e.cgroup.clone(),
-                        BTreeSet::new(),
-                    )),
-                    None => None,
-                };
-                let got_termination = shutdown.as_ref().is_some_and(|s| s.sigterm.is_some());
-                if !got_termination && let Some(parent) = self.parent_record(e.pid, e.ppid, mono) {
-                    // Killed without being told (e.g. by its namespace's init dying): the
-                    // parent did not forward the signal. Exited by itself: it was told
-                    // some other way (nginx's channel), and is part of the parent's stop.
-                    if e.signal.is_some() {
-                        parent.unsignalled_children.push(e.pid);
-                    }
-                    if shutdown.is_none() {
-                        let parent = parent.pid;
-                        self.adopted.insert(e.pid, parent);
-                    }
-                }
-                if let Some(mut shutdown) = shutdown {
-                    // The exit's cgroup comes from the kernel's cgroup id: it fills in a
-                    // cgroup that /proc no longer had when the signal was enriched.
-                    if shutdown.cgroup.is_none() {
-                        shutdown.cgroup.clone_from(&e.cgroup);
-                    }
-                    for child in &e.children {
-                        if !shutdown.children_at_signal.contains(child) {
-                            shutdown.children_at_signal.push(*child);
-                        }
-                    }
-                    shutdown.exit = Some(ExitInfo {
-                        time: time.to_string(),
-                        code: e.code,
-                        signal: e.signal,
-                        status: e.status,
-                        core_dumped: e.core_dumped,
-                    });
-                    shutdown.exit_ns = Some(mono);
-                    self.exited
-                        .push((mono + self.config.after_exit_ns, shutdown));
-                }
-            }
-            Event::TcpListen(e) => match e.action {
-                ListenAction::Open => {
-                    let entry = match self.listening.get_mut(&e.pid) {
-                        Some(entry) => entry,
-                        None => {
-                            let empty = Listening {
-                                sockets: BTreeSet::new(),
-                            };
-                            self.listening.insert(e.pid, empty);
-                            self.listening.get_mut(&e.pid).expect("just inserted")
-                        }
-                    };
-                    entry.sockets.insert(e.local.clone());
-                    let ports: Vec<u16> = port_of(&e.local).into_iter().collect();
-                    let service = identity::service(e.cgroup.as_deref(), &e.comm, &ports);
-                    for deploy in &mut self.deploys {
-                        deploy.listener_opened(e.pid, &service, &e.comm, &e.local, mono);
-                    }
-                }
-                ListenAction::Close => {
-                    if let Some(entry) = self.listening.get_mut(&e.pid) {
-                        entry.sockets.remove(&e.local);
-                    }
-                    if let Some(shutdown) = self.record(e.pid, mono) {
-                        shutdown.listener_closed(&e.local, mono, true);
-                    }
-                }
-            },
-            Event::TcpCloseAtExit(e) => {
-                // A worker's sockets count for its master (adoption, in `record`).
-                if let Some(shutdown) = self.record(e.pid, mono) {
-                    shutdown.open_at_exit.push(OpenConnection {
-                        local: e.local.clone(),
-                        remote: e.remote.clone(),
-                        state: e.state.clone(),
-                        role: e.role,
-                    });
-                    if e.role == crate::event::Role::Listener {
-                        shutdown.listener_closed(&e.local, mono, false);
-                    }
-                }
-            }
+            Event::Signal(e) => self.on_other_signal(e, mono, time),
+            Event::SignalDelivered(e) => self.on_delivered(e, mono),
+            Event::Exit(e) => self.on_exit(e, mono, time),
+            Event::TcpListen(e) => self.on_listen(e, mono),
+            Event::TcpCloseAtExit(e) => self.on_close_at_exit(e, mono),
             Event::TcpAccept(e) => {
                 if let Some(shutdown) = self.record(e.pid, mono)
                     && shutdown
@@ -397,36 +232,7 @@ impl Correlator {
                     shutdown.accepted_after_signal += 1;
                 }
             }
-            Event::TcpReset(e) if e.direction == crate::event::Direction::Sent => {
-                if let Some(pid) = e.pid {
-                    if let Some(shutdown) = self.record(pid, mono)
-                        && shutdown
-                            .first_signal_ns
-                            .is_some_and(|signal| signal <= mono)
-                    {
-                        shutdown.resets_sent += 1;
-                    }
-                } else if let Some(ProcessRef { pid, .. }) = &e.former_owner {
-                    // A client refused on a port its last listener (or that one's master)
-                    // left when it exited.
-                    if let Some(shutdown) = self.record(*pid, mono)
-                        && shutdown.exit_ns.is_some_and(|exit| exit <= mono)
-                    {
-                        shutdown.refused_after_exit += 1;
-                    }
-                } else if e.reason.as_deref() == Some("NO_SOCKET") {
-                    // No listener was seen closing (it opened before observer started): the
-                    // exited processes that listened on the port, in their window.
-                    let port = port_of(&e.local);
-                    for (deadline, shutdown) in &mut self.exited {
-                        let listened = port.is_some_and(|p| shutdown.ports().contains(&p));
-                        let exited = shutdown.exit_ns.is_some_and(|exit| exit <= mono);
-                        if listened && exited && mono <= *deadline {
-                            shutdown.refused_after_exit += 1;
-                        }
-                    }
-                }
-            }
+            Event::TcpReset(e) if e.direction == Direction::Sent => self.on_reset_sent(e, mono),
             Event::Lost(_) => {
                 for shutdown in self.live.values_mut() {
                     shutdown.complete = false;
@@ -438,14 +244,425 @@ impl Correlator {
             _ => {}
         }
     }
+
+    /// A termination signal: the process's record (new at its first), its timeline, and
+    /// its deploy.
+    fn on_termination_signal(&mut self, e: &SignalEvent, mono: u64, time: &str) {
+        let pid = e.target.pid;
+        if !self.live.contains(&pid) {
+            let shutdown = self.new_record(e);
+            self.live.insert(pid, shutdown);
+        }
+        let Some(shutdown) = self.live.get_mut(&pid) else {
+            return;
+        };
+        // A SIGHUP its handler took, then SIGTERM/INT/QUIT: the SIGHUP was a reload
+        // (nginx, many daemons); the shutdown starts now.
+        let reloaded = shutdown.sigterm_sig == Some(signals::SIGHUP)
+            && shutdown.handled_ns.is_some()
+            && e.sig != signals::SIGHUP
+            && e.sig != signals::SIGKILL;
+        if reloaded {
+            shutdown.restart_at_signal();
+        }
+        shutdown.add_step(mono, step(e, time, shutdown.handled_ns.is_some()));
+        let first = shutdown.first_signal_ns.is_none();
+        if first {
+            shutdown.first_signal_ns = Some(mono);
+            shutdown.namespace_init = e.target.ns_pid == Some(1);
+            shutdown.children_at_signal.clone_from(&e.target.children);
+            shutdown.exe.clone_from(&e.target.exe);
+            shutdown.cmdline.clone_from(&e.target.cmdline);
+        }
+        if e.sig == signals::SIGKILL {
+            if shutdown.sigkill.is_none() {
+                shutdown.sigkill = Some(SigkillInfo {
+                    time: time.to_string(),
+                    from: e.sender.clone(),
+                    after_sigterm_ms: None,
+                });
+                shutdown.sigkill_ns = Some(mono);
+                shutdown.sigkill_by_kernel = e.origin == Origin::Kernel;
+            }
+        } else if shutdown.sigterm.is_none() {
+            shutdown.sigterm = Some(SigtermInfo {
+                time: time.to_string(),
+                sig_name: e.sig_name.clone(),
+                from: e.sender.clone(),
+                result: e.result,
+                handler: None,
+                disposition: e.disposition,
+                blocked: e.blocked == Some(true),
+            });
+            shutdown.sigterm_sig = Some(e.sig);
+            shutdown.sigterm_ns = Some(mono);
+        }
+        if e.sig == signals::SIGKILL && e.origin == Origin::Kernel {
+            self.note_namespace_teardown(pid, &e.sender, mono);
+        }
+        if first {
+            self.join_deploy(pid, &e.target.children, mono, time);
+        }
+    }
+
+    /// A new record for the target of `e`, with the listeners it held: seen opening, or
+    /// in /proc at the signal. Those its parent or a child of its holds too (a pre-fork
+    /// master's listener, inherited by its workers) are marked shared, in both records.
+    fn new_record(&mut self, e: &SignalEvent) -> ProcessShutdown {
+        let pid = e.target.pid;
+        let mut listening = self
+            .listening
+            .get(&pid)
+            .map(|l| l.sockets.clone())
+            .unwrap_or_default();
+        listening.extend(e.target.listening.iter().cloned());
+        let mut shutdown =
+            ProcessShutdown::new(pid, &e.target.comm, e.target.cgroup.clone(), listening);
+        let children = &e.target.children;
+        for other in self.records_mut() {
+            let related = other.children_at_signal.contains(&pid) || children.contains(&other.pid);
+            if other.pid == pid || !related {
+                continue;
+            }
+            let shared: Vec<String> = other
+                .listening_at_signal
+                .intersection(&shutdown.listening_at_signal)
+                .cloned()
+                .collect();
+            other.shared_listeners.extend(shared.iter().cloned());
+            shutdown.shared_listeners.extend(shared);
+        }
+        shutdown
+    }
+
+    fn records_mut(&mut self) -> impl Iterator<Item = &mut ProcessShutdown> {
+        self.live
+            .values_mut()
+            .chain(self.exited.iter_mut().map(|(_, s)| s))
+    }
+
+    /// The kernel SIGKILLed `pid` from `sender`: if that is a namespace's init being
+    /// told to stop, its exit is tearing the namespace down (zap_pid_ns_processes()).
+    fn note_namespace_teardown(&mut self, pid: u32, sender: &ProcessRef, mono: u64) {
+        if sender.pid == pid {
+            return;
+        }
+        let init = self
+            .record(sender.pid, mono)
+            .is_some_and(|s| s.namespace_init);
+        if init && let Some(shutdown) = self.live.get_mut(&pid) {
+            shutdown.killed_with_namespace = Some(sender.clone());
+        }
+    }
+
+    /// A process's first termination signal puts it in a deploy: its parent's, when its
+    /// parent is being stopped too (a pre-fork master's workers), else its service's.
+    /// Its own children already in another deploy move to its deploy.
+    fn join_deploy(&mut self, pid: u32, children: &[u32], mono: u64, time: &str) {
+        let parent_service = self
+            .records_mut()
+            .find(|s| {
+                s.pid != pid
+                    && s.children_at_signal.contains(&pid)
+                    && s.first_signal_ns.is_some_and(|at| at <= mono)
+            })
+            .map(|s| s.service.clone());
+        let Some(shutdown) = self.live.get_mut(&pid) else {
+            return;
+        };
+        if let Some(service) = parent_service {
+            shutdown.service = service;
+        }
+        let (service, ports) = (shutdown.service.clone(), shutdown.ports());
+        self.deploy_for(&service, pid, mono, time)
+            .termination(pid, &ports, mono);
+        for &child in children {
+            let moved = self
+                .live
+                .get_mut(&child)
+                .filter(|c| c.service != service)
+                .map(|c| std::mem::replace(&mut c.service, service.clone()));
+            if let Some(old) = moved {
+                self.deploys.iter_mut().for_each(|d| {
+                    if d.service == old {
+                        d.forget(child);
+                    }
+                });
+                self.deploys.retain(|d| !d.is_empty());
+                self.deploy_for(&service, pid, mono, time)
+                    .termination(child, &[], mono);
+            }
+        }
+    }
+
+    /// The open deploy of `service`, or a new one started by `pid`'s signal.
+    fn deploy_for(&mut self, service: &str, pid: u32, mono: u64, time: &str) -> &mut Deploy {
+        let window = self.config.deploy_window_ns;
+        let open = self
+            .deploys
+            .iter()
+            .position(|d| d.service == service && mono <= d.window_end(window));
+        let index = match open {
+            Some(index) => index,
+            None => {
+                let first = self.live.get(&pid).map_or_else(
+                    || ProcessShutdown::new(pid, "", None, BTreeSet::new()),
+                    Clone::clone,
+                );
+                self.deploys.push(Deploy::new(service, &first, mono, time));
+                self.deploys.len() - 1
+            }
+        };
+        &mut self.deploys[index]
+    }
+
+    /// A signal outside the termination set (one `--signals` asked for, e.g. SIGUSR1 or
+    /// SIGWINCH): part of a stop under way, or remembered in case the process exits.
+    fn on_other_signal(&mut self, e: &SignalEvent, mono: u64, time: &str) {
+        let pid = e.target.pid;
+        if let Some(shutdown) = self.live.get_mut(&pid) {
+            let reraised = shutdown.handled_ns.is_some();
+            shutdown.add_step(mono, step(e, time, reraised));
+        } else {
+            self.other_signals
+                .insert(pid, (mono, e.clone(), step(e, time, false)));
+        }
+    }
+
+    fn on_delivered(&mut self, e: &DeliveredEvent, mono: u64) {
+        let pid = e.target.pid;
+        if let Some(shutdown) = self.live.get_mut(&pid) {
+            shutdown.delivered(e.sig, e.handler, mono);
+            if let Some(term) = &mut shutdown.sigterm
+                && shutdown.sigterm_sig == Some(e.sig)
+                && term.handler.is_none()
+            {
+                term.handler = Some(e.handler);
+                term.result = SignalResult::Delivered;
+            }
+        } else if let Some((_, _, step)) = self.other_signals.get_mut(&pid)
+            && step.sig == e.sig
+            && step.handler.is_none()
+        {
+            step.handler = Some(e.handler);
+        }
+    }
+
+    fn on_exit(&mut self, e: &ExitEvent, mono: u64, time: &str) {
+        self.listening.remove(&e.pid);
+        let died_of_termination = e
+            .signal
+            .is_some_and(|sig| signals::TERMINATION_SIGNALS.contains(&sig));
+        let shutdown = match self.live.remove(&e.pid) {
+            Some(shutdown) => Some(shutdown),
+            None => self.stopped_by_other_signal(e, mono).or_else(|| {
+                died_of_termination.then(|| {
+                    ProcessShutdown::new(e.pid, &e.comm, e.cgroup.clone(), BTreeSet::new())
+                })
+            }),
+        };
+        self.other_signals.remove(&e.pid);
+        let got_termination = shutdown.as_ref().is_some_and(|s| s.sigterm.is_some());
+        if !got_termination && let Some(parent) = self.parent_record(e.pid, e.ppid, mono) {
+            // Killed without being told (e.g. by its namespace's init dying): the
+            // parent did not forward the signal. Exited by itself: it was told some
+            // other way (nginx's channel), and is part of the parent's stop.
+            if e.signal.is_some() {
+                parent.unsignalled_children.push(e.pid);
+            }
+            if shutdown.is_none() {
+                let parent = parent.pid;
+                self.adopted.insert(e.pid, parent);
+            }
+        }
+        let Some(mut shutdown) = shutdown else {
+            return;
+        };
+        // The exit's cgroup comes from the kernel's cgroup id: it fills in a cgroup that
+        // /proc no longer had when the signal was enriched.
+        if shutdown.cgroup.is_none() {
+            shutdown.cgroup.clone_from(&e.cgroup);
+        }
+        for child in &e.children {
+            if !shutdown.children_at_signal.contains(child) {
+                shutdown.children_at_signal.push(*child);
+            }
+        }
+        let received: Vec<i32> = shutdown.steps.iter().map(|(_, s)| s.sig).collect();
+        shutdown.exit = Some(ExitInfo {
+            time: time.to_string(),
+            code: e.code,
+            signal: e.signal,
+            status: e.status,
+            core_dumped: e.core_dumped,
+            convention: exit_convention(e.code, &received),
+        });
+        shutdown.exit_ns = Some(mono);
+        self.exited
+            .push((mono + self.config.after_exit_ns, shutdown));
+    }
+
+    /// A process with no termination signal exits within a deploy window of another
+    /// signal observer reports: that signal stopped it (SIGUSR1, SIGWINCH soft stops).
+    fn stopped_by_other_signal(&mut self, e: &ExitEvent, mono: u64) -> Option<ProcessShutdown> {
+        let (at, signal, step) = self.other_signals.remove(&e.pid)?;
+        if mono.saturating_sub(at) > self.config.deploy_window_ns {
+            return None;
+        }
+        let mut shutdown = self.new_record(&signal);
+        shutdown.first_signal_ns = Some(at);
+        shutdown
+            .children_at_signal
+            .clone_from(&signal.target.children);
+        shutdown.exe.clone_from(&signal.target.exe);
+        shutdown.cmdline.clone_from(&signal.target.cmdline);
+        shutdown.sigterm = Some(SigtermInfo {
+            time: step.time.clone(),
+            sig_name: step.sig_name.clone(),
+            from: step.from.clone(),
+            result: if step.handler.is_some() {
+                SignalResult::Delivered
+            } else {
+                step.result
+            },
+            handler: step.handler,
+            disposition: signal.disposition,
+            blocked: signal.blocked == Some(true),
+        });
+        shutdown.sigterm_sig = Some(step.sig);
+        shutdown.sigterm_ns = Some(at);
+        if step.handler == Some(Handler::Custom) {
+            shutdown.handled_ns = Some(at);
+        }
+        let signal_time = step.time.clone();
+        shutdown.add_step(at, step);
+        let (service, ports) = (shutdown.service.clone(), shutdown.ports());
+        self.live.insert(e.pid, shutdown);
+        self.deploy_for(&service, e.pid, at, &signal_time)
+            .termination(e.pid, &ports, at);
+        self.live.remove(&e.pid)
+    }
+
+    fn on_listen(&mut self, e: &TcpListenEvent, mono: u64) {
+        match e.action {
+            ListenAction::Open => {
+                if !self.listening.contains(&e.pid) {
+                    let empty = Listening {
+                        sockets: BTreeSet::new(),
+                    };
+                    self.listening.insert(e.pid, empty);
+                }
+                if let Some(entry) = self.listening.get_mut(&e.pid) {
+                    entry.sockets.insert(e.local.clone());
+                }
+                let ports: Vec<u16> = port_of(&e.local).into_iter().collect();
+                let service = identity::service(e.cgroup.as_deref(), &e.comm, &ports);
+                for deploy in &mut self.deploys {
+                    deploy.listener_opened(e.pid, &service, &e.comm, &e.local, mono);
+                }
+            }
+            ListenAction::Close => {
+                if let Some(entry) = self.listening.get_mut(&e.pid) {
+                    entry.sockets.remove(&e.local);
+                }
+                if let Some(shutdown) = self.record(e.pid, mono) {
+                    shutdown.listener_closed(&e.local, mono);
+                }
+            }
+        }
+    }
+
+    fn on_close_at_exit(&mut self, e: &TcpCloseAtExitEvent, mono: u64) {
+        // A worker's sockets count for its master (adoption, in `record`).
+        let Some(shutdown) = self.record(e.pid, mono) else {
+            return;
+        };
+        shutdown.open_at_exit.push(OpenConnection {
+            local: e.local.clone(),
+            remote: e.remote.clone(),
+            state: e.state.clone(),
+            role: e.role,
+            activity: e.activity,
+        });
+        if e.role == Role::Listener {
+            shutdown.listener_closed_at_exit(&e.local);
+        }
+    }
+
+    fn on_reset_sent(&mut self, e: &TcpResetEvent, mono: u64) {
+        if let Some(pid) = e.pid {
+            if let Some(shutdown) = self.record(pid, mono)
+                && shutdown
+                    .first_signal_ns
+                    .is_some_and(|signal| signal <= mono)
+            {
+                shutdown.resets_sent += 1;
+                // A request cut at exit with unread data is reset as it is closed: the
+                // same lost client, counted once.
+                let cut = shutdown.in_flight_at_exit().any(|c| c.remote == e.remote);
+                if !cut {
+                    shutdown.resets_on_other_connections += 1;
+                }
+            }
+            return;
+        }
+        // A client refused on a port its last listener (or that one's master) left
+        // when it exited; else (no listener was seen closing: it opened before observer
+        // started) the process that listened on the port and exited last, in its window.
+        // Each refused client counts once, for one process.
+        let target = match &e.former_owner {
+            Some(former) => self
+                .record(former.pid, mono)
+                .is_some_and(|s| s.exit_ns.is_some_and(|exit| exit <= mono))
+                .then_some(former.pid),
+            None if e.reason.as_deref() == Some("NO_SOCKET") => {
+                port_of(&e.local).and_then(|port| self.last_exited_listener(port, mono))
+            }
+            None => None,
+        };
+        if let Some(pid) = target
+            && let Some(shutdown) = self.record(pid, mono)
+        {
+            shutdown.refused_after_exit += 1;
+        }
+    }
+
+    /// The process that listened on `port` when told to stop and exited last before
+    /// `mono`, its report still open.
+    fn last_exited_listener(&self, port: u16, mono: u64) -> Option<u32> {
+        self.exited
+            .iter()
+            .filter(|(deadline, s)| {
+                mono <= *deadline
+                    && s.ports().contains(&port)
+                    && s.exit_ns.is_some_and(|exit| exit <= mono)
+            })
+            .max_by_key(|(_, s)| s.exit_ns)
+            .map(|(_, s)| s.pid)
+    }
+}
+
+/// A signal as a step of a stop's timeline; `after_own_handler` when the target had
+/// already run a handler of its own for a termination signal (a re-raise, if it sent
+/// this one to itself).
+fn step(e: &SignalEvent, time: &str, after_own_handler: bool) -> SignalStep {
+    SignalStep {
+        time: time.to_string(),
+        sig: e.sig,
+        sig_name: e.sig_name.clone(),
+        from: e.sender.clone(),
+        result: e.result,
+        handler: None,
+        reraised: after_own_handler && e.sender.pid == e.target.pid,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{
-        DeliveredEvent, Direction, ExitEvent, FindingCode, FindingCode::*, Handler, LostEvent,
-        Origin, Role, ShutdownReport, SignalEvent, StatusSource, TcpAcceptEvent,
+        Activity, DeliveredEvent, Direction, ExitEvent, FindingCode, FindingCode::*, Handler,
+        LostEvent, Origin, Role, ShutdownReport, SignalEvent, StatusSource, TcpAcceptEvent,
         TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent, ThreadRef, Verdict,
     };
 
@@ -497,6 +714,8 @@ mod tests {
                 si_code: 0,
                 origin,
                 result,
+                disposition: None,
+                blocked: None,
             }),
         )
     }
@@ -583,8 +802,36 @@ mod tests {
                 remote,
                 state: state.into(),
                 role,
+                activity: None,
+                unread_bytes: None,
+                unsent_bytes: None,
             }),
         )
+    }
+
+    fn at_exit_with(at: u64, pid: u32, remote_port: u16, activity: Activity) -> Line {
+        let mut line = at_exit(at, pid, Role::Inbound, remote_port);
+        if let Event::TcpCloseAtExit(close) = &mut line.event {
+            close.activity = Some(activity);
+        }
+        line
+    }
+
+    /// `pid` sends `sig` to itself (raise()).
+    fn self_signal(at: u64, pid: u32, sig: i32) -> Line {
+        let mut line = signal_with(
+            at,
+            pid,
+            sig,
+            SignalResult::Delivered,
+            Origin::Tkill,
+            None,
+            pid,
+        );
+        if let Event::Signal(signal) = &mut line.event {
+            signal.sender.comm = "app".into();
+        }
+        line
     }
 
     fn accept(at: u64, pid: u32) -> Line {
@@ -769,12 +1016,112 @@ mod tests {
                 vec![ResetsSent],
             ),
             (
-                "connections cut by the exit",
+                "connections cut by the exit (no word from the kernel on their traffic)",
+                vec![
+                    term(0, P),
+                    delivered(0, P, 15, Handler::Custom),
+                    exit(10, P, 1, Some(0), None),
+                    at_exit(10, P, Role::Inbound, 5432),
+                ],
+                Verdict::Dropped,
+                vec![ConnectionsOpenAtExit],
+            ),
+            (
+                "a request in flight cut, an idle connection closed",
+                vec![
+                    listen(0, P, Open),
+                    term(100, P),
+                    delivered(100, P, 15, Handler::Custom),
+                    listen(105, P, Close),
+                    exit(200, P, 1, Some(0), None),
+                    at_exit_with(200, P, 5001, Activity::InFlight),
+                    at_exit_with(200, P, 5002, Activity::Idle),
+                ],
+                Verdict::Dropped,
+                vec![ConnectionsOpenAtExit, KeepaliveOpenAtExit],
+            ),
+            (
+                "only idle connections closed at exit: every client had its answer",
+                vec![
+                    listen(0, P, Open),
+                    term(100, P),
+                    delivered(100, P, 15, Handler::Custom),
+                    exit(200, P, 1, Some(0), None),
+                    at_exit_with(200, P, 5002, Activity::Idle),
+                ],
+                Verdict::Clean,
+                vec![KeepaliveOpenAtExit],
+            ),
+            (
+                "an outbound pool left open",
                 vec![
                     term(0, P),
                     delivered(0, P, 15, Handler::Custom),
                     exit(10, P, 1, Some(0), None),
                     at_exit(10, P, Role::Outbound, 5432),
+                ],
+                Verdict::Clean,
+                vec![OutboundOpenAtExit],
+            ),
+            (
+                "drained, then re-raised SIGTERM on itself (uvicorn)",
+                vec![
+                    listen(0, P, Open),
+                    term(100, P),
+                    delivered(100, P, 15, Handler::Custom),
+                    listen(150, P, Close),
+                    self_signal(900, P, 15),
+                    delivered(900, P, 15, Handler::Default),
+                    exit(901, P, 1, None, Some(15)),
+                ],
+                Verdict::Clean,
+                vec![],
+            ),
+            (
+                "a runtime's handler re-raising at once, still listening (Node)",
+                vec![
+                    listen(0, P, Open),
+                    term(100, P),
+                    delivered(100, P, 15, Handler::Custom),
+                    self_signal(100, P, 15),
+                    delivered(100, P, 15, Handler::Default),
+                    exit(101, P, 1, None, Some(15)),
+                    at_exit(101, P, Role::Listener, 0),
+                ],
+                Verdict::Dropped,
+                vec![NoSigtermHandler, ListenerNotClosed],
+            ),
+            (
+                "a runtime's handler re-raising at once, nothing to close",
+                vec![
+                    term(100, P),
+                    delivered(100, P, 15, Handler::Custom),
+                    self_signal(100, P, 15),
+                    delivered(100, P, 15, Handler::Default),
+                    exit(101, P, 1, None, Some(15)),
+                ],
+                Verdict::Dropped,
+                vec![NoSigtermHandler],
+            ),
+            (
+                "128+SIGTERM after the shutdown hooks (a JVM)",
+                vec![
+                    listen(0, P, Open),
+                    term(100, P),
+                    delivered(100, P, 15, Handler::Custom),
+                    listen(150, P, Close),
+                    exit(2_500, P, 1, Some(143), None),
+                ],
+                Verdict::Clean,
+                vec![],
+            ),
+            (
+                "a worker exiting 1 at once when told by its master",
+                vec![
+                    term(100, P),
+                    delivered(100, P, 15, Handler::Custom),
+                    exit(105, P, 1, Some(1), None),
+                    at_exit(105, P, Role::Inbound, 5001),
                 ],
                 Verdict::Dropped,
                 vec![ConnectionsOpenAtExit],
@@ -883,7 +1230,14 @@ mod tests {
         ]);
         assert_eq!(reports.len(), 2, "{reports:#?}");
         let (sleeper, init) = (&reports[0], &reports[1]);
-        assert_eq!(codes(sleeper), vec![KilledByKernel]);
+        assert_eq!(codes(sleeper), vec![SigkillWithoutSigterm]);
+        assert!(
+            sleeper.findings[0]
+                .message
+                .contains("namespace's init `supervisord`[100]"),
+            "{}",
+            sleeper.findings[0].message
+        );
         assert_eq!(
             codes(init),
             vec![SignalIgnoredByPid1, SignalNotForwarded, SigkillAfterGrace]
@@ -924,7 +1278,10 @@ mod tests {
             "{}",
             report.findings[2].message
         );
-        assert_eq!(report.listener_closed_ms, Some(1));
+        assert_eq!(
+            report.listener_closed_ms, None,
+            "the kernel closed it at exit: the program never did"
+        );
     }
 
     #[test]
@@ -965,7 +1322,10 @@ mod tests {
             "the worker's two connections and the master's listener: {report:#?}"
         );
         assert_eq!((report.resets_sent, report.refused_after_exit), (1, 2));
-        assert_eq!(report.listener_closed_ms, Some(20));
+        assert_eq!(
+            report.listener_closed_ms, None,
+            "the kernel closed the listener at exit, not the program"
+        );
         assert_eq!(
             codes(report),
             vec![

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    event::{DeployReport, Finding, Verdict},
+    event::{DeployReport, Finding, FindingCode, Severity, Verdict},
     shutdown::{ProcessShutdown, port_of},
 };
 
@@ -50,6 +50,17 @@ impl Deploy {
         self.ports.extend(ports);
     }
 
+    /// `pid` turned out to belong to another service's deploy (a worker whose master
+    /// was told to stop after it).
+    pub fn forget(&mut self, pid: u32) {
+        self.pending.remove(&pid);
+    }
+
+    /// Nothing left in it: no process waiting for its report, none reported.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.stopped.is_empty()
+    }
+
     pub fn window_end(&self, window_ns: u64) -> u64 {
         self.last_termination_ns + window_ns
     }
@@ -92,25 +103,43 @@ impl Deploy {
         self.pending.is_empty() && now_ns > self.window_end(window_ns)
     }
 
+    /// The deploy's verdict is its worst instance's, and `dropped` when clients were
+    /// refused after an instance exited: the platform still routed to it, which is the
+    /// deploy's failure even when each process stopped well. Its findings are its
+    /// instances', each code once (an error if it was one anywhere), with refusals an
+    /// error here.
     pub fn report(&self) -> DeployReport {
         let mut findings: Vec<Finding> = Vec::new();
         for shutdown in &self.stopped {
-            for finding in shutdown.findings() {
-                if !findings.iter().any(|f| f.code == finding.code) {
-                    findings.push(finding);
+            for mut finding in shutdown.findings() {
+                if finding.code == FindingCode::RefusedAfterExit {
+                    finding.severity = Severity::Error;
+                }
+                match findings.iter_mut().find(|f| f.code == finding.code) {
+                    Some(seen) if finding.severity == Severity::Error => {
+                        seen.severity = Severity::Error
+                    }
+                    Some(_) => {}
+                    None => findings.push(finding),
                 }
             }
         }
-        let verdict = self
+        let refused_after_exit: u32 = self.stopped.iter().map(|s| s.refused_after_exit).sum();
+        let worst = self
             .stopped
             .iter()
             .map(ProcessShutdown::verdict)
             .max()
             .unwrap_or(Verdict::Clean);
+        let verdict = if refused_after_exit > 0 {
+            worst.max(Verdict::Dropped)
+        } else {
+            worst
+        };
         let dropped_connections = self
             .stopped
             .iter()
-            .map(|s| s.connections_open_at_exit().count() as u32 + s.refused_after_exit)
+            .map(ProcessShutdown::dropped_connections)
             .sum();
         let mut started_pids: Vec<u32> = self.replacements.iter().map(|(pid, _)| *pid).collect();
         started_pids.dedup();
@@ -125,6 +154,7 @@ impl Deploy {
             started_pids,
             listener_gap_ms: self.listener_gap_ms(),
             dropped_connections,
+            refused_after_exit,
             verdict,
             findings,
         }

@@ -199,6 +199,9 @@ impl<H: HostView> Enricher<H> {
             si_code: r.si_code,
             origin: Origin::from_si_code(r.si_code),
             result,
+            disposition: disposition(r.target_flags),
+            blocked: (r.target_flags & target_flags::DISPOSITION_READ != 0)
+                .then_some(r.target_flags & target_flags::BLOCKED != 0),
         }))
     }
 
@@ -323,6 +326,19 @@ impl<H: HostView> Enricher<H> {
     fn exit_group_call(&mut self, r: &ExitGroupCallRecord) -> Option<Event> {
         self.inference.exit_group_called(r.tgid, r.code);
         None
+    }
+}
+
+/// The disposition the kernel read at generation, if it read one.
+fn disposition(flags: u32) -> Option<Handler> {
+    if flags & target_flags::DISPOSITION_READ == 0 {
+        None
+    } else if flags & target_flags::HANDLER_IGNORE != 0 {
+        Some(Handler::Ignore)
+    } else if flags & target_flags::HANDLER_CUSTOM != 0 {
+        Some(Handler::Custom)
+    } else {
+        Some(Handler::Default)
     }
 }
 

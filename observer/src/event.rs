@@ -215,6 +215,14 @@ pub struct SignalEvent {
     pub si_code: i32,
     pub origin: Origin,
     pub result: SignalResult,
+    /// The target's disposition for the signal when it was generated (`default`,
+    /// `ignore`, `custom`), read in the kernel: known even for a signal the kernel drops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<Handler>,
+    /// The target thread blocked the signal: it is taken with signalfd or sigwaitinfo(),
+    /// so no `signal_delivered` follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +286,18 @@ pub struct TcpResetEvent {
     pub former_owner: Option<ProcessRef>,
 }
 
+/// What a connection closed at exit carried, from the kernel's sequence numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activity {
+    /// Nothing unread, and the peer did not speak last: it had its answer (or never
+    /// asked). Closing it sends a FIN.
+    Idle,
+    /// The peer's data was unread, or the peer spoke last and was not answered: a
+    /// request (or, outbound, an answer) was cut.
+    InFlight,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -296,6 +316,13 @@ pub struct TcpCloseAtExitEvent {
     /// The state it was in when the kernel closed it.
     pub state: String,
     pub role: Role,
+    /// Read from the socket as the kernel closed it; absent without BTF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread_bytes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsent_bytes: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +369,28 @@ pub struct SigtermInfo {
     pub result: SignalResult,
     /// From its delivery; null if it was never delivered.
     pub handler: Option<Handler>,
+    /// The disposition when it was generated (see [`SignalEvent::disposition`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<Handler>,
+    /// Blocked by the target: taken with signalfd or sigwaitinfo(), not by a handler.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocked: bool,
+}
+
+/// One signal in a shutdown's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalStep {
+    pub time: String,
+    pub sig: i32,
+    pub sig_name: String,
+    pub from: ProcessRef,
+    pub result: SignalResult,
+    /// From its delivery; null if none was seen.
+    pub handler: Option<Handler>,
+    /// The process sent it to itself after a handler of its own had run: a handler
+    /// re-raising the signal (as Node's runtime does, and servers that drain first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reraised: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,6 +407,11 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     pub status: Option<i32>,
     pub core_dumped: bool,
+    /// A code of 128+N right after signal N: by convention, "stopped by signal N" (JVMs
+    /// after their shutdown hooks, inits such as tini passing on their child's death),
+    /// e.g. `128+SIGTERM`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convention: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +420,8 @@ pub struct OpenConnection {
     pub remote: String,
     pub state: String,
     pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -393,6 +449,18 @@ pub enum FindingCode {
     ResetsSent,
     RefusedAfterExit,
     ExitNonzeroAfterSigterm,
+    OutboundOpenAtExit,
+}
+
+/// Whether a finding explains a verdict that is not clean, or is advice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Clients lost work, or the process was killed: the verdict is not `clean`.
+    #[default]
+    Error,
+    /// Nothing was lost this time, but something to fix (or the platform's doing).
+    Warning,
 }
 
 impl FindingCode {
@@ -408,6 +476,8 @@ impl FindingCode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub code: FindingCode,
+    #[serde(default)]
+    pub severity: Severity,
     /// What happened and what to change, in one line.
     pub message: String,
 }
@@ -429,12 +499,20 @@ pub struct ShutdownReport {
     pub pod: Option<String>,
     pub sigterm: Option<SigtermInfo>,
     pub sigkill: Option<SigkillInfo>,
+    /// Every signal of the stop, in order (at most [`crate::shutdown::TIMELINE_SIGNALS`]).
+    #[serde(default)]
+    pub signals: Vec<SignalStep>,
     pub sigkill_first: bool,
     pub exit: Option<ExitInfo>,
     pub drain_ms: Option<u64>,
     pub listener_closed_ms: Option<u64>,
     pub accepted_after_signal: u32,
     pub open_at_exit: Vec<OpenConnection>,
+    /// Inbound connections cut at exit with a request in flight, and idle ones closed.
+    #[serde(default)]
+    pub in_flight_at_exit: u32,
+    #[serde(default)]
+    pub idle_at_exit: u32,
     pub resets_sent: u32,
     pub refused_after_exit: u32,
     pub verdict: Verdict,
@@ -451,7 +529,12 @@ pub struct DeployReport {
     pub stopped: Vec<u32>,
     pub started_pids: Vec<u32>,
     pub listener_gap_ms: Option<u64>,
+    /// Clients that lost their connection: requests cut at exit, other connections
+    /// reset, clients refused after exit; each counted once.
     pub dropped_connections: u32,
+    /// Of those, the clients refused after exit (the load balancer still sent them).
+    #[serde(default)]
+    pub refused_after_exit: u32,
     pub verdict: Verdict,
     pub findings: Vec<Finding>,
 }

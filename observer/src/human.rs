@@ -226,6 +226,8 @@ mod tests {
             si_code: -6,
             origin: Origin::Tkill,
             result: SignalResult::Ignored,
+            disposition: None,
+            blocked: None,
         }));
         assert_eq!(
             plain.render(&signal),

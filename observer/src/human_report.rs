@@ -2,7 +2,8 @@
 //! is a short timeline (first signal → listener closed → SIGKILL → exit, in ms from the
 //! first signal), then the evidence, the verdict and each finding with its fix.
 use crate::{
-    event::{DeployReport, Finding, Handler, ShutdownReport, SignalResult, Verdict},
+    clock,
+    event::{DeployReport, Finding, Handler, Severity, ShutdownReport, SignalResult, Verdict},
     human::HumanFormat,
     signals,
 };
@@ -44,41 +45,17 @@ pub fn shutdown(format: &HumanFormat, report: &ShutdownReport) -> String {
         report.pid,
         verdict_label(format, report.verdict)
     )];
-    let mut timeline: Vec<(u64, String)> = Vec::new();
-    let term_offset = match (&report.sigterm, &report.sigkill) {
-        (Some(_), _) => Some(0),
-        _ => None,
-    };
-    if let (Some(term), Some(offset)) = (&report.sigterm, term_offset) {
-        let what = match (term.result, term.handler) {
-            (SignalResult::Ignored, _) => "dropped by the kernel (ignored)".to_string(),
-            (_, Some(Handler::Custom)) => "handler runs".to_string(),
-            (_, Some(Handler::Default)) => "default action (no handler)".to_string(),
-            (_, Some(Handler::Ignore)) => "ignored by the process".to_string(),
-            (_, None) => "never delivered".to_string(),
-        };
-        timeline.push((
-            offset,
-            format!(
-                "{} from {}[{}]: {what}",
-                term.sig_name, term.from.comm, term.from.pid
-            ),
-        ));
-    }
+    let mut timeline = signal_steps(report);
     if let Some(ms) = report.listener_closed_ms {
         timeline.push((ms, "last listener closed".to_string()));
     }
-    if let Some(kill) = &report.sigkill {
-        let offset = kill.after_sigterm_ms.unwrap_or(0);
-        timeline.push((
-            offset,
-            format!("SIGKILL from {}[{}]", kill.from.comm, kill.from.pid),
-        ));
-    }
     if let Some(exit) = &report.exit {
-        let how = match (exit.code, exit.signal) {
-            (Some(code), _) => format!("exit {code}"),
-            (None, Some(sig)) => format!("killed by {}", signals::name(sig)),
+        let how = match (exit.code, exit.signal, &exit.convention) {
+            (Some(code), _, Some(convention)) => {
+                format!("exit {code} ({convention}: stopped by that signal, by convention)")
+            }
+            (Some(code), _, None) => format!("exit {code}"),
+            (None, Some(sig), _) => format!("killed by {}", signals::name(sig)),
             _ => "exit (status unknown)".to_string(),
         };
         let status = exit
@@ -100,8 +77,12 @@ pub fn shutdown(format: &HumanFormat, report: &ShutdownReport) -> String {
     }
     let open = report.open_at_exit.len();
     lines.push(format!(
-        "{INDENT}accepted after signal {} · open at exit {open} · RSTs sent {} · refused after exit {}",
-        report.accepted_after_signal, report.resets_sent, report.refused_after_exit
+        "{INDENT}accepted after signal {} · open at exit {open} (requests cut {}, idle {}) · RSTs sent {} · refused after exit {}",
+        report.accepted_after_signal,
+        report.in_flight_at_exit,
+        report.idle_at_exit,
+        report.resets_sent,
+        report.refused_after_exit
     ));
     lines.extend(finding_lines(format, &report.findings));
     lines.join("\n")
@@ -122,7 +103,7 @@ pub fn deploy(format: &HumanFormat, report: &DeployReport) -> String {
             verdict_label(format, report.verdict)
         ),
         format!(
-            "{INDENT}stopped {} → started {} · {gap} · dropped connections {}",
+            "{INDENT}stopped {} → started {} · {gap} · dropped connections {} (refused after exit {})",
             if stopped.is_empty() {
                 "-".to_string()
             } else {
@@ -133,20 +114,78 @@ pub fn deploy(format: &HumanFormat, report: &DeployReport) -> String {
             } else {
                 started.join(", ")
             },
-            report.dropped_connections
+            report.dropped_connections,
+            report.refused_after_exit
         ),
     ];
     lines.extend(finding_lines(format, &report.findings));
     lines.join("\n")
 }
 
-/// `✗ CODE message`, one line a finding.
+/// The signals of the stop, in ms from the first: who sent each and what became of it.
+/// Reports from logs older than the timeline show their first signal and SIGKILL.
+fn signal_steps(report: &ShutdownReport) -> Vec<(u64, String)> {
+    let first = report
+        .signals
+        .first()
+        .and_then(|s| clock::parse_rfc3339(&s.time));
+    let blocked = report.sigterm.as_ref().is_some_and(|t| t.blocked);
+    let mut steps: Vec<(u64, String)> = report
+        .signals
+        .iter()
+        .map(|step| {
+            let offset = first
+                .zip(clock::parse_rfc3339(&step.time))
+                .map_or(0, |(first, at)| ((at - first).max(0) / 1_000_000) as u64);
+            let what = fate(step.result, step.handler, blocked);
+            let from = if step.reraised {
+                "re-raised by itself".to_string()
+            } else {
+                format!("from {}[{}]", step.from.comm, step.from.pid)
+            };
+            (offset, format!("{} {from}: {what}", step.sig_name))
+        })
+        .collect();
+    if steps.is_empty() {
+        if let Some(term) = &report.sigterm {
+            let what = fate(term.result, term.handler, term.blocked);
+            let from = format!("{}[{}]", term.from.comm, term.from.pid);
+            steps.push((0, format!("{} from {from}: {what}", term.sig_name)));
+        }
+        if let Some(kill) = &report.sigkill {
+            let from = format!("{}[{}]", kill.from.comm, kill.from.pid);
+            steps.push((
+                kill.after_sigterm_ms.unwrap_or(0),
+                format!("SIGKILL from {from}"),
+            ));
+        }
+    }
+    steps
+}
+
+/// What became of a signal, as a timeline says it.
+fn fate(result: SignalResult, handler: Option<Handler>, blocked: bool) -> &'static str {
+    match (result, handler) {
+        (SignalResult::Ignored, _) => "dropped by the kernel (ignored)",
+        (_, Some(Handler::Custom)) => "handler runs",
+        (_, Some(Handler::Default)) => "default action (no handler)",
+        (_, Some(Handler::Ignore)) => "ignored by the process",
+        (_, None) if blocked => "blocked: taken with signalfd or sigwaitinfo",
+        (_, None) => "not delivered",
+    }
+}
+
+/// `✗ CODE message` for an error, `! CODE message` for a warning, one line a finding.
 fn finding_lines<'a>(
     format: &'a HumanFormat,
     findings: &'a [Finding],
 ) -> impl Iterator<Item = String> + 'a {
     findings.iter().map(move |finding| {
-        let code = format.paint(crate::human::RED, &finding.code.name());
-        format!("{INDENT}✗ {code} {}", finding.message)
+        let (mark, color) = match finding.severity {
+            Severity::Error => ("✗", crate::human::RED),
+            Severity::Warning => ("!", crate::human::YELLOW),
+        };
+        let code = format.paint(color, &finding.code.name());
+        format!("{INDENT}{mark} {code} {}", finding.message)
     })
 }

@@ -254,6 +254,12 @@ fn sock_layout(btf: &Btf) -> Result<SockLayout> {
         skc_v6_daddr: skc("skc_v6_daddr")?,
         sock_protocol: member("sock", "sk_protocol").context("sock.sk_protocol")?,
         sk_lock_owned: member("sock", "sk_lock.owned")?,
+        tcp_rcv_nxt: member("tcp_sock", "rcv_nxt")?,
+        tcp_copied_seq: member("tcp_sock", "copied_seq")?,
+        tcp_snd_wl1: member("tcp_sock", "snd_wl1")?,
+        tcp_snd_una: member("tcp_sock", "snd_una")?,
+        tcp_write_seq: member("tcp_sock", "write_seq")?,
+        tcp_bytes_received: member("tcp_sock", "bytes_received")?,
     })
 }
 
@@ -292,6 +298,12 @@ fn task_layout(btf: &Btf) -> Result<TaskLayout> {
         task_sibling: task("sibling")?,
         task_pid: task("pid")?,
         siginfo_code: btf.member_offset("kernel_siginfo", "si_code")?,
+        task_sighand: task("sighand")?,
+        sighand_action: btf.member_offset("sighand_struct", "action")?,
+        k_sigaction_size: btf.struct_size("k_sigaction")?,
+        k_sigaction_handler: btf.member_offset("k_sigaction", "sa.sa_handler")?,
+        task_blocked: task("blocked")?,
+        task_real_blocked: task("real_blocked")?,
         typed: 0,
     })
 }

@@ -393,6 +393,7 @@ mod tests {
             signal: Some(9),
             status: Some(137),
             core_dumped: false,
+            convention: None,
         });
         report.open_at_exit = vec![
             OpenConnection {
@@ -400,12 +401,14 @@ mod tests {
                 remote: "127.0.0.1:40000".into(),
                 state: "ESTABLISHED".into(),
                 role: Role::Inbound,
+                activity: None,
             };
             3
         ];
         report.refused_after_exit = 7;
         report.findings = vec![Finding {
             code: FindingCode::SigkillAfterGrace,
+            severity: Default::default(),
             message: "m".into(),
         }];
         report
@@ -423,6 +426,7 @@ mod tests {
             ended: "t".into(),
             stopped: vec![10],
             started_pids: vec![],
+            refused_after_exit: 0,
             listener_gap_ms: None,
             dropped_connections: 3,
             verdict: Verdict::Killed,

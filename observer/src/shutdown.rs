@@ -1,14 +1,32 @@
 //! One process's shutdown, accumulated from its events, and the report with its verdict
-//! and findings. Pure.
+//! and findings. Pure. The model (docs/verdicts.md): the verdict follows from what the
+//! kernel saw happen to clients and to the process, never from program names:
+//! - `killed`: SIGKILL ended it;
+//! - `dropped`: clients lost work (a request cut at exit, an RST), or it died of a
+//!   signal before it had stopped (no handler; a runtime's handler re-raising at once);
+//! - `clean`: otherwise, however it exited.
+//!
+//! Every finding that explains a `dropped` or `killed` verdict is an error; the others
+//! are warnings. The verdict is computed from the findings, so the two cannot disagree.
 use std::collections::BTreeSet;
 
 use crate::{
     event::{
-        ExitInfo, Finding, FindingCode, Handler, OpenConnection, Role, ShutdownReport, SigkillInfo,
-        SignalResult, SigtermInfo, Verdict,
+        Activity, ExitInfo, Finding, FindingCode, Handler, OpenConnection, ProcessRef, Role,
+        Severity, ShutdownReport, SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict,
     },
     identity, signals,
 };
+
+/// Signals kept in a report's timeline.
+pub const TIMELINE_SIGNALS: usize = 16;
+/// A re-raise this soon after its handler ran, by a process with no listener of its own
+/// to close, is a runtime's default handler (Node's re-raises from inside the C signal
+/// handler, within microseconds), not an application that stopped first.
+const RUNTIME_RERAISE_NS: u64 = 5_000_000;
+/// A nonzero exit this long after the signal, with connections still open, ended a
+/// drain that did not finish (a timeout fallback); a quicker one is by design.
+const FALLBACK_EXIT_NS: u64 = 1_000_000_000;
 
 /// What is known of one process from its first termination signal (or its death by
 /// one) until its report is due.
@@ -19,29 +37,43 @@ pub struct ProcessShutdown {
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
     pub cgroup: Option<String>,
-    /// The service a deploy groups it under, fixed at its first termination signal.
+    /// The service a deploy groups it under, fixed at its first termination signal (or
+    /// its parent's, for a worker stopped with its master).
     pub service: String,
     /// CLOCK_MONOTONIC of its first termination signal (SIGKILL included).
     pub first_signal_ns: Option<u64>,
     pub sigterm: Option<SigtermInfo>,
+    pub sigterm_sig: Option<i32>,
     pub sigterm_ns: Option<u64>,
+    /// Every signal of the stop (bounded), with when it came.
+    pub steps: Vec<(u64, SignalStep)>,
+    /// When a termination signal first reached a handler of its own.
+    pub handled_ns: Option<u64>,
     /// PID 1 of its PID namespace, as its first termination signal's target.
     pub namespace_init: bool,
     pub sigkill: Option<SigkillInfo>,
     pub sigkill_ns: Option<u64>,
     pub sigkill_by_kernel: bool,
+    /// The namespace init whose exit made the kernel SIGKILL it.
+    pub killed_with_namespace: Option<ProcessRef>,
     pub exit: Option<ExitInfo>,
     pub exit_ns: Option<u64>,
     /// Listening sockets it held when its first termination signal came.
     pub listening_at_signal: BTreeSet<String>,
+    /// Of those, the ones another process held too (inherited from a master, or handed
+    /// to workers): closing its own descriptor changes nothing the kernel reports.
+    pub shared_listeners: BTreeSet<String>,
     /// Listening sockets still open.
     pub listening: BTreeSet<String>,
-    /// When its last listener closed after the signal, and whether it closed it itself.
+    /// When its program closed its last listener after the signal.
     pub listeners_closed_ns: Option<u64>,
     pub listener_closed_by_program: bool,
     pub accepted_after_signal: u32,
     pub open_at_exit: Vec<OpenConnection>,
     pub resets_sent: u32,
+    /// RSTs sent on connections other than requests cut at exit (whose RST for unread
+    /// data is the same lost client).
+    pub resets_on_other_connections: u32,
     pub refused_after_exit: u32,
     /// Children that died after its signal without a termination signal of their own.
     pub unsignalled_children: Vec<u32>,
@@ -63,20 +95,26 @@ impl ProcessShutdown {
             cgroup,
             first_signal_ns: None,
             sigterm: None,
+            sigterm_sig: None,
             sigterm_ns: None,
+            steps: Vec::new(),
+            handled_ns: None,
             namespace_init: false,
             sigkill: None,
             sigkill_ns: None,
             sigkill_by_kernel: false,
+            killed_with_namespace: None,
             exit: None,
             exit_ns: None,
             listening_at_signal: listening.clone(),
+            shared_listeners: BTreeSet::new(),
             listening,
             listeners_closed_ns: None,
             listener_closed_by_program: false,
             accepted_after_signal: 0,
             open_at_exit: Vec::new(),
             resets_sent: 0,
+            resets_on_other_connections: 0,
             refused_after_exit: 0,
             unsignalled_children: Vec::new(),
             children_at_signal: Vec::new(),
@@ -92,24 +130,63 @@ impl ProcessShutdown {
             .collect()
     }
 
+    /// Listeners it held when told to stop that no other process held.
+    fn own_listeners(&self) -> impl Iterator<Item = &String> {
+        self.listening_at_signal.difference(&self.shared_listeners)
+    }
+
     /// A reload signal turned out not to be the shutdown, which starts now: what was
     /// counted since the reload is forgotten.
     pub fn restart_at_signal(&mut self) {
         self.sigterm = None;
+        self.sigterm_sig = None;
         self.sigterm_ns = None;
+        self.handled_ns = None;
         self.first_signal_ns = None;
         self.accepted_after_signal = 0;
         self.resets_sent = 0;
+        self.resets_on_other_connections = 0;
         self.listening_at_signal = self.listening.clone();
     }
 
-    /// A listener of its closed at `mono_ns`.
-    pub fn listener_closed(&mut self, local: &str, mono_ns: u64, by_program: bool) {
+    /// Its program closed a listener of its at `mono_ns`.
+    pub fn listener_closed(&mut self, local: &str, mono_ns: u64) {
         if self.listening.remove(local) && self.listening.is_empty() {
             if self.first_signal_ns.is_some_and(|signal| mono_ns >= signal) {
                 self.listeners_closed_ns = Some(mono_ns);
             }
-            self.listener_closed_by_program = by_program;
+            self.listener_closed_by_program = true;
+        }
+    }
+
+    /// The kernel closed a listener of its as it exited: not a close by the program.
+    pub fn listener_closed_at_exit(&mut self, local: &str) {
+        self.listening.remove(local);
+    }
+
+    /// Records a signal of the stop; `reraised` when the process sent it to itself after
+    /// its own handler ran.
+    pub fn add_step(&mut self, mono_ns: u64, step: SignalStep) {
+        if self.steps.len() < TIMELINE_SIGNALS {
+            self.steps.push((mono_ns, step));
+        }
+    }
+
+    /// A signal was dequeued: fills in the handler of the first step of that signal
+    /// still without one.
+    pub fn delivered(&mut self, sig: i32, handler: Handler, mono_ns: u64) {
+        if let Some((_, step)) = self
+            .steps
+            .iter_mut()
+            .find(|(_, s)| s.sig == sig && s.handler.is_none())
+        {
+            step.handler = Some(handler);
+        }
+        if handler == Handler::Custom
+            && signals::TERMINATION_SIGNALS.contains(&sig)
+            && self.handled_ns.is_none()
+        {
+            self.handled_ns = Some(mono_ns);
         }
     }
 
@@ -117,12 +194,15 @@ impl ProcessShutdown {
         Some(mono_ns?.saturating_sub(self.first_signal_ns?) / 1_000_000)
     }
 
-    /// SIGKILL came while it still ran.
+    fn died_of(&self) -> Option<i32> {
+        self.exit.as_ref().and_then(|e| e.signal)
+    }
+
+    /// SIGKILL came while it still ran, and ended it.
     fn sigkill_first(&self) -> bool {
-        match (self.sigkill_ns, self.exit_ns) {
-            (Some(kill), Some(exit)) => kill <= exit,
-            (Some(_), None) => true,
-            _ => false,
+        match &self.exit {
+            Some(exit) => exit.signal == Some(signals::SIGKILL),
+            None => self.sigkill.is_some(),
         }
     }
 
@@ -133,18 +213,40 @@ impl ProcessShutdown {
             .filter(|c| c.role != Role::Listener)
     }
 
-    pub fn verdict(&self) -> Verdict {
-        let exit = self.exit.as_ref();
-        if exit.and_then(|e| e.signal) == Some(signals::SIGKILL) {
-            Verdict::Killed
-        } else if exit.is_some_and(|e| e.code.is_some())
-            && self.connections_open_at_exit().next().is_none()
-            && self.resets_sent == 0
-        {
-            Verdict::Clean
+    /// Inbound connections cut with a request in flight. Without the kernel's word on
+    /// a connection's traffic, one left open by a server that had closed its listener
+    /// counts as idle (it stopped accepting and waited), any other as in flight.
+    pub fn in_flight_at_exit(&self) -> impl Iterator<Item = &OpenConnection> {
+        self.inbound_at_exit(Activity::InFlight)
+    }
+
+    pub fn idle_at_exit(&self) -> impl Iterator<Item = &OpenConnection> {
+        self.inbound_at_exit(Activity::Idle)
+    }
+
+    fn inbound_at_exit(&self, wanted: Activity) -> impl Iterator<Item = &OpenConnection> {
+        let stopped_accepting =
+            self.listener_closed_by_program && self.listeners_closed_ns.is_some();
+        let guess = if stopped_accepting {
+            Activity::Idle
         } else {
-            Verdict::Dropped
-        }
+            Activity::InFlight
+        };
+        self.open_at_exit
+            .iter()
+            .filter(move |c| c.role == Role::Inbound && c.activity.unwrap_or(guess) == wanted)
+    }
+
+    /// Clients it dropped: requests cut at exit, other connections reset, clients
+    /// refused after it exited.
+    pub fn dropped_connections(&self) -> u32 {
+        self.in_flight_at_exit().count() as u32
+            + self.resets_on_other_connections
+            + self.refused_after_exit
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        verdict_of(self.died_of(), &self.findings())
     }
 
     pub fn report(&self) -> ShutdownReport {
@@ -155,6 +257,7 @@ impl ProcessShutdown {
                 .zip(self.sigkill_ns)
                 .map(|(term, kill)| kill.saturating_sub(term) / 1_000_000);
         }
+        let findings = self.findings();
         ShutdownReport {
             pid: self.pid,
             comm: self.comm.clone(),
@@ -166,211 +269,464 @@ impl ProcessShutdown {
             pod: self.cgroup.as_deref().and_then(identity::pod),
             sigterm: self.sigterm.clone(),
             sigkill,
+            signals: self.steps.iter().map(|(_, step)| step.clone()).collect(),
             sigkill_first: self.sigkill_first(),
             exit: self.exit.clone(),
             drain_ms: self.since_signal_ms(self.exit_ns),
             listener_closed_ms: self.since_signal_ms(self.listeners_closed_ns),
             accepted_after_signal: self.accepted_after_signal,
             open_at_exit: self.open_at_exit.clone(),
+            in_flight_at_exit: self.in_flight_at_exit().count() as u32,
+            idle_at_exit: self.idle_at_exit().count() as u32,
             resets_sent: self.resets_sent,
             refused_after_exit: self.refused_after_exit,
-            verdict: self.verdict(),
-            findings: self.findings(),
+            verdict: verdict_of(self.died_of(), &findings),
+            findings,
             complete: self.complete,
         }
     }
 
     pub fn findings(&self) -> Vec<Finding> {
-        let mut findings = Vec::new();
-        let mut add = |code, message: String| findings.push(Finding { code, message });
-        let comm = &self.comm;
-        let term_name = self
-            .sigterm
-            .as_ref()
-            .map_or("SIGTERM", |t| t.sig_name.as_str());
-        let died_of = self.exit.as_ref().and_then(|e| e.signal);
-        let ms = |ns: Option<u64>| self.since_signal_ms(ns).unwrap_or(0);
-
-        if let Some(term) = &self.sigterm {
-            if term.result == SignalResult::Ignored && self.namespace_init {
-                add(
-                    FindingCode::SignalIgnoredByPid1,
-                    format!(
-                        "{term_name} reached `{comm}` as PID 1 of its namespace, which has no \
-                         handler, so the kernel dropped it: use exec form or an init such as tini"
-                    ),
-                );
-            }
-            if term.handler == Some(Handler::Default)
-                && died_of.is_some_and(|sig| signals::name(sig) == term.sig_name)
-            {
-                add(
-                    FindingCode::NoSigtermHandler,
-                    format!(
-                        "`{comm}` died of {term_name}'s default action: it has no handler, so \
-                         work in flight was cut off; handle {term_name} (stop accepting, drain, \
-                         then exit)"
-                    ),
-                );
-            }
-        }
-        if !self.unsignalled_children.is_empty() {
-            let pids: Vec<String> = self
-                .unsignalled_children
-                .iter()
-                .map(u32::to_string)
-                .collect();
-            add(
-                FindingCode::SignalNotForwarded,
-                format!(
-                    "`{comm}` got {term_name} but its children ({}) never did: run the app with \
-                     exec so it gets signals itself, or use an init that forwards them (tini, \
-                     docker --init)",
-                    pids.join(", ")
-                ),
-            );
-        }
-        if self.sigkill_first() {
-            let from = self.sigkill.as_ref().map(|k| &k.from);
-            let sender = from.map_or("?".to_string(), |p| format!("{}[{}]", p.comm, p.pid));
-            if self.sigkill_by_kernel {
-                add(
-                    FindingCode::KilledByKernel,
-                    format!(
-                        "the kernel killed `{comm}` (SIGKILL from {sender}: the OOM killer, or \
-                         its PID namespace's init exiting): check memory limits and what runs \
-                         as PID 1"
-                    ),
-                );
-            } else if self.sigterm.is_some() {
-                let after = ms(self.sigkill_ns);
-                let ignored = if self
-                    .sigterm
-                    .as_ref()
-                    .is_some_and(|t| t.result == SignalResult::Ignored)
-                {
-                    format!(" ({term_name} was ignored)")
-                } else {
-                    String::new()
-                };
-                add(
-                    FindingCode::SigkillAfterGrace,
-                    format!(
-                        "`{comm}` was still running {after} ms after {term_name}{ignored} and was \
-                         SIGKILLed by {sender}: finish draining within the grace period, or \
-                         raise it"
-                    ),
-                );
-                let handled = self
-                    .sigterm
-                    .as_ref()
-                    .is_some_and(|t| t.handler == Some(Handler::Custom));
-                // Listeners the kernel closed at exit (after SIGKILL) do not count.
-                let closed_before_kill = self
-                    .listeners_closed_ns
-                    .zip(self.sigkill_ns)
-                    .is_some_and(|(closed, kill)| closed < kill);
-                if handled && !self.listening_at_signal.is_empty() && !closed_before_kill {
-                    add(
-                        FindingCode::HandlerNeverRan,
-                        format!(
-                            "{term_name} was delivered to `{comm}`'s handler, yet no listener \
-                             closed and it did not exit in {after} ms: its event loop was likely \
-                             blocked; keep the loop responsive or handle signals on another thread"
-                        ),
-                    );
-                }
-            } else {
-                add(
-                    FindingCode::SigkillWithoutSigterm,
-                    format!(
-                        "`{comm}` was SIGKILLed by {sender} without a SIGTERM first: stop it with \
-                         SIGTERM and a grace period so it can drain"
-                    ),
-                );
-            }
-        }
-        let keepalive = self.listener_closed_by_program && self.listeners_closed_ns.is_some();
-        let (idle, other): (Vec<&OpenConnection>, Vec<&OpenConnection>) = self
-            .connections_open_at_exit()
-            .partition(|c| keepalive && c.role == Role::Inbound);
-        if !idle.is_empty() {
-            add(
-                FindingCode::KeepaliveOpenAtExit,
-                format!(
-                    "{} inbound connections were still open when `{comm}` exited, after it had \
-                     closed its listener: close idle keep-alive connections on shutdown (e.g. \
-                     server.closeIdleConnections(), a short keepAliveTimeout)",
-                    idle.len()
-                ),
-            );
-        }
-        if !other.is_empty() {
-            add(
-                FindingCode::ConnectionsOpenAtExit,
-                format!(
-                    "{} connections were still open when `{comm}` exited and were cut: drain \
-                     in-flight requests and close connections before exiting",
-                    other.len()
-                ),
-            );
-        }
-        if self.accepted_after_signal > 0 {
-            add(
-                FindingCode::AcceptedAfterSignal,
-                format!(
-                    "`{comm}` accepted {} connections after {term_name}: fail readiness and stop \
-                     accepting first, so the load balancer stops sending it traffic",
-                    self.accepted_after_signal
-                ),
-            );
-        }
-        if self.open_at_exit.iter().any(|c| c.role == Role::Listener) {
-            add(
-                FindingCode::ListenerNotClosed,
-                format!(
-                    "`{comm}` kept listening until it exited: close the listening socket as soon \
-                     as {term_name} arrives"
-                ),
-            );
-        }
-        if self.resets_sent > 0 {
-            add(
-                FindingCode::ResetsSent,
-                format!(
-                    "`{comm}` sent {} RSTs while shutting down, so clients saw connection resets: \
-                     finish requests and close connections gracefully",
-                    self.resets_sent
-                ),
-            );
-        }
-        if self.refused_after_exit > 0 {
-            let ports: Vec<String> = self.ports().iter().map(u16::to_string).collect();
-            add(
-                FindingCode::RefusedAfterExit,
-                format!(
-                    "{} clients were refused on port {} after `{comm}` exited: traffic was \
-                     still routed to it; deregister it from the load balancer before stopping",
-                    self.refused_after_exit,
-                    ports.join(",")
-                ),
-            );
-        }
-        if let Some(code) = self.exit.as_ref().and_then(|e| e.code)
-            && code != 0
-            && self.sigterm.is_some()
+        let checks: [fn(&Self) -> Option<Finding>; 15] = [
+            Self::signal_ignored_by_pid1,
+            Self::no_sigterm_handler,
+            Self::signal_not_forwarded,
+            Self::killed_by_kernel,
+            Self::sigkill_without_sigterm,
+            Self::sigkill_after_grace,
+            Self::handler_never_ran,
+            Self::requests_cut_at_exit,
+            Self::keepalive_open_at_exit,
+            Self::outbound_open_at_exit,
+            Self::accepted_after_signal,
+            Self::listener_not_closed,
+            Self::resets_sent,
+            Self::refused_after_exit,
+            Self::exit_nonzero_after_sigterm,
+        ];
+        let mut findings: Vec<Finding> = checks.iter().filter_map(|check| check(self)).collect();
+        // Killed with no SIGKILL seen (e.g. `--signals` left it out): still say so.
+        if self.died_of() == Some(signals::SIGKILL)
+            && !findings.iter().any(|f| f.severity == Severity::Error)
         {
-            add(
-                FindingCode::ExitNonzeroAfterSigterm,
+            findings.push(error(
+                FindingCode::SigkillWithoutSigterm,
                 format!(
-                    "`{comm}` exited with code {code} {} ms after {term_name} (e.g. a timeout \
-                     fallback fired): find what kept the drain from finishing",
-                    ms(self.exit_ns)
+                    "`{}` was killed by SIGKILL from a sender observer did not see: stop it \
+                     with SIGTERM and a grace period so it can drain",
+                    self.comm
                 ),
-            );
+            ));
         }
         findings
     }
+
+    fn term_name(&self) -> &str {
+        self.sigterm
+            .as_ref()
+            .map_or("SIGTERM", |t| t.sig_name.as_str())
+    }
+
+    fn ms_after_signal(&self, mono_ns: Option<u64>) -> u64 {
+        self.since_signal_ms(mono_ns).unwrap_or(0)
+    }
+
+    fn signal_ignored_by_pid1(&self) -> Option<Finding> {
+        let term = self.sigterm.as_ref()?;
+        (term.result == SignalResult::Ignored && self.namespace_init).then(|| {
+            let disposition = match term.disposition {
+                Some(Handler::Ignore) => "ignores it (SIG_IGN)",
+                _ => "has no handler for it",
+            };
+            error(
+                FindingCode::SignalIgnoredByPid1,
+                format!(
+                    "{} reached `{}` as PID 1 of its namespace, which {disposition}, so the \
+                     kernel dropped it: use exec form or an init such as tini",
+                    self.term_name(),
+                    self.comm
+                ),
+            )
+        })
+    }
+
+    /// The step of the signal that ended it, if a termination signal (not SIGKILL) did.
+    fn fatal_step(&self) -> Option<&(u64, SignalStep)> {
+        let sig = self.died_of().filter(|&sig| sig != signals::SIGKILL)?;
+        self.steps.iter().rev().find(|(_, step)| step.sig == sig)
+    }
+
+    /// It died of a signal before it had stopped: the default action, or a handler that
+    /// re-raised the signal without stopping first (a listener of its own still open, or,
+    /// with none, within [`RUNTIME_RERAISE_NS`] of the handler running).
+    fn no_sigterm_handler(&self) -> Option<Finding> {
+        let (at, step) = self.fatal_step()?;
+        let comm = &self.comm;
+        let name = &step.sig_name;
+        if !step.reraised {
+            let default = step.handler == Some(Handler::Default)
+                || (step.handler.is_none()
+                    && self.disposition_of(step.sig) == Some(Handler::Default));
+            return default.then(|| {
+                error(
+                    FindingCode::NoSigtermHandler,
+                    format!(
+                        "`{comm}` died of {name}'s default action: it has no handler, so work in \
+                         flight was cut off; handle {name} (stop accepting, drain, then exit)"
+                    ),
+                )
+            });
+        }
+        let handled = self.handled_ns.unwrap_or(*at);
+        let after = at.saturating_sub(handled);
+        let still_listening = self.kept_own_listener();
+        let has_own = self.own_listeners().next().is_some();
+        let stopped_first = if has_own {
+            !still_listening
+        } else {
+            after >= RUNTIME_RERAISE_NS
+        };
+        (!stopped_first).then(|| {
+            error(
+                FindingCode::NoSigtermHandler,
+                format!(
+                    "`{comm}` re-raised {name} on itself {} ms after its handler ran{}: that is \
+                     a runtime's default handler (Node's, for one), not the application \
+                     stopping; handle {name} in the application (stop accepting, drain, then \
+                     exit)",
+                    after / 1_000_000,
+                    if still_listening {
+                        ", still listening"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        })
+    }
+
+    /// A listener of its own was open until it died: never closed by the program.
+    fn kept_own_listener(&self) -> bool {
+        self.own_listeners().any(|l| {
+            self.listening.contains(l)
+                || self
+                    .open_at_exit
+                    .iter()
+                    .any(|c| c.role == Role::Listener && &c.local == l)
+        })
+    }
+
+    fn disposition_of(&self, sig: i32) -> Option<Handler> {
+        let term = self.sigterm.as_ref()?;
+        (self.sigterm_sig == Some(sig))
+            .then_some(term.disposition)
+            .flatten()
+    }
+
+    fn signal_not_forwarded(&self) -> Option<Finding> {
+        if self.unsignalled_children.is_empty() {
+            return None;
+        }
+        let pids: Vec<String> = self
+            .unsignalled_children
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        Some(error(
+            FindingCode::SignalNotForwarded,
+            format!(
+                "`{}` got {} but its children ({}) never did and were killed: run the app with \
+                 exec so it gets signals itself, or use an init that forwards them (tini, \
+                 docker --init)",
+                self.comm,
+                self.term_name(),
+                pids.join(", ")
+            ),
+        ))
+    }
+
+    fn sender(&self) -> String {
+        self.sigkill.as_ref().map_or("?".to_string(), |k| {
+            format!("{}[{}]", k.from.comm, k.from.pid)
+        })
+    }
+
+    fn killed_by_kernel(&self) -> Option<Finding> {
+        (self.sigkill_first() && self.sigkill_by_kernel && self.killed_with_namespace.is_none())
+            .then(|| {
+                error(
+                    FindingCode::KilledByKernel,
+                    format!(
+                        "the kernel killed `{}` (SIGKILL from {}, e.g. the OOM killer): check \
+                         memory limits",
+                        self.comm,
+                        self.sender()
+                    ),
+                )
+            })
+    }
+
+    fn sigkill_without_sigterm(&self) -> Option<Finding> {
+        if !self.sigkill_first() || self.sigterm.is_some() || self.sigkill.is_none() {
+            return None;
+        }
+        let comm = &self.comm;
+        if let Some(init) = &self.killed_with_namespace {
+            return Some(error(
+                FindingCode::SigkillWithoutSigterm,
+                format!(
+                    "`{comm}` was SIGKILLed by the kernel without a SIGTERM when its PID \
+                     namespace's init `{}`[{}] exited: make the init forward SIGTERM and wait \
+                     for its children (tini, docker --init), or exec the app as PID 1",
+                    init.comm, init.pid
+                ),
+            ));
+        }
+        if self.sigkill_by_kernel {
+            return None;
+        }
+        Some(error(
+            FindingCode::SigkillWithoutSigterm,
+            format!(
+                "`{comm}` was SIGKILLed by {} without a SIGTERM first: stop it with SIGTERM and \
+                 a grace period so it can drain",
+                self.sender()
+            ),
+        ))
+    }
+
+    fn sigkill_after_grace(&self) -> Option<Finding> {
+        if !self.sigkill_first() || self.sigterm.is_none() || self.sigkill_by_kernel {
+            return None;
+        }
+        let ignored = if self
+            .sigterm
+            .as_ref()
+            .is_some_and(|t| t.result == SignalResult::Ignored)
+        {
+            format!(" ({} was ignored)", self.term_name())
+        } else {
+            String::new()
+        };
+        Some(error(
+            FindingCode::SigkillAfterGrace,
+            format!(
+                "`{}` was still running {} ms after {}{ignored} and was SIGKILLed by {}: finish \
+                 draining within the grace period, or raise it",
+                self.comm,
+                self.ms_after_signal(self.sigkill_ns),
+                self.term_name(),
+                self.sender()
+            ),
+        ))
+    }
+
+    /// A handler took the signal, yet the process did nothing the kernel could see until
+    /// SIGKILL: a listener of its own stayed open and no request was in flight to keep
+    /// it busy (a worker busy with a long request, or holding an inherited listener,
+    /// proves nothing of its handler).
+    fn handler_never_ran(&self) -> Option<Finding> {
+        let handled = self
+            .sigterm
+            .as_ref()
+            .is_some_and(|t| t.handler == Some(Handler::Custom));
+        if !handled || self.sigkill_after_grace().is_none() {
+            return None;
+        }
+        let closed_before_kill = self
+            .listeners_closed_ns
+            .zip(self.sigkill_ns)
+            .is_some_and(|(closed, kill)| closed < kill);
+        let own_listener_open = self.own_listeners().next().is_some() && !closed_before_kill;
+        let busy = self.in_flight_at_exit().next().is_some();
+        (own_listener_open && !busy).then(|| {
+            error(
+                FindingCode::HandlerNeverRan,
+                format!(
+                    "{} was delivered to `{}`'s handler, yet it kept its listener open, served \
+                     no request and did not exit in {} ms: its event loop was likely blocked; \
+                     keep the loop responsive or handle signals on another thread",
+                    self.term_name(),
+                    self.comm,
+                    self.ms_after_signal(self.sigkill_ns)
+                ),
+            )
+        })
+    }
+
+    fn requests_cut_at_exit(&self) -> Option<Finding> {
+        let cut = self.in_flight_at_exit().count();
+        (cut > 0).then(|| {
+            error(
+                FindingCode::ConnectionsOpenAtExit,
+                format!(
+                    "{cut} inbound connections with a request in flight were cut when `{}` \
+                     exited: drain in-flight requests before exiting",
+                    self.comm
+                ),
+            )
+        })
+    }
+
+    fn keepalive_open_at_exit(&self) -> Option<Finding> {
+        let idle = self.idle_at_exit().count();
+        (idle > 0).then(|| {
+            warning(
+                FindingCode::KeepaliveOpenAtExit,
+                format!(
+                    "{idle} idle inbound connections were still open when `{}` exited (their \
+                     clients had their answers and got a FIN; one sending its next request then \
+                     would fail): close idle keep-alive connections on shutdown (e.g. \
+                     server.closeIdleConnections(), a short keepAliveTimeout)",
+                    self.comm
+                ),
+            )
+        })
+    }
+
+    fn outbound_open_at_exit(&self) -> Option<Finding> {
+        let outbound = self
+            .connections_open_at_exit()
+            .filter(|c| c.role == Role::Outbound)
+            .count();
+        (outbound > 0).then(|| {
+            warning(
+                FindingCode::OutboundOpenAtExit,
+                format!(
+                    "{outbound} outbound connections (to databases, caches, other services) were \
+                     still open when `{}` exited: close client pools on shutdown",
+                    self.comm
+                ),
+            )
+        })
+    }
+
+    fn accepted_after_signal(&self) -> Option<Finding> {
+        (self.accepted_after_signal > 0).then(|| {
+            warning(
+                FindingCode::AcceptedAfterSignal,
+                format!(
+                    "`{}` accepted {} connections after {}: fail readiness and stop accepting \
+                     first, so the load balancer stops sending it traffic",
+                    self.comm,
+                    self.accepted_after_signal,
+                    self.term_name()
+                ),
+            )
+        })
+    }
+
+    fn listener_not_closed(&self) -> Option<Finding> {
+        let kept = self
+            .open_at_exit
+            .iter()
+            .any(|c| c.role == Role::Listener && !self.shared_listeners.contains(&c.local));
+        (kept && self.sigterm.is_some()).then(|| {
+            warning(
+                FindingCode::ListenerNotClosed,
+                format!(
+                    "`{}` kept listening until it exited: close the listening socket as soon as \
+                     {} arrives",
+                    self.comm,
+                    self.term_name()
+                ),
+            )
+        })
+    }
+
+    fn resets_sent(&self) -> Option<Finding> {
+        (self.resets_sent > 0).then(|| {
+            error(
+                FindingCode::ResetsSent,
+                format!(
+                    "`{}` sent {} RSTs while shutting down, so clients saw connection resets \
+                     (unread requests, or connections still queued on a listener it closed): \
+                     finish requests and close connections gracefully",
+                    self.comm, self.resets_sent
+                ),
+            )
+        })
+    }
+
+    fn refused_after_exit(&self) -> Option<Finding> {
+        (self.refused_after_exit > 0).then(|| {
+            let ports: Vec<String> = self.ports().iter().map(u16::to_string).collect();
+            warning(
+                FindingCode::RefusedAfterExit,
+                format!(
+                    "{} clients were refused on port {} after `{}` exited: traffic was still \
+                     routed to it; deregister it from the load balancer before stopping",
+                    self.refused_after_exit,
+                    ports.join(","),
+                    self.comm
+                ),
+            )
+        })
+    }
+
+    /// A nonzero exit that ended a drain which had not finished: connections still open,
+    /// a second or more after the signal (a timeout fallback). 128+N after signal N is
+    /// a convention, and a quick nonzero exit (a worker told by its master) is by design.
+    fn exit_nonzero_after_sigterm(&self) -> Option<Finding> {
+        let exit = self.exit.as_ref()?;
+        let code = exit.code.filter(|&code| code != 0)?;
+        self.sigterm.as_ref()?;
+        let late = self
+            .exit_ns
+            .zip(self.first_signal_ns)
+            .is_some_and(|(exit, signal)| exit.saturating_sub(signal) >= FALLBACK_EXIT_NS);
+        let unfinished = self
+            .connections_open_at_exit()
+            .any(|c| c.role == Role::Inbound);
+        (exit.convention.is_none() && late && unfinished).then(|| {
+            error(
+                FindingCode::ExitNonzeroAfterSigterm,
+                format!(
+                    "`{}` exited with code {code} {} ms after {} with connections still open (a \
+                     timeout fallback fired): find what kept the drain from finishing",
+                    self.comm,
+                    self.ms_after_signal(self.exit_ns),
+                    self.term_name()
+                ),
+            )
+        })
+    }
+}
+
+fn error(code: FindingCode, message: String) -> Finding {
+    Finding {
+        code,
+        severity: Severity::Error,
+        message,
+    }
+}
+
+fn warning(code: FindingCode, message: String) -> Finding {
+    Finding {
+        code,
+        severity: Severity::Warning,
+        message,
+    }
+}
+
+/// `killed` when SIGKILL ended it; `dropped` when any finding is an error; else `clean`.
+pub fn verdict_of(died_of: Option<i32>, findings: &[Finding]) -> Verdict {
+    if died_of == Some(signals::SIGKILL) {
+        Verdict::Killed
+    } else if findings.iter().any(|f| f.severity == Severity::Error) {
+        Verdict::Dropped
+    } else {
+        Verdict::Clean
+    }
+}
+
+/// `128+SIGTERM` for code 143 after a SIGTERM: the status inits and JVMs give by
+/// convention for "stopped by that signal".
+pub fn exit_convention(code: Option<i32>, signals_received: &[i32]) -> Option<String> {
+    let sig = code? - 128;
+    signals_received
+        .contains(&sig)
+        .then(|| format!("128+{}", signals::name(sig)))
 }
 
 pub fn port_of(endpoint: &str) -> Option<u16> {

@@ -15,8 +15,8 @@ use crate::{
     bounded::BoundedMap,
     decode::comm,
     event::{
-        Direction, Event, ListenAction, ProcessRef, Role, TcpAcceptEvent, TcpCloseAtExitEvent,
-        TcpListenEvent, TcpResetEvent,
+        Activity, Direction, Event, ListenAction, ProcessRef, Role, TcpAcceptEvent,
+        TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent,
     },
 };
 
@@ -75,6 +75,7 @@ impl TcpTracker {
         }
         if r.flags & tcp_flags::CLOSED_AT_EXIT != 0 {
             let role = self.role(&r.owner, old_state, port);
+            let known = r.flags & tcp_flags::TRAFFIC_KNOWN != 0 && role != Role::Listener;
             return Some(Event::TcpCloseAtExit(TcpCloseAtExitEvent {
                 pid: owner.pid,
                 comm: owner.comm,
@@ -82,6 +83,9 @@ impl TcpTracker {
                 remote,
                 state: state_name(old_state).to_string(),
                 role,
+                activity: known.then(|| activity(r, role)),
+                unread_bytes: known.then_some(r.unread_bytes),
+                unsent_bytes: known.then_some(r.unsent_bytes),
             }));
         }
         (old_state == tcp_state::LISTEN).then_some(Event::TcpListen(TcpListenEvent {
@@ -131,21 +135,17 @@ impl TcpTracker {
         self.former_listeners.insert(port, owner.clone());
     }
 
-    /// A socket's role: as learnt in the kernel, else from its state and ports.
+    /// A socket's role: as learnt in the kernel, else from its state and ports. A
+    /// connection on a port some process listens on (or last listened on) was accepted
+    /// there, whoever holds it now: pre-fork workers accept on their master's listener.
     fn role(&self, owner: &SocketOwner, old_state: i32, port: u16) -> Role {
         match owner.role {
             role::LISTENER => Role::Listener,
             role::INBOUND => Role::Inbound,
             role::OUTBOUND => Role::Outbound,
             _ if old_state == tcp_state::LISTEN => Role::Listener,
-            _ if self
-                .listeners
-                .get(&port)
-                .is_some_and(|pids| pids.contains_key(&owner.tgid))
-                || self
-                    .former_listeners
-                    .get(&port)
-                    .is_some_and(|p| p.pid == owner.tgid) =>
+            _ if self.listeners.contains_key(&port)
+                || self.former_listeners.get(&port).is_some() =>
             {
                 Role::Inbound
             }
@@ -156,15 +156,22 @@ impl TcpTracker {
     pub fn reset(&mut self, r: &TcpResetRecord) -> Event {
         let (local, remote) = endpoints(&r.endpoints);
         let has_socket = r.flags & reset_flags::HAS_SOCKET != 0;
+        let port = r.endpoints.local_port;
+        // A socket nobody traced, on a port whose listener has closed: a connection
+        // still queued on that listener, which the kernel resets as it closes it
+        // (inet_csk_listen_stop()), or one accepted from it. Either is that listener's.
         let owner = if r.owner.tgid != 0 {
             Some(owner_ref(&r.owner))
         } else if has_socket {
-            self.sole_listener(r.endpoints.local_port)
+            self.sole_listener(port).or_else(|| {
+                (!self.listeners.contains_key(&port))
+                    .then(|| self.former_listeners.get(&port).cloned())
+                    .flatten()
+            })
         } else {
             None
         };
         let former_owner = if owner.is_none() && !has_socket {
-            let port = r.endpoints.local_port;
             self.former_listeners
                 .get(&port)
                 .filter(|_| !self.listeners.contains_key(&port))
@@ -227,6 +234,27 @@ impl TcpTracker {
             local,
             remote,
         })
+    }
+}
+
+/// Whether a connection closed at exit was idle or carried work: for an inbound one, a
+/// request unread or unanswered (the client spoke last and nothing of ours is on its
+/// way: an answer written but not yet acknowledged still reaches it, before the FIN);
+/// for an outbound one, an answer unread or a request of ours not yet acknowledged. A
+/// peer that already closed its side (CLOSE_WAIT) waits for nothing.
+fn activity(r: &TcpStateRecord, role: Role) -> Activity {
+    let unanswered = r.flags & tcp_flags::PEER_SENT_DATA != 0
+        && r.flags & tcp_flags::PEER_SPOKE_LAST != 0
+        && r.unsent_bytes == 0;
+    let in_flight = match role {
+        _ if i32::from(r.old_state) == tcp_state::CLOSE_WAIT => false,
+        Role::Inbound => r.unread_bytes > 0 || unanswered,
+        _ => r.unread_bytes > 0 || r.unsent_bytes > 0,
+    };
+    if in_flight {
+        Activity::InFlight
+    } else {
+        Activity::Idle
     }
 }
 
@@ -314,6 +342,8 @@ mod tests {
             new_state: new as u8,
             flags,
             _pad: [0; 5],
+            unread_bytes: 0,
+            unsent_bytes: 0,
         }
     }
 
