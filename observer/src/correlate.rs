@@ -18,7 +18,7 @@ use crate::{
         SignalResult, SignalStep, SigtermInfo, TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent,
     },
     identity,
-    shutdown::{ProcessShutdown, exit_convention, port_of},
+    shutdown::{ParentSignal, ProcessShutdown, exit_convention, port_of},
     signals,
 };
 
@@ -300,6 +300,15 @@ impl Correlator {
         if e.sig == signals::SIGKILL && e.origin == Origin::Kernel {
             self.note_namespace_teardown(pid, &e.sender, mono);
         }
+        // A signal the process sent itself is no evidence of its handler; one the kernel
+        // sent on its behalf (a dying namespace init's SIGKILLs) neither.
+        if e.sender.pid != pid
+            && e.origin != Origin::Kernel
+            && let Some(sender) = self.live.get_mut(&e.sender.pid)
+            && sender.first_signal_ns.is_some_and(|at| at <= mono)
+        {
+            sender.signalled_others = true;
+        }
         if first {
             self.join_deploy(pid, &e.target.children, mono, time);
         }
@@ -359,19 +368,33 @@ impl Correlator {
     /// parent is being stopped too (a pre-fork master's workers), else its service's.
     /// Its own children already in another deploy move to its deploy.
     fn join_deploy(&mut self, pid: u32, children: &[u32], mono: u64, time: &str) {
-        let parent_service = self
+        let parent = self
             .records_mut()
             .find(|s| {
                 s.pid != pid
                     && s.children_at_signal.contains(&pid)
                     && s.first_signal_ns.is_some_and(|at| at <= mono)
             })
-            .map(|s| s.service.clone());
+            .map(|s| {
+                let told = ParentSignal {
+                    parent: ProcessRef {
+                        pid: s.pid,
+                        comm: s.comm.clone(),
+                    },
+                    sig_name: s
+                        .sigterm
+                        .as_ref()
+                        .map_or_else(|| "SIGKILL".to_string(), |t| t.sig_name.clone()),
+                    mono_ns: s.first_signal_ns.unwrap_or(mono),
+                };
+                (s.service.clone(), told)
+            });
         let Some(shutdown) = self.live.get_mut(&pid) else {
             return;
         };
-        if let Some(service) = parent_service {
+        if let Some((service, told)) = parent {
             shutdown.service = service;
+            shutdown.parent_told = Some(told);
         }
         let (service, ports) = (shutdown.service.clone(), shutdown.ports());
         self.deploy_for(&service, pid, mono, time)
@@ -469,6 +492,8 @@ impl Correlator {
             // other way (nginx's channel), and is part of the parent's stop.
             if e.signal.is_some() {
                 parent.unsignalled_children.push(e.pid);
+            } else {
+                parent.children_stopped_by_themselves += 1;
             }
             if shutdown.is_none() {
                 let parent = parent.pid;
@@ -1335,6 +1360,125 @@ mod tests {
                 RefusedAfterExit
             ],
             "no SIGNAL_NOT_FORWARDED: the worker exited by itself"
+        );
+    }
+
+    /// gunicorn: the master gets SIGTERM and signals its workers; one exits at once, one
+    /// is busy with a request past the graceful timeout and is SIGKILLed by the master;
+    /// all three held the master's listener; clients are refused after the master exits.
+    #[test]
+    fn a_pre_fork_master_and_its_workers_are_one_deploy_judged_by_outcomes() {
+        let (master, idle_worker, busy_worker) = (200, 201, 202);
+        let with = |mut line: Line, children: Vec<u32>| {
+            if let Event::Signal(signal) = &mut line.event {
+                signal.target.listening = vec!["127.0.0.1:8080".into()];
+                signal.target.children = children;
+            }
+            line
+        };
+        let from_master = |at, pid, sig| {
+            with(
+                signal_with(
+                    at,
+                    pid,
+                    sig,
+                    SignalResult::Delivered,
+                    Origin::User,
+                    None,
+                    master,
+                ),
+                vec![],
+            )
+        };
+        let lines = [
+            with(term(1_000, master), vec![idle_worker, busy_worker]),
+            delivered(1_000, master, 15, Handler::Custom),
+            from_master(1_001, idle_worker, 15),
+            from_master(1_001, busy_worker, 15),
+            delivered(1_001, idle_worker, 15, Handler::Custom),
+            delivered(1_001, busy_worker, 15, Handler::Custom),
+            exit(1_050, idle_worker, master, Some(0), None),
+            from_master(3_000, busy_worker, 9),
+            exit(3_001, busy_worker, master, None, Some(9)),
+            at_exit_with(3_001, busy_worker, 7001, Activity::InFlight),
+            exit(3_100, master, 1, Some(0), None),
+            reset(3_200, None, None),
+            reset(3_300, None, None),
+        ];
+        let out = run(&lines);
+        let reports = shutdowns(&lines);
+        let by_pid = |pid| reports.iter().find(|r| r.pid == pid).unwrap();
+        let busy = by_pid(busy_worker);
+        assert_eq!(
+            (busy.verdict, codes(busy)),
+            (
+                Verdict::Killed,
+                vec![SigkillAfterGrace, ConnectionsOpenAtExit]
+            ),
+            "busy with a request: no HANDLER_NEVER_RAN"
+        );
+        let head = by_pid(master);
+        assert_eq!(
+            (head.verdict, codes(head)),
+            (Verdict::Clean, vec![RefusedAfterExit])
+        );
+        let refused: u32 = reports.iter().map(|r| r.refused_after_exit).sum();
+        assert_eq!(refused, 2, "each refused client once: {reports:#?}");
+        assert_eq!(by_pid(idle_worker).verdict, Verdict::Clean);
+        let deploys: Vec<_> = out
+            .iter()
+            .filter_map(|l| match &l.event {
+                Event::Deploy(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deploys.len(), 1, "{deploys:#?}");
+        let mut stopped = deploys[0].stopped.clone();
+        stopped.sort();
+        assert_eq!(stopped, vec![master, idle_worker, busy_worker]);
+        assert_eq!(
+            (
+                deploys[0].dropped_connections,
+                deploys[0].refused_after_exit,
+                deploys[0].verdict
+            ),
+            (3, 2, Verdict::Killed)
+        );
+    }
+
+    /// nginx: workers told over a channel; after the grace period the platform SIGKILLs
+    /// the process group: a busy worker dies without a signal of its own from its master.
+    #[test]
+    fn a_worker_killed_after_its_masters_grace_period_was_told_through_its_master() {
+        let (master, worker, other) = (300, 301, 302);
+        let mut stop = term(1_000, master);
+        if let Event::Signal(signal) = &mut stop.event {
+            signal.target.children = vec![worker, other];
+        }
+        let lines = [
+            stop,
+            delivered(1_000, master, 15, Handler::Custom),
+            exit(1_200, other, master, Some(0), None),
+            kill(11_000, master),
+            kill(11_000, worker),
+            exit(11_001, worker, master, None, Some(9)),
+            exit(11_002, master, 1, None, Some(9)),
+        ];
+        let reports = shutdowns(&lines);
+        let by_pid = |pid| reports.iter().find(|r| r.pid == pid).unwrap();
+        let busy = by_pid(worker);
+        assert_eq!(codes(busy), vec![SigkillAfterGrace]);
+        assert!(
+            busy.findings[0]
+                .message
+                .contains("parent `app`[300] got SIGTERM"),
+            "{}",
+            busy.findings[0].message
+        );
+        assert_eq!(
+            codes(by_pid(master)),
+            vec![SigkillAfterGrace],
+            "a worker exited by itself: the master tells its workers"
         );
     }
 

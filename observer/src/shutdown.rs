@@ -28,6 +28,14 @@ const RUNTIME_RERAISE_NS: u64 = 5_000_000;
 /// drain that did not finish (a timeout fallback); a quicker one is by design.
 const FALLBACK_EXIT_NS: u64 = 1_000_000_000;
 
+/// A parent's termination signal, as a worker's stop sees it.
+#[derive(Clone, Debug)]
+pub struct ParentSignal {
+    pub parent: ProcessRef,
+    pub sig_name: String,
+    pub mono_ns: u64,
+}
+
 /// What is known of one process from its first termination signal (or its death by
 /// one) until its report is due.
 #[derive(Clone, Debug)]
@@ -75,8 +83,18 @@ pub struct ProcessShutdown {
     /// data is the same lost client).
     pub resets_on_other_connections: u32,
     pub refused_after_exit: u32,
-    /// Children that died after its signal without a termination signal of their own.
+    /// Children that died of a signal after its signal without a termination signal of
+    /// their own.
     pub unsignalled_children: Vec<u32>,
+    /// Children that exited by themselves after its signal: it tells its children to
+    /// stop some way observer cannot see (nginx's channel, Node cluster's IPC).
+    pub children_stopped_by_themselves: u32,
+    /// It sent a signal to another process after its own first termination signal: its
+    /// handler ran (a master signalling its workers).
+    pub signalled_others: bool,
+    /// Its parent's termination signal, when its parent was told to stop before it (a
+    /// pre-fork worker): its stop began then.
+    pub parent_told: Option<ParentSignal>,
     /// Its children when its first termination signal came.
     pub children_at_signal: Vec<u32>,
     /// False when events were lost while it was being watched.
@@ -117,6 +135,9 @@ impl ProcessShutdown {
             resets_on_other_connections: 0,
             refused_after_exit: 0,
             unsignalled_children: Vec::new(),
+            children_stopped_by_themselves: 0,
+            signalled_others: false,
+            parent_told: None,
             children_at_signal: Vec::new(),
             complete: true,
         }
@@ -331,9 +352,15 @@ impl ProcessShutdown {
         self.since_signal_ms(mono_ns).unwrap_or(0)
     }
 
+    /// The kernel dropped the signal because the process is its namespace's init with no
+    /// handler: at generation (`ignored`), or, when the init blocked it then, at delivery
+    /// (the default action of a signal to an init is nothing).
     fn signal_ignored_by_pid1(&self) -> Option<Finding> {
         let term = self.sigterm.as_ref()?;
-        (term.result == SignalResult::Ignored && self.namespace_init).then(|| {
+        let died_of_it = self.died_of().is_some() && self.died_of() == self.sigterm_sig;
+        let dropped = term.result == SignalResult::Ignored
+            || (term.handler == Some(Handler::Default) && !died_of_it);
+        (dropped && self.namespace_init).then(|| {
             let disposition = match term.disposition {
                 Some(Handler::Ignore) => "ignores it (SIG_IGN)",
                 _ => "has no handler for it",
@@ -423,8 +450,12 @@ impl ProcessShutdown {
             .flatten()
     }
 
+    /// Children killed without a termination signal of their own, by a parent that
+    /// shows no sign of telling its children anything (none exited by itself, it
+    /// signalled none).
     fn signal_not_forwarded(&self) -> Option<Finding> {
-        if self.unsignalled_children.is_empty() {
+        let tells_children = self.children_stopped_by_themselves > 0 || self.signalled_others;
+        if self.unsignalled_children.is_empty() || tells_children {
             return None;
         }
         let pids: Vec<String> = self
@@ -467,7 +498,7 @@ impl ProcessShutdown {
     }
 
     fn sigkill_without_sigterm(&self) -> Option<Finding> {
-        if !self.sigkill_first() || self.sigterm.is_some() || self.sigkill.is_none() {
+        if !self.sigkill_first() || self.sigkill.is_none() || self.sigterm.is_some() {
             return None;
         }
         let comm = &self.comm;
@@ -482,7 +513,7 @@ impl ProcessShutdown {
                 ),
             ));
         }
-        if self.sigkill_by_kernel {
+        if self.sigkill_by_kernel || self.parent_told.is_some() {
             return None;
         }
         Some(error(
@@ -496,8 +527,11 @@ impl ProcessShutdown {
     }
 
     fn sigkill_after_grace(&self) -> Option<Finding> {
-        if !self.sigkill_first() || self.sigterm.is_none() || self.sigkill_by_kernel {
+        if !self.sigkill_first() || self.sigkill_by_kernel {
             return None;
+        }
+        if self.sigterm.is_none() {
+            return self.sigkill_after_parents_grace();
         }
         let ignored = if self
             .sigterm
@@ -521,6 +555,28 @@ impl ProcessShutdown {
         ))
     }
 
+    /// A worker told to stop by its master (its parent got the signal, it got none of
+    /// its own), still running when SIGKILL came.
+    fn sigkill_after_parents_grace(&self) -> Option<Finding> {
+        let told = self.parent_told.as_ref()?;
+        let after = self
+            .sigkill_ns
+            .map_or(0, |kill| kill.saturating_sub(told.mono_ns) / 1_000_000);
+        Some(error(
+            FindingCode::SigkillAfterGrace,
+            format!(
+                "`{}` was still running {after} ms after its parent `{}`[{}] got {} and was \
+                 SIGKILLed by {}: its parent's stop did not finish within the grace period; \
+                 finish draining in time, or raise it",
+                self.comm,
+                told.parent.comm,
+                told.parent.pid,
+                told.sig_name,
+                self.sender()
+            ),
+        ))
+    }
+
     /// A handler took the signal, yet the process did nothing the kernel could see until
     /// SIGKILL: a listener of its own stayed open and no request was in flight to keep
     /// it busy (a worker busy with a long request, or holding an inherited listener,
@@ -530,7 +586,7 @@ impl ProcessShutdown {
             .sigterm
             .as_ref()
             .is_some_and(|t| t.handler == Some(Handler::Custom));
-        if !handled || self.sigkill_after_grace().is_none() {
+        if !handled || self.sigkill_after_grace().is_none() || self.signalled_others {
             return None;
         }
         let closed_before_kill = self
@@ -538,7 +594,8 @@ impl ProcessShutdown {
             .zip(self.sigkill_ns)
             .is_some_and(|(closed, kill)| closed < kill);
         let own_listener_open = self.own_listeners().next().is_some() && !closed_before_kill;
-        let busy = self.in_flight_at_exit().next().is_some();
+        let busy =
+            self.in_flight_at_exit().next().is_some() || self.children_stopped_by_themselves > 0;
         (own_listener_open && !busy).then(|| {
             error(
                 FindingCode::HandlerNeverRan,

@@ -525,6 +525,8 @@ mod tests {
             // Sockets opened before observer started: inferred from the listening port.
             (owner(100, role::UNKNOWN, "srv"), 9000, Role::Inbound),
             (owner(100, role::UNKNOWN, "srv"), 41000, Role::Outbound),
+            // A pre-fork worker's connection, accepted on its master's listener.
+            (owner(101, role::UNKNOWN, "worker"), 9000, Role::Inbound),
         ];
         for (owner, port, expected) in cases {
             let event = tracker.state_change(&state(owner, 1, 4, at_exit, port));
@@ -552,6 +554,89 @@ mod tests {
                 .state_change(&state(owner(5, 0, "x"), 1, 8, 0, 1))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_closing_listeners_backlog_resets_are_that_listeners() {
+        let mut tracker = TcpTracker::new(HashMap::new());
+        let server = owner(100, role::LISTENER, "srv");
+        tracker.state_change(&state(server, tcp_state::CLOSE, tcp_state::LISTEN, 0, 9000));
+        tracker.state_change(&state(server, tcp_state::LISTEN, tcp_state::CLOSE, 0, 9000));
+        // inet_csk_listen_stop() resets the queued connections it never accepted.
+        let queued = TcpResetRecord {
+            flags: reset_flags::HAS_SOCKET,
+            ..refused(9000)
+        };
+        let Event::TcpReset(reset) = tracker.reset(&queued) else {
+            panic!("expected a reset");
+        };
+        assert_eq!((reset.pid, reset.former_owner), (Some(100), None));
+    }
+
+    #[test]
+    fn connections_closed_at_exit_are_idle_or_carry_work() {
+        let mut tracker = TcpTracker::new(HashMap::new());
+        tracker.state_change(&state(owner(100, role::LISTENER, "srv"), 7, 10, 0, 9000));
+        let known = tcp_flags::CLOSED_AT_EXIT | tcp_flags::TRAFFIC_KNOWN;
+        let spoke = tcp_flags::PEER_SENT_DATA | tcp_flags::PEER_SPOKE_LAST;
+        let inbound = owner(100, role::INBOUND, "srv");
+        let cases = [
+            (
+                "never asked",
+                known,
+                0,
+                0,
+                tcp_state::ESTABLISHED,
+                Activity::Idle,
+            ),
+            (
+                "answered",
+                known | tcp_flags::PEER_SENT_DATA,
+                0,
+                0,
+                1,
+                Activity::Idle,
+            ),
+            ("unanswered", known | spoke, 0, 0, 1, Activity::InFlight),
+            (
+                "unread request",
+                known | tcp_flags::PEER_SENT_DATA,
+                40,
+                0,
+                1,
+                Activity::InFlight,
+            ),
+            (
+                "answer on its way",
+                known | spoke,
+                0,
+                120,
+                1,
+                Activity::Idle,
+            ),
+            (
+                "client gone",
+                known | spoke,
+                0,
+                0,
+                tcp_state::CLOSE_WAIT,
+                Activity::Idle,
+            ),
+        ];
+        for (name, flags, unread, unsent, old_state, expected) in cases {
+            let mut record = state(inbound, old_state, tcp_state::FIN_WAIT1, flags, 9000);
+            record.unread_bytes = unread;
+            record.unsent_bytes = unsent;
+            let Some(Event::TcpCloseAtExit(close)) = tracker.state_change(&record) else {
+                panic!("{name}")
+            };
+            assert_eq!(close.activity, Some(expected), "{name}");
+        }
+        let unknown = state(inbound, 1, 4, tcp_flags::CLOSED_AT_EXIT, 9000);
+        let Some(Event::TcpCloseAtExit(close)) = tracker.state_change(&unknown) else {
+            panic!("no traffic read")
+        };
+        assert_eq!((close.activity, close.unread_bytes), (None, None));
     }
 
     #[test]
