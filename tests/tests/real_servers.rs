@@ -20,14 +20,15 @@
 //! - each refused or cut client counts once (a deploy's `dropped_connections` is the
 //!   number of distinct such clients);
 //! - no EXIT_NONZERO_AFTER_SIGTERM for status 128+N right after signal N;
-//! - a Node app without a handler of its own gets NO_SIGTERM_HANDLER.
+//! - a Node app without a handler of its own gets NO_SIGTERM_HANDLER;
+//! - a server's verdict is the worst of its processes' shutdowns; its deploy is also
+//!   `dropped` when clients were refused after it exited (traffic still routed to it).
 //!
-//! Assertions that observer does not satisfy yet are marked `FAILS TODAY:`.
+//! Assertions that observer does not satisfy yet (at 19ab62b) are marked `FAILS TODAY`.
 //!
 //! With REAL_SERVERS_RECORD=DIR each test also writes DIR/<test>.md: the ground truth
 //! next to observer's exit events and reports (the same text is printed on stdout).
 use std::{
-    collections::BTreeSet,
     fs::File,
     io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
@@ -447,13 +448,6 @@ fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
-fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 impl Server {
     fn start(mut spec: Spec) -> Self {
         let log = File::options()
@@ -629,9 +623,12 @@ fn nginx(workers: usize) -> Spec {
     std::fs::create_dir_all(root.join("www")).unwrap();
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     std::fs::write(root.join("www/index.html"), "ok /\n").unwrap();
-    // Downloads served at 32 KiB/s: /slow2 takes 2 s, /slow10 10 s.
+    // A download served at 32 KiB/s: /slow2 takes 2 s. /big: 64 MiB, for downloads whose
+    // client reads slowly (the rest is still to send when the server stops). A
+    // rate-limited download cut between two writes leaves nothing pending in its socket:
+    // at the TCP level that is an idle keep-alive connection, so the cut ones are /big.
     std::fs::write(root.join("www/slow2"), vec![b'x'; 64 * 1024]).unwrap();
-    std::fs::write(root.join("www/slow10"), vec![b'x'; 320 * 1024]).unwrap();
+    std::fs::write(root.join("www/big"), vec![b'x'; 64 << 20]).unwrap();
     let r = root.display();
     let conf = format!(
         "daemon off;\nmaster_process on;\nworker_processes {workers};\nuser root;\n\
@@ -1134,6 +1131,250 @@ const SHORT_GRACE: Duration = Duration::from_millis(1500);
 // ---------------------------------------------------------------------------------------
 // Checks shared by the scenarios
 
+/// What waitpid said.
+#[derive(Clone, Copy, Debug)]
+enum Status {
+    Code(i32),
+    Signal(i32),
+}
+
+/// What really happened, asserted first (a server that does not behave so makes the
+/// scenario meaningless, and fails the test at once), then the report that states it.
+struct Truth {
+    status: Status,
+    /// Requests in flight and downloads: all lost (cut, reset, hung up), else all
+    /// answered.
+    in_flight_lost: bool,
+    /// The server's verdict: its own, for the way it shut down (the worst of its
+    /// processes' shutdowns). Its deploy's follows: also dropped when clients were
+    /// refused after it exited.
+    verdict: &'static str,
+}
+
+/// Checks on observer's reports, collected so that one run names every disagreement.
+struct Checks<'a> {
+    outcome: &'a Outcome,
+    failures: Vec<String>,
+}
+
+impl<'a> Checks<'a> {
+    fn fail(&mut self, what: String) {
+        self.failures.push(what);
+    }
+
+    /// Fails the test with every disagreement found (the record is on stdout).
+    fn finish(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{}: observer disagrees with what happened:\n- {}\n(the scenario's record is printed above)",
+            self.outcome.name,
+            self.failures.join("\n- ")
+        );
+    }
+
+    fn has_finding(&mut self, pid: u32, code: &str) {
+        let report = self.outcome.shutdown(pid);
+        if !finding_codes(report).contains(&code) {
+            self.fail(format!("{pid} lacks {code}: {}", trim(report)));
+        }
+    }
+
+    fn lacks_finding(&mut self, pid: u32, code: &str) {
+        let report = self.outcome.shutdown(pid);
+        if finding_codes(report).contains(&code) {
+            self.fail(format!(
+                "{pid} has {code}, which is not so: {}",
+                trim(report)
+            ));
+        }
+    }
+
+    fn shutdown_verdict(&mut self, pid: u32, expected: &str) {
+        let report = self.outcome.shutdown(pid);
+        if report["verdict"] != expected {
+            self.fail(format!(
+                "shutdown of {pid}: verdict {} where {expected}: {}",
+                report["verdict"],
+                trim(report)
+            ));
+        }
+    }
+}
+
+/// The ground truth, then the checks every scenario makes; returns the checks for the
+/// scenario's own, to be finished by the test.
+fn check(outcome: &Outcome, truth: Truth) -> Checks<'_> {
+    // Ground truth.
+    let status = outcome.stopped.status;
+    match truth.status {
+        Status::Code(code) => assert_eq!(status.code(), Some(code), "{}", outcome.describe()),
+        Status::Signal(sig) => assert_eq!(status.signal(), Some(sig), "{}", outcome.describe()),
+    }
+    assert_eq!(
+        outcome.stopped.sigkilled,
+        matches!(truth.status, Status::Signal(libc::SIGKILL)),
+        "SIGKILL after the grace period: {}",
+        outcome.describe()
+    );
+    for (kind, local, seen) in &outcome.clients {
+        let expected = match kind.as_str() {
+            "in flight" | "download" if truth.in_flight_lost => seen.lost(),
+            "in flight" | "download" => matches!(seen, Seen::Answered(_)),
+            "idle" => *seen == Seen::IdleClosed,
+            "refused" => *seen == Seen::Refused,
+            "backlog" => seen.lost(),
+            _ => false,
+        };
+        assert!(
+            expected,
+            "client {kind} {local} saw {seen:?}:\n{}",
+            outcome.describe()
+        );
+    }
+    assert_eq!(outcome.events.lost(), 0, "observer lost events");
+    let mut checks = Checks {
+        outcome,
+        failures: Vec::new(),
+    };
+    // Always true today: exit events match waitpid.
+    assert_exit_matches_waitpid(outcome);
+    assert_workers_exits_match_their_logs(outcome);
+
+    // The server's verdict: the worst of its processes' shutdowns (killed > dropped >
+    // clean). The deploy's: killed if SIGKILL ended a process, else dropped if any client
+    // lost its request or was refused (traffic still routed to it), else clean.
+    let rank = |v: &str| ["clean", "dropped", "killed"].iter().position(|x| *x == v);
+    let worst = outcome
+        .shutdowns()
+        .into_iter()
+        .max_by_key(|r| rank(r["verdict"].as_str().unwrap_or("")));
+    match worst {
+        Some(report) if report["verdict"] == truth.verdict => {}
+        Some(report) => checks.fail(format!(
+            "the server's verdict is {} where {}: {}",
+            report["verdict"],
+            truth.verdict,
+            trim(report)
+        )),
+        None => checks.fail("no shutdown report".into()),
+    }
+    let deploy_verdict = match truth.verdict {
+        "clean" if outcome.lost_clients() > 0 => "dropped",
+        verdict => verdict,
+    };
+    let deploys = outcome.deploys();
+    let master_deploy = deploys.iter().find(|d| {
+        d["stopped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| *p == outcome.master)
+    });
+    match master_deploy {
+        Some(deploy) if deploy["verdict"] == deploy_verdict => {}
+        Some(deploy) => checks.fail(format!(
+            "deploy verdict {} where {deploy_verdict}: {}",
+            deploy["verdict"],
+            trim(deploy)
+        )),
+        None => checks.fail("no deploy stopped the main process".into()),
+    }
+    // Master and workers: one service, one deploy holding every process reported on.
+    if deploys.len() != 1 {
+        checks.fail(format!(
+            "one server, {} deploys: {}",
+            deploys.len(),
+            deploys
+                .iter()
+                .map(|d| trim(d))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    } else {
+        let stopped = &deploys[0]["stopped"];
+        for report in outcome.shutdowns() {
+            if !stopped.as_array().unwrap().contains(&report["pid"]) {
+                checks.fail(format!(
+                    "{} reported on, not in the deploy {}",
+                    report["pid"],
+                    trim(deploys[0])
+                ));
+            }
+        }
+    }
+    // Each client that lost its request or was refused counts once; idle ones not.
+    let dropped: u64 = deploys
+        .iter()
+        .map(|d| d["dropped_connections"].as_u64().unwrap())
+        .sum();
+    if dropped as usize != outcome.lost_clients() {
+        checks.fail(format!(
+            "dropped_connections {dropped} where {} clients were cut, reset or refused \
+             (and {} were idle): {}",
+            outcome.lost_clients(),
+            outcome.seen("idle").len(),
+            deploys
+                .iter()
+                .map(|d| trim(d))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    for report in outcome.shutdowns() {
+        // 128+N right after signal N is a convention, not a failure.
+        let conventional = report["exit"]["code"].as_u64().is_some_and(|code| {
+            report["sigterm"]["sig_name"]
+                .as_str()
+                .and_then(signal_number)
+                .is_some_and(|n| code == 128 + n)
+        });
+        if conventional && finding_codes(report).contains(&"EXIT_NONZERO_AFTER_SIGTERM") {
+            checks.fail(format!(
+                "EXIT_NONZERO_AFTER_SIGTERM for status 128+N after signal N: {}",
+                trim(report)
+            ));
+        }
+        // Connections accepted on the server's port are inbound.
+        let local = format!("127.0.0.1:{}", outcome.port);
+        let mapped = format!("[::ffff:127.0.0.1]:{}", outcome.port);
+        for connection in report["open_at_exit"].as_array().unwrap() {
+            if (connection["local"] == local.as_str() || connection["local"] == mapped.as_str())
+                && connection["role"] == "outbound"
+            {
+                checks.fail(format!(
+                    "{} held a connection accepted on the server's port, reported outbound: {connection}",
+                    report["pid"]
+                ));
+            }
+        }
+    }
+    // A listener that a SIGKILLed process held is closed by its exit (tcp_close_at_exit),
+    // not by the program (tcp_listen close).
+    for pid in outcome.pids() {
+        let killed_at = outcome
+            .events
+            .signals_to(pid)
+            .iter()
+            .filter(|s| s["sig"] == libc::SIGKILL)
+            .filter_map(|s| s["mono_ns"].as_u64())
+            .min();
+        if let Some(killed_at) = killed_at {
+            for close in outcome.events.of_type("tcp_listen").filter(|e| {
+                e["pid"] == pid
+                    && e["action"] == "close"
+                    && e["mono_ns"].as_u64().unwrap() > killed_at
+            }) {
+                checks.fail(format!(
+                    "{pid} was SIGKILLed, yet its listener is reported closed by the program \
+                     after that: {}",
+                    trim(close)
+                ));
+            }
+        }
+    }
+    checks
+}
+
 /// observer's exit event of the main process equals waitpid's status.
 fn assert_exit_matches_waitpid(outcome: &Outcome) {
     let exit = outcome.events.exit_of(outcome.master);
@@ -1152,24 +1393,24 @@ fn assert_exit_matches_waitpid(outcome: &Outcome) {
     );
 }
 
-fn verdict(report: &Value) -> &str {
-    report["verdict"].as_str().unwrap()
-}
-
-/// No EXIT_NONZERO_AFTER_SIGTERM when the status is 128+N after signal N (or death by it).
-fn assert_no_conventional_exit_finding(report: &Value) {
-    let conventional = report["exit"]["code"].as_u64().is_some_and(|code| {
-        report["sigterm"]["sig_name"]
-            .as_str()
-            .and_then(signal_number)
-            .is_some_and(|n| code == 128 + n)
-    }) || !report["exit"]["signal"].is_null();
-    if conventional {
-        assert!(
-            !finding_codes(report).contains(&"EXIT_NONZERO_AFTER_SIGTERM"),
-            "status 128+N after signal N is the convention, not a failure: {}",
-            trim(report)
-        );
+/// Workers' exits as their master logged them (nginx: "worker process N exited with code
+/// C"; gunicorn: "Worker (pid:N) was sent SIGKILL!"), and one exit event per worker.
+fn assert_workers_exits_match_their_logs(outcome: &Outcome) {
+    for &pid in &outcome.workers {
+        let exit = outcome.events.exit_of(pid);
+        let nginx = format!("worker process {pid} exited with code ");
+        if let Some(code) = outcome.log.lines().find_map(|l| {
+            l.split_once(&nginx)
+                .and_then(|(_, c)| c.trim().parse::<i32>().ok())
+        }) {
+            assert_eq!(exit["code"], code, "{exit}");
+        }
+        if outcome
+            .log
+            .contains(&format!("Worker (pid:{pid}) was sent SIGKILL!"))
+        {
+            assert_eq!(exit["signal"], libc::SIGKILL, "{exit}");
+        }
     }
 }
 
@@ -1182,91 +1423,6 @@ fn signal_number(name: &str) -> Option<u64> {
         "SIGTERM" => 15,
         _ => return None,
     })
-}
-
-/// Every connection a process held at exit on the server's port is inbound (or the
-/// listener), never outbound.
-fn assert_connections_inbound(outcome: &Outcome) {
-    let local = format!("127.0.0.1:{}", port_of(outcome));
-    for report in outcome.shutdowns() {
-        for connection in report["open_at_exit"].as_array().unwrap() {
-            if connection["local"] == local.as_str() {
-                assert_ne!(
-                    connection["role"],
-                    "outbound",
-                    "a connection accepted on the server's port is inbound: {}",
-                    trim(report)
-                );
-            }
-        }
-    }
-    for event in outcome.events.of_type("tcp_close_at_exit") {
-        if outcome.pids().iter().any(|p| event["pid"] == *p) && event["local"] == local.as_str() {
-            assert_ne!(event["role"], "outbound", "{event}");
-        }
-    }
-}
-
-fn port_of(outcome: &Outcome) -> u16 {
-    // Every client connected to the one port; the refused ones were tried there too.
-    outcome
-        .events
-        .of_type("tcp_listen")
-        .find(|e| outcome.pids().iter().any(|p| e["pid"] == *p))
-        .and_then(|e| e["local"].as_str())
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
-/// One deploy holds every process of the server that observer reported on.
-fn the_one_deploy(outcome: &Outcome) -> &Value {
-    let deploys = outcome.deploys();
-    assert_eq!(
-        deploys.len(),
-        1,
-        "one server, one deploy: {:#?}",
-        deploys.iter().map(|d| trim(d)).collect::<Vec<_>>()
-    );
-    let stopped: BTreeSet<u64> = deploys[0]["stopped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
-    for report in outcome.shutdowns() {
-        assert!(
-            stopped.contains(&report["pid"].as_u64().unwrap()),
-            "{} is not in the server's deploy {}",
-            report["pid"],
-            trim(deploys[0])
-        );
-    }
-    deploys[0]
-}
-
-/// The deploy counts each lost client once.
-fn assert_dropped_counts_clients(outcome: &Outcome) {
-    let deploy = the_one_deploy(outcome);
-    assert_eq!(
-        deploy["dropped_connections"].as_u64().unwrap() as usize,
-        outcome.lost_clients(),
-        "dropped connections vs the clients that lost a request or were refused: {}",
-        trim(deploy)
-    );
-}
-
-fn answered(seen: &[&Seen]) -> bool {
-    seen.iter().all(|s| matches!(s, Seen::Answered(_)))
-}
-
-fn idle_closed_or_open(seen: &[&Seen]) -> bool {
-    seen.iter()
-        .all(|s| matches!(s, Seen::IdleClosed | Seen::IdleOpen))
-}
-
-fn all_refused(outcome: &Outcome) -> bool {
-    outcome.seen("refused").iter().all(|s| **s == Seen::Refused)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1284,7 +1440,15 @@ fn nginx_quit_drains_a_download_and_closes_idle_connections() {
         |s| clients(s, 2, &["/slow2"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1295,10 +1459,21 @@ fn nginx_sigterm_fast_stop_cuts_a_download() {
         "SIGTERM, grace 10 s",
         term,
         GRACE,
-        |s| clients(s, 2, &["/slow2"], &[]),
+        |s| clients(s, 2, &[], &["/big"]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    // FAILS TODAY (19ab62b): the cut download's connection (3.8 MB unsent) is reported
+    // `activity: idle`, so the shutdown is `clean` and dropped_connections is 3 where 4
+    // clients lost something.
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1309,10 +1484,29 @@ fn nginx_quit_then_sigkill_after_the_grace_period() {
         "nginx -s quit (SIGQUIT), grace 1.5 s, SIGKILL to the group",
         |s| Ask::Command(nginx_signal(s, "quit")),
         SHORT_GRACE,
-        |s| clients(s, 1, &["/slow10"], &[]),
+        |s| clients(s, 1, &[], &["/big"]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    // FAILS TODAY (19ab62b): the cut download's connection (3.8 MB unsent) is reported
+    // `activity: idle` (KEEPALIVE_OPEN_AT_EXIT): dropped_connections 3 where 4.
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    // The master's handler ran: it logged the signal, and told its workers over its
+    // channel (one closed its listener and exited 0 at once).
+    assert!(
+        outcome.log.contains("(SIGQUIT) received"),
+        "{}",
+        outcome.log
+    );
+    checks.lacks_finding(outcome.master, "HANDLER_NEVER_RAN");
+    checks.lacks_finding(outcome.master, "SIGNAL_NOT_FORWARDED");
+    checks.finish();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1329,7 +1523,15 @@ fn redis_sigterm_with_idle_clients() {
         |s| clients(s, 3, &[], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1343,7 +1545,16 @@ fn redis_sigterm_while_a_command_runs() {
         |s| clients(s, 1, &[&busy_script(2)], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    // redis 7.0 waits for the running script, then exits without sending its reply.
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1357,7 +1568,18 @@ fn redis_busy_then_sigkill_after_the_grace_period() {
         |s| clients(s, 1, &[&busy_script(10)], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    // Its handler only scheduled the shutdown, which the busy script never let start:
+    // as for a blocked event loop.
+    assert!(outcome.log.contains("Received SIGTERM"), "{}", outcome.log);
+    checks.finish();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1376,7 +1598,18 @@ fn gunicorn_sigterm_with_nothing_in_flight() {
         |s| clients(s, 2, &[], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    for &worker in &outcome.workers {
+        checks.shutdown_verdict(worker, "clean");
+    }
+    checks.finish();
 }
 
 #[test]
@@ -1390,7 +1623,18 @@ fn gunicorn_sigterm_drains_a_slow_request() {
         |s| clients(s, 0, &["/slow?s=2"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    for &worker in &outcome.workers {
+        checks.shutdown_verdict(worker, "clean");
+    }
+    checks.finish();
 }
 
 #[test]
@@ -1404,7 +1648,30 @@ fn gunicorn_sigkills_a_worker_busy_past_its_graceful_timeout() {
         |s| clients(s, 0, &["/slow?s=4"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    // gunicorn says it SIGKILLed the busy worker; that worker's report says so.
+    let busy = outcome
+        .workers
+        .iter()
+        .copied()
+        .find(|pid| {
+            outcome
+                .log
+                .contains(&format!("Worker (pid:{pid}) was sent SIGKILL!"))
+        })
+        .unwrap_or_else(|| panic!("gunicorn killed no worker:\n{}", outcome.log));
+    checks.shutdown_verdict(busy, "killed");
+    checks.has_finding(busy, "SIGKILL_AFTER_GRACE");
+    let report = outcome.shutdown(busy);
+    assert_eq!(report["sigkill"]["from"]["pid"], outcome.master, "{report}");
+    checks.finish();
 }
 
 #[test]
@@ -1418,7 +1685,97 @@ fn gunicorn_sigterm_then_sigkill_after_the_grace_period() {
         |s| clients(s, 0, &["/slow?s=10"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    assert!(
+        outcome.log.contains("Handling signal: term"),
+        "{}",
+        outcome.log
+    );
+    for &worker in &outcome.workers {
+        let from_master = outcome
+            .events
+            .signals_to(worker)
+            .iter()
+            .any(|s| s["sig"] == libc::SIGTERM && s["sender"]["pid"] == outcome.master);
+        assert!(from_master, "the master SIGTERMs its workers");
+    }
+    checks.shutdown_verdict(outcome.master, "killed");
+    checks.lacks_finding(outcome.master, "HANDLER_NEVER_RAN");
+    checks.finish();
+}
+
+#[test]
+fn gunicorn_sigterm_resets_connections_left_in_its_backlog() {
+    let outcome = scenario(
+        "gunicorn_sigterm_resets_connections_left_in_its_backlog",
+        gunicorn(2, 5),
+        "SIGTERM, grace 10 s (--graceful-timeout 5)",
+        term,
+        GRACE,
+        |s| {
+            // Both sync workers busy; two more clients wait in the listener's backlog,
+            // which no worker accepts once told to stop.
+            let busy: Vec<InFlight> = (0..2)
+                .map(|_| InFlight::start(s.port, Protocol::Http, &http_request("/slow?s=3")))
+                .collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let waiting: Vec<InFlight> = (0..2)
+                .map(|_| InFlight::start(s.port, Protocol::Http, &http_request("/")))
+                .collect();
+            std::thread::sleep(Duration::from_millis(300));
+            Box::new(move || {
+                let mut seen = Vec::new();
+                for client in busy {
+                    let (local, s) = client.seen();
+                    seen.push(("in flight".to_string(), local, s));
+                }
+                for client in waiting {
+                    let (local, s) = client.seen();
+                    seen.push(("backlog".to_string(), local, s));
+                }
+                seen
+            })
+        },
+        3,
+    );
+    for seen in outcome.seen("backlog") {
+        assert!(
+            matches!(seen, Seen::Reset { bytes: 0 }),
+            "a client left in the backlog: {seen:?}\n{}",
+            outcome.describe()
+        );
+    }
+    // FAILS TODAY (19ab62b): the backlog's RSTs (reason TCP_STATE) have no owner (the
+    // listener is shared by master and workers): resets_sent 0, verdict `clean`,
+    // dropped_connections 3 where 5.
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "dropped",
+        },
+    );
+    let resets: u64 = outcome
+        .shutdowns()
+        .iter()
+        .map(|r| r["resets_sent"].as_u64().unwrap())
+        .sum();
+    let mut checks = checks;
+    if resets != 2 {
+        checks.fail(format!(
+            "resets_sent {resets} over the server's reports where 2 clients in the backlog \
+             were reset"
+        ));
+    }
+    checks.finish();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1436,7 +1793,15 @@ fn uvicorn_sigterm_with_idle_clients() {
         |s| clients(s, 2, &[], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGTERM),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1450,7 +1815,15 @@ fn uvicorn_sigterm_drains_a_slow_request() {
         |s| clients(s, 1, &["/slow?s=2"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGTERM),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1464,7 +1837,16 @@ fn uvicorn_sigterm_then_sigkill_after_the_grace_period() {
         |s| clients(s, 0, &["/slow?s=10"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    checks.has_finding(outcome.master, "SIGKILL_AFTER_GRACE");
+    checks.finish();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1482,7 +1864,16 @@ fn express_without_a_handler_cuts_a_slow_request() {
         |s| clients(s, 1, &["/slow?s=2"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGTERM),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    checks.has_finding(outcome.master, "NO_SIGTERM_HANDLER");
+    checks.finish();
 }
 
 #[test]
@@ -1496,7 +1887,16 @@ fn express_with_a_handler_drains_a_slow_request() {
         |s| clients(s, 2, &["/slow?s=2"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.lacks_finding(outcome.master, "NO_SIGTERM_HANDLER");
+    checks.finish();
 }
 
 #[test]
@@ -1510,7 +1910,16 @@ fn express_with_a_handler_then_sigkill_after_the_grace_period() {
         |s| clients(s, 0, &["/slow?s=10"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    checks.has_finding(outcome.master, "SIGKILL_AFTER_GRACE");
+    checks.finish();
 }
 
 #[test]
@@ -1524,7 +1933,16 @@ fn http_server_exits_at_once_with_idle_clients() {
         |s| clients(s, 2, &[], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.has_finding(outcome.master, "LISTENER_NOT_CLOSED");
+    checks.finish();
 }
 
 #[test]
@@ -1538,7 +1956,17 @@ fn http_server_exits_at_once_and_cuts_a_download() {
         |s| clients(s, 1, &[], &["/big"]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    // FAILS TODAY (19ab62b): the cut download's connection (3.8 MB unsent) is reported
+    // `activity: idle`, so the shutdown is `clean` and dropped_connections 3 where 4.
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1552,7 +1980,15 @@ fn node_cluster_sigterm_drains_its_workers() {
         |s| clients(s, 2, &["/slow?s=2"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1566,7 +2002,19 @@ fn node_cluster_then_sigkill_after_the_grace_period() {
         |s| clients(s, 1, &["/slow?s=10"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    // FAILS TODAY (19ab62b): the connection the primary accepted and handed to the busy
+    // worker is missing: no tcp_close_at_exit at the worker's SIGKILL, so
+    // dropped_connections is 3 where 4.
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    checks.lacks_finding(outcome.master, "SIGNAL_NOT_FORWARDED");
+    checks.finish();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1584,7 +2032,15 @@ fn jvm_shutdown_hook_drains_a_slow_request() {
         |s| clients(s, 1, &["/slow?s=2"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(128 + libc::SIGTERM),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.finish();
 }
 
 #[test]
@@ -1598,5 +2054,14 @@ fn jvm_shutdown_hook_then_sigkill_after_the_grace_period() {
         |s| clients(s, 0, &["/slow?s=10"], &[]),
         3,
     );
-    assert_exit_matches_waitpid(&outcome);
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: true,
+            verdict: "killed",
+        },
+    );
+    checks.has_finding(outcome.master, "SIGKILL_AFTER_GRACE");
+    checks.finish();
 }
