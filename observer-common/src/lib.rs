@@ -223,6 +223,11 @@ pub mod tcp_flags {
     /// ours was acknowledged after the peer last spoke, so the peer spoke last and is
     /// waiting for an answer.
     pub const PEER_SPOKE_LAST: u8 = 1 << 3;
+    /// The process was still writing: its writes had filled half the send buffer
+    /// (`sk_wmem_queued` against `sk_sndbuf`), or the last one found it full and no room
+    /// has freed since (SOCK_NOSPACE on its `struct socket`). Unsent data then is the
+    /// middle of a response (a download), not a whole one on its way.
+    pub const STILL_WRITING: u8 = 1 << 4;
 }
 
 /// `sock:inet_sock_set_state`, only for what a report needs: a listener opening or
@@ -432,7 +437,16 @@ pub struct SockLayout {
     pub tcp_snd_una: u32,
     pub tcp_write_seq: u32,
     pub tcp_bytes_received: u32,
+    /// `sock.sk_wmem_queued`, `sock.sk_sndbuf`, `sock.sk_socket` and `socket.flags`.
+    pub sock_wmem_queued: u32,
+    pub sock_sndbuf: u32,
+    pub sock_socket: u32,
+    pub socket_flags: u32,
 }
+
+/// `socket.flags` bit set when a writer found no room in the send buffer
+/// (include/linux/net.h).
+pub const SOCK_NOSPACE: u64 = 1 << 2;
 
 /// `task_struct.flags` bit set once a task has started exiting (include/linux/sched.h).
 pub const PF_EXITING: u32 = 0x0000_0004;

@@ -85,6 +85,10 @@ pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout {
     tcp_snd_una: 0,
     tcp_write_seq: 0,
     tcp_bytes_received: 0,
+    sock_wmem_queued: 0,
+    sock_sndbuf: 0,
+    sock_socket: 0,
+    socket_flags: 0,
 });
 
 #[unsafe(no_mangle)]

@@ -33,8 +33,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    IPPROTO_TCP, InetSockSetStateLayout, SHUTDOWN_MASK, SocketOwner, TcpEndpoints, TcpStateRecord,
-    kind, role, tcp_flags, tcp_state,
+    IPPROTO_TCP, InetSockSetStateLayout, SHUTDOWN_MASK, SOCK_NOSPACE, SocketOwner, TcpEndpoints,
+    TcpStateRecord, kind, role, tcp_flags, tcp_state,
 };
 
 use crate::{
@@ -295,11 +295,28 @@ fn traffic(sk: u64) -> (u8, u32, u32) {
     if (wl1.wrapping_sub(rcv_nxt) as i32) < 0 {
         flags |= tcp_flags::PEER_SPOKE_LAST;
     }
+    if still_writing(sk) {
+        flags |= tcp_flags::STILL_WRITING;
+    }
     (
         flags,
         rcv_nxt.wrapping_sub(copied),
         write_seq.wrapping_sub(una),
     )
+}
+
+/// Whether the process was in the middle of writing to `sk` (see
+/// [`tcp_flags::STILL_WRITING`]).
+#[inline(always)]
+fn still_writing(sk: u64) -> bool {
+    let queued = task::read::<i32>(sk, field!(SOCK_LAYOUT.sock_wmem_queued)).unwrap_or(0);
+    let sndbuf = task::read::<i32>(sk, field!(SOCK_LAYOUT.sock_sndbuf)).unwrap_or(i32::MAX);
+    if queued > 0 && queued >= sndbuf / 2 {
+        return true;
+    }
+    task::read::<u64>(sk, field!(SOCK_LAYOUT.sock_socket))
+        .and_then(|socket| task::read::<u64>(socket, field!(SOCK_LAYOUT.socket_flags)))
+        .is_some_and(|flags| flags & SOCK_NOSPACE != 0)
 }
 
 #[inline(always)]

@@ -590,8 +590,14 @@ impl Correlator {
                 if let Some(entry) = self.listening.get_mut(&e.pid) {
                     entry.sockets.remove(&e.local);
                 }
-                if let Some(shutdown) = self.record(e.pid, mono) {
-                    shutdown.listener_closed(&e.local, mono);
+                let closer = self.record(e.pid, mono).map(|s| s.pid);
+                // The socket is gone for every process of the tree that held it: its
+                // last holder closed it.
+                for shutdown in self.records_mut() {
+                    if Some(shutdown.pid) == closer || shutdown.shared_listeners.contains(&e.local)
+                    {
+                        shutdown.listener_closed(&e.local, mono);
+                    }
                 }
             }
         }
@@ -611,6 +617,11 @@ impl Correlator {
         });
         if e.role == Role::Listener {
             shutdown.listener_closed_at_exit(&e.local);
+            for other in self.records_mut() {
+                if other.shared_listeners.contains(&e.local) {
+                    other.listener_closed_at_exit(&e.local);
+                }
+            }
         }
     }
 

@@ -260,6 +260,10 @@ fn sock_layout(btf: &Btf) -> Result<SockLayout> {
         tcp_snd_una: member("tcp_sock", "snd_una")?,
         tcp_write_seq: member("tcp_sock", "write_seq")?,
         tcp_bytes_received: member("tcp_sock", "bytes_received")?,
+        sock_wmem_queued: member("sock", "sk_wmem_queued")?,
+        sock_sndbuf: member("sock", "sk_sndbuf")?,
+        sock_socket: member("sock", "sk_socket")?,
+        socket_flags: member("socket", "flags")?,
     })
 }
 

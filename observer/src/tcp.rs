@@ -71,7 +71,7 @@ impl TcpTracker {
             }));
         }
         if old_state == tcp_state::LISTEN {
-            self.listener_closed(port, &owner);
+            self.listener_closed(port, &local, &owner);
         }
         if r.flags & tcp_flags::CLOSED_AT_EXIT != 0 {
             let role = self.role(&r.owner, old_state, port);
@@ -125,9 +125,14 @@ impl TcpTracker {
             .filter_map(move |pids| pids.get(&pid).map(|listener| &listener.local))
     }
 
-    fn listener_closed(&mut self, port: u16, owner: &ProcessRef) {
+    /// A listening socket on `local` closed, in `owner`'s context. Every process seen
+    /// holding that address held this socket (a pre-fork master's listener, inherited
+    /// by its workers, closes once, in whichever held it last), except with
+    /// SO_REUSEPORT, where each has its own: those are forgotten too, a loss only for
+    /// the owner of an RST on a socket nobody traced.
+    fn listener_closed(&mut self, port: u16, local: &str, owner: &ProcessRef) {
         if let Some(pids) = self.listeners.get_mut(&port) {
-            pids.remove(&owner.pid);
+            pids.retain(|&pid, listener| pid != owner.pid && listener.local != local);
             if pids.is_empty() {
                 self.listeners.remove(&port);
             }
@@ -246,9 +251,10 @@ fn activity(r: &TcpStateRecord, role: Role) -> Activity {
     let unanswered = r.flags & tcp_flags::PEER_SENT_DATA != 0
         && r.flags & tcp_flags::PEER_SPOKE_LAST != 0
         && r.unsent_bytes == 0;
+    let mid_answer = r.unsent_bytes > 0 && r.flags & tcp_flags::STILL_WRITING != 0;
     let in_flight = match role {
         _ if i32::from(r.old_state) == tcp_state::CLOSE_WAIT => false,
-        Role::Inbound => r.unread_bytes > 0 || unanswered,
+        Role::Inbound => r.unread_bytes > 0 || unanswered || mid_answer,
         _ => r.unread_bytes > 0 || r.unsent_bytes > 0,
     };
     if in_flight {
@@ -613,6 +619,14 @@ mod tests {
                 120,
                 1,
                 Activity::Idle,
+            ),
+            (
+                "a download cut while the process still wrote",
+                known | tcp_flags::PEER_SENT_DATA | tcp_flags::STILL_WRITING,
+                0,
+                2_000_000,
+                1,
+                Activity::InFlight,
             ),
             (
                 "client gone",
