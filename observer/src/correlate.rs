@@ -36,6 +36,19 @@ pub struct Config {
     pub deploy_window_ns: u64,
 }
 
+/// Listener closes remembered per process after a signal outside the termination set.
+const MAX_REMEMBERED_CLOSES: usize = 64;
+
+/// A signal outside the termination set, remembered until its target exits.
+struct OtherSignal {
+    mono_ns: u64,
+    event: SignalEvent,
+    step: SignalStep,
+    /// Listeners its target held then, and those its program closed since (when).
+    listening: BTreeSet<String>,
+    closed: Vec<(String, u64)>,
+}
+
 /// A process's listening sockets, whether or not it is shutting down.
 struct Listening {
     sockets: BTreeSet<String>,
@@ -58,7 +71,7 @@ pub struct Correlator {
     adopted: BoundedMap<u32, u32>,
     /// The latest signal outside the termination set each process got, with its step:
     /// if the process exits soon after, that signal stopped it.
-    other_signals: BoundedMap<u32, (u64, SignalEvent, SignalStep)>,
+    other_signals: BoundedMap<u32, OtherSignal>,
     deploys: Vec<Deploy>,
     out: Vec<Line>,
 }
@@ -447,8 +460,19 @@ impl Correlator {
             let reraised = shutdown.handled_ns.is_some();
             shutdown.add_step(mono, step(e, time, reraised));
         } else {
-            self.other_signals
-                .insert(pid, (mono, e.clone(), step(e, time, false)));
+            let listening = self
+                .listening
+                .get(&pid)
+                .map(|l| l.sockets.clone())
+                .unwrap_or_default();
+            let other = OtherSignal {
+                mono_ns: mono,
+                event: e.clone(),
+                step: step(e, time, false),
+                listening,
+                closed: Vec::new(),
+            };
+            self.other_signals.insert(pid, other);
         }
     }
 
@@ -463,11 +487,11 @@ impl Correlator {
                 term.handler = Some(e.handler);
                 term.result = SignalResult::Delivered;
             }
-        } else if let Some((_, _, step)) = self.other_signals.get_mut(&pid)
-            && step.sig == e.sig
-            && step.handler.is_none()
+        } else if let Some(other) = self.other_signals.get_mut(&pid)
+            && other.step.sig == e.sig
+            && other.step.handler.is_none()
         {
-            step.handler = Some(e.handler);
+            other.step.handler = Some(e.handler);
         }
     }
 
@@ -530,12 +554,22 @@ impl Correlator {
     /// A process with no termination signal exits within a deploy window of another
     /// signal observer reports: that signal stopped it (SIGUSR1, SIGWINCH soft stops).
     fn stopped_by_other_signal(&mut self, e: &ExitEvent, mono: u64) -> Option<ProcessShutdown> {
-        let (at, signal, step) = self.other_signals.remove(&e.pid)?;
+        let OtherSignal {
+            mono_ns: at,
+            event: mut signal,
+            step,
+            listening,
+            closed,
+        } = self.other_signals.remove(&e.pid)?;
         if mono.saturating_sub(at) > self.config.deploy_window_ns {
             return None;
         }
+        signal.target.listening.extend(listening);
         let mut shutdown = self.new_record(&signal);
         shutdown.first_signal_ns = Some(at);
+        for (local, closed_ns) in &closed {
+            shutdown.listener_closed(local, *closed_ns);
+        }
         shutdown
             .children_at_signal
             .clone_from(&signal.target.children);
@@ -589,6 +623,11 @@ impl Correlator {
             ListenAction::Close => {
                 if let Some(entry) = self.listening.get_mut(&e.pid) {
                     entry.sockets.remove(&e.local);
+                }
+                if let Some(other) = self.other_signals.get_mut(&e.pid)
+                    && other.closed.len() < MAX_REMEMBERED_CLOSES
+                {
+                    other.closed.push((e.local.clone(), mono));
                 }
                 let closer = self.record(e.pid, mono).map(|s| s.pid);
                 // The socket is gone for every process of the tree that held it: its

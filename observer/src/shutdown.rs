@@ -25,8 +25,9 @@ pub const TIMELINE_SIGNALS: usize = 16;
 /// handler, within microseconds), not an application that stopped first.
 const RUNTIME_RERAISE_NS: u64 = 5_000_000;
 /// A nonzero exit this long after the signal, with connections still open, ended a
-/// drain that did not finish (a timeout fallback); a quicker one is by design.
-const FALLBACK_EXIT_NS: u64 = 1_000_000_000;
+/// drain that did not finish (a timeout fallback, which waits hundreds of ms or
+/// seconds); one within it is a process told to quit at once (a worker by its master).
+const FALLBACK_EXIT_NS: u64 = 250_000_000;
 
 /// A parent's termination signal, as a worker's stop sees it.
 #[derive(Clone, Debug)]
