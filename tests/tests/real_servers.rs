@@ -1656,17 +1656,21 @@ fn gunicorn_sigkills_a_worker_busy_past_its_graceful_timeout() {
             verdict: "killed",
         },
     );
-    // gunicorn says it SIGKILLed the busy worker; that worker's report says so.
+    // The busy worker is the one that logged the slow request (gunicorn also logs
+    // "Worker (pid:N) was sent SIGKILL!" when it reaps it before exiting, not always).
     let busy = outcome
         .workers
         .iter()
         .copied()
-        .find(|pid| {
-            outcome
-                .log
-                .contains(&format!("Worker (pid:{pid}) was sent SIGKILL!"))
-        })
-        .unwrap_or_else(|| panic!("gunicorn killed no worker:\n{}", outcome.log));
+        .find(|pid| outcome.log.contains(&format!("[{pid}] [DEBUG] GET /slow")))
+        .unwrap_or_else(|| panic!("no worker took the slow request:\n{}", outcome.log));
+    assert!(
+        !outcome
+            .log
+            .contains(&format!("Worker exiting (pid: {busy})")),
+        "the busy worker exited on its own:\n{}",
+        outcome.log
+    );
     checks.shutdown_verdict(busy, "killed");
     checks.has_finding(busy, "SIGKILL_AFTER_GRACE");
     let report = outcome.shutdown(busy);
@@ -2002,9 +2006,9 @@ fn node_cluster_then_sigkill_after_the_grace_period() {
         |s| clients(s, 1, &["/slow?s=10"], &[]),
         3,
     );
-    // FAILS TODAY (19ab62b): the connection the primary accepted and handed to the busy
-    // worker is missing: no tcp_close_at_exit at the worker's SIGKILL, so
-    // dropped_connections is 3 where 4.
+    // FAILS SOMETIMES (19ab62b, 1 run of 4): the connection the primary accepted and
+    // handed to the busy worker is missing (no tcp_close_at_exit at the worker's SIGKILL),
+    // so dropped_connections is 3 where 4.
     let mut checks = check(
         &outcome,
         Truth {
