@@ -28,7 +28,6 @@
 //! runs on an exiting task's stack changes sockets that lack SHUTDOWN_MASK (the loopback
 //! peer receiving our FIN) or that were already closed (our FIN_WAIT1 getting its ACK).
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -221,16 +220,29 @@ fn on_state_change(
         }
         Interest::MayCloseAtExit => {
             let endpoints = change.endpoints()?;
-            let fallback = owners::current(role::UNKNOWN);
-            let known = owners::known_or(sk, endpoints.remote_port, fallback);
-            if !closed_by_exiting_owner(sk, known.tgid) {
+            // __tcp_close() marks the socket before changing its state; softirq work
+            // on an exiting task's stack changes sockets it has not marked.
+            if !shut_down(sk) {
                 return None;
             }
+            let current = owners::current(role::UNKNOWN);
+            let known = owners::known_or(sk, endpoints.remote_port, current);
+            // The exiting process closes what it held, whoever the table says learnt
+            // it: a socket passed over a Unix socket (Node cluster's primary hands
+            // accepted connections to its workers) or inherited across fork().
+            let owner = if known.tgid == current.tgid {
+                known
+            } else {
+                SocketOwner {
+                    role: known.role,
+                    ..current
+                }
+            };
             let (traffic_flags, unread, unsent) = traffic(sk);
             report_closed_at_exit(
                 endpoints,
                 (old_state, new_state),
-                known,
+                owner,
                 tcp_flags::CLOSED_AT_EXIT | traffic_flags,
                 (unread, unsent),
             )
@@ -253,13 +265,6 @@ fn on_state_change(
             report(endpoints, old_state, new_state, closer, flags)
         }
     }
-}
-
-/// For a socket changing state in an exiting task, whose owner is `owner_tgid` (known,
-/// or else the current process): whether the exit closed it, and not softirq work that
-/// happened to run on the exiting task's stack.
-fn closed_by_exiting_owner(sk: u64, owner_tgid: u32) -> bool {
-    shut_down(sk) && owner_tgid == (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 /// __tcp_close() has begun on `sk` (it sets SHUTDOWN_MASK before changing the state).
