@@ -24,8 +24,6 @@
 //! - a server's verdict is the worst of its processes' shutdowns; its deploy is also
 //!   `dropped` when clients were refused after it exited (traffic still routed to it).
 //!
-//! Assertions that observer does not satisfy yet (at 19ab62b) are marked `FAILS TODAY`.
-//!
 //! With REAL_SERVERS_RECORD=DIR each test also writes DIR/<test>.md: the ground truth
 //! next to observer's exit events and reports (the same text is printed on stdout).
 use std::{
@@ -1462,9 +1460,6 @@ fn nginx_sigterm_fast_stop_cuts_a_download() {
         |s| clients(s, 2, &[], &["/big"]),
         3,
     );
-    // FAILS TODAY (19ab62b): the cut download's connection (3.8 MB unsent) is reported
-    // `activity: idle`, so the shutdown is `clean` and dropped_connections is 3 where 4
-    // clients lost something.
     let checks = check(
         &outcome,
         Truth {
@@ -1487,8 +1482,6 @@ fn nginx_quit_then_sigkill_after_the_grace_period() {
         |s| clients(s, 1, &[], &["/big"]),
         3,
     );
-    // FAILS TODAY (19ab62b): the cut download's connection (3.8 MB unsent) is reported
-    // `activity: idle` (KEEPALIVE_OPEN_AT_EXIT): dropped_connections 3 where 4.
     let mut checks = check(
         &outcome,
         Truth {
@@ -1756,9 +1749,6 @@ fn gunicorn_sigterm_resets_connections_left_in_its_backlog() {
             outcome.describe()
         );
     }
-    // FAILS TODAY (19ab62b): the backlog's RSTs (reason TCP_STATE) have no owner (the
-    // listener is shared by master and workers): resets_sent 0, verdict `clean`,
-    // dropped_connections 3 where 5.
     let checks = check(
         &outcome,
         Truth {
@@ -1960,8 +1950,6 @@ fn http_server_exits_at_once_and_cuts_a_download() {
         |s| clients(s, 1, &[], &["/big"]),
         3,
     );
-    // FAILS TODAY (19ab62b): the cut download's connection (3.8 MB unsent) is reported
-    // `activity: idle`, so the shutdown is `clean` and dropped_connections 3 where 4.
     let checks = check(
         &outcome,
         Truth {
@@ -2006,9 +1994,6 @@ fn node_cluster_then_sigkill_after_the_grace_period() {
         |s| clients(s, 1, &["/slow?s=10"], &[]),
         3,
     );
-    // FAILS SOMETIMES (19ab62b, 1 run of 4): the connection the primary accepted and
-    // handed to the busy worker is missing (no tcp_close_at_exit at the worker's SIGKILL),
-    // so dropped_connections is 3 where 4.
     let mut checks = check(
         &outcome,
         Truth {
