@@ -1,6 +1,9 @@
 //! The terminal format: one aligned line per event, coloured on a TTY.
 use crate::{
-    event::{Direction, Event, Handler, Line, ListenAction, Origin, Role, SignalResult, ThreadRef},
+    event::{
+        Activity, Direction, Event, Handler, Line, ListenAction, Origin, Role, SignalResult,
+        ThreadRef,
+    },
     human_report, signals,
 };
 
@@ -140,10 +143,17 @@ impl HumanFormat {
                     Role::Outbound => "outbound",
                     Role::Listener => "listener",
                 };
+                let activity = match e.activity {
+                    Some(Activity::InFlight) => {
+                        format!("  {}", self.paint(RED, "request in flight"))
+                    }
+                    Some(Activity::Idle) => "  idle".to_string(),
+                    None => String::new(),
+                };
                 (
                     "open@exit",
                     format!(
-                        "{}[{}]  {role} {} ↔ {}  {}  {}",
+                        "{}[{}]  {role} {} ↔ {}  {}{activity}  {}",
                         e.comm,
                         e.pid,
                         e.local,
