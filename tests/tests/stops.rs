@@ -32,7 +32,7 @@ fn start(mode: &str) -> Child {
 }
 
 /// Its report, after checking the exit against waitpid.
-fn report_of<'a>(events: &'a Events, pid: u32, status: ExitStatus) -> &'a Value {
+fn report_of(events: &Events, pid: u32, status: ExitStatus) -> &Value {
     let report = events.shutdown_of(pid);
     assert_eq!(
         (
