@@ -2,6 +2,10 @@
 //! `OBSERVER_BIN`, set by `cargo xtask test`) against real processes, and checks every
 //! line it writes against docs/events-v1.schema.json.
 //!
+//! Files of the checkout (the schema, tests/servers) are found through [`tests_dir`]:
+//! `OBSERVER_TESTS_DIR` when set (the VM suites run from a copy at a fixed path in an
+//! initramfs), else where this package was compiled.
+//!
 //! These tests must run as root with the programs loadable; anything else is a failure,
 //! never a skip.
 use std::{
@@ -21,12 +25,18 @@ pub mod testee;
 /// Longest any step may take before the test fails (generous: CI machines are slow).
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// This package's directory (`tests/` of the checkout): `OBSERVER_TESTS_DIR`, or else
+/// where it was compiled.
+pub fn tests_dir() -> PathBuf {
+    std::env::var_os("OBSERVER_TESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn observer_binary() -> PathBuf {
     let path = std::env::var_os("OBSERVER_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
-        });
+        .unwrap_or_else(|| tests_dir().join("../target/debug/observer"));
     assert!(
         path.is_file(),
         "observer binary {} not found: run the suite with `cargo xtask test`",
@@ -348,7 +358,7 @@ impl Events {
 fn schema() -> &'static jsonschema::Validator {
     static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events-v1.schema.json");
+        let path = tests_dir().join("../docs/events-v1.schema.json");
         let text = std::fs::read_to_string(&path).expect("reading the schema");
         let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
         jsonschema::validator_for(&schema).expect("the schema compiles")
@@ -415,7 +425,7 @@ pub fn finding_codes(report: &Value) -> Vec<&str> {
 
 /// The test servers shipped with the tests (tests/servers).
 pub fn servers_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")
+    tests_dir().join("servers")
 }
 
 pub fn temp_path(name: &str) -> PathBuf {
