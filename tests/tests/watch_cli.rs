@@ -211,7 +211,11 @@ fn the_human_format_is_one_aligned_line_per_event() {
             && report[0].ends_with("default action (no handler)"),
         "{report:?}"
     );
-    assert_eq!(report[1], "+0 ms  killed by SIGTERM (status 143)");
+    // Usually +0 ms; a slow machine (qemu without KVM) may take a few.
+    assert!(
+        report[1].starts_with('+') && report[1].ends_with(" ms  killed by SIGTERM (status 143)"),
+        "{report:?}"
+    );
     let finding = "✗ NO_SIGTERM_HANDLER `testee` died of SIGTERM's default action";
     assert!(report.iter().any(|l| l.starts_with(finding)), "{report:?}");
     assert!(!text.contains('\x1b'), "colour in a file");
