@@ -476,7 +476,12 @@ fn test_on_kernel(root: &Path, series: &str) -> Result<()> {
     build_ebpf(root)?;
     run(host_cargo(root).args(["build", "--package", "observer"]))?;
     let binaries = privileged_test_binaries(root)?;
-    kernel::test(root, series, &root.join("target/debug/observer"), &binaries)
+    kernel::test(
+        root,
+        &[series],
+        &root.join("target/debug/observer"),
+        &binaries,
+    )
 }
 
 /// Builds the privileged tests without running them; returns their executables.
