@@ -161,12 +161,8 @@ impl Correlator {
 
     fn report_shutdown(&mut self, mono_ns: u64, shutdown: ProcessShutdown) {
         self.push(mono_ns, Event::Shutdown(Box::new(shutdown.report())));
-        if let Some(deploy) = self
-            .deploys
-            .iter_mut()
-            .find(|d| d.service == shutdown.service)
-        {
-            deploy.shutdown_reported(shutdown);
+        if let Some(deploy) = self.deploys.iter_mut().find(|d| d.awaits(shutdown.pid)) {
+            deploy.shutdown_reported(&shutdown);
         }
     }
 
@@ -400,14 +396,18 @@ impl Correlator {
                         .map_or_else(|| "SIGKILL".to_string(), |t| t.sig_name.clone()),
                     mono_ns: s.first_signal_ns.unwrap_or(mono),
                 };
-                (s.service.clone(), told)
+                (s.service.clone(), s.workload, told)
             });
         let Some(shutdown) = self.live.get_mut(&pid) else {
             return;
         };
-        if let Some((service, told)) = parent {
+        if let Some((service, workload, told)) = parent {
             shutdown.service = service;
+            shutdown.workload = workload;
             shutdown.parent_told = Some(told);
+        }
+        if !shutdown.workload {
+            return;
         }
         let (service, ports) = (shutdown.service.clone(), shutdown.ports());
         self.deploy_for(&service, pid, mono, time)
@@ -417,13 +417,12 @@ impl Correlator {
                 .live
                 .get_mut(&child)
                 .filter(|c| c.service != service)
-                .map(|c| std::mem::replace(&mut c.service, service.clone()));
-            if let Some(old) = moved {
-                self.deploys.iter_mut().for_each(|d| {
-                    if d.service == old {
-                        d.forget(child);
-                    }
+                .map(|c| {
+                    c.workload = true;
+                    std::mem::replace(&mut c.service, service.clone())
                 });
+            if moved.is_some() {
+                self.deploys.iter_mut().for_each(|d| d.forget(child));
                 self.deploys.retain(|d| !d.is_empty());
                 self.deploy_for(&service, pid, mono, time)
                     .termination(child, &[], mono);
@@ -437,7 +436,7 @@ impl Correlator {
         let open = self
             .deploys
             .iter()
-            .position(|d| d.service == service && mono <= d.window_end(window));
+            .position(|d| d.service == service && d.accepts(mono, window));
         let index = match open {
             Some(index) => index,
             None => {
@@ -515,7 +514,7 @@ impl Correlator {
             // parent did not forward the signal. Exited by itself: it was told some
             // other way (nginx's channel), and is part of the parent's stop.
             if e.signal.is_some() {
-                parent.unsignalled_children.push(e.pid);
+                parent.child_killed_unsignalled(e.pid);
             } else {
                 parent.children_stopped_by_themselves += 1;
             }
@@ -595,10 +594,9 @@ impl Correlator {
         }
         let signal_time = step.time.clone();
         shutdown.add_step(at, step);
-        let (service, ports) = (shutdown.service.clone(), shutdown.ports());
         self.live.insert(e.pid, shutdown);
-        self.deploy_for(&service, e.pid, at, &signal_time)
-            .termination(e.pid, &ports, at);
+        let children = signal.target.children.clone();
+        self.join_deploy(e.pid, &children, at, &signal_time);
         self.live.remove(&e.pid)
     }
 
@@ -647,7 +645,7 @@ impl Correlator {
         let Some(shutdown) = self.record(e.pid, mono) else {
             return;
         };
-        shutdown.open_at_exit.push(OpenConnection {
+        shutdown.at_exit.add(OpenConnection {
             local: e.local.clone(),
             remote: e.remote.clone(),
             state: e.state.clone(),
@@ -674,7 +672,7 @@ impl Correlator {
                 shutdown.resets_sent += 1;
                 // A request cut at exit with unread data is reset as it is closed: the
                 // same lost client, counted once.
-                let cut = shutdown.in_flight_at_exit().any(|c| c.remote == e.remote);
+                let cut = shutdown.at_exit.cut(&e.remote);
                 if !cut {
                     shutdown.resets_on_other_connections += 1;
                 }
@@ -1624,6 +1622,45 @@ mod tests {
             clock::parse_rfc3339(&due[0].time),
             Some(due[0].mono_ns as i128 + 1_700_000_000_000_000_000)
         );
+    }
+
+    /// Steady churn in one service: a termination every 100 ms for 30 minutes never
+    /// leaves a 30 s window, yet deploys are written in bounded pieces.
+    #[test]
+    fn a_service_under_endless_churn_gets_bounded_deploys() {
+        let mut correlator = Correlator::new(config());
+        let mut deploys = Vec::new();
+        let mut pid = 1_000;
+        for at in (0..1_800_000).step_by(100) {
+            pid += 1;
+            for line in [term(at, pid), exit(at + 1, pid, 1, Some(0), None)] {
+                deploys.extend(correlator.observe(&line).into_iter().filter_map(|l| match l.event {
+                    Event::Deploy(d) => Some(d),
+                    _ => None,
+                }));
+            }
+        }
+        assert!(deploys.len() >= 17, "{} deploys", deploys.len());
+        for deploy in &deploys {
+            assert!(deploy.stopped_total <= crate::deploy::MAX_INSTANCES, "{deploy:?}");
+            assert!(deploy.stopped.len() <= crate::deploy::LISTED_PIDS);
+            let line = serde_json::to_string(deploy).unwrap();
+            assert!(line.len() < 8_192, "{} bytes", line.len());
+        }
+        let stopped: u32 = deploys.iter().map(|d| d.stopped_total).sum();
+        assert!(stopped >= 17_000, "every stop is in some deploy: {stopped}");
+    }
+
+    /// A shell's job with no unit, container or listener: its report, but no deploy.
+    #[test]
+    fn a_process_that_is_no_workload_gets_no_deploy() {
+        let mut stop = term(0, P);
+        if let Event::Signal(signal) = &mut stop.event {
+            signal.target.cgroup = Some("/user.slice/user-0.slice/session-3.scope".into());
+        }
+        let out = run(&[stop, exit(5, P, 1, Some(0), None)]);
+        let types: Vec<&str> = out.iter().map(|l| l.event.type_name()).collect();
+        assert_eq!(types, ["shutdown"]);
     }
 
     #[test]

@@ -507,7 +507,15 @@ pub struct ShutdownReport {
     pub drain_ms: Option<u64>,
     pub listener_closed_ms: Option<u64>,
     pub accepted_after_signal: u32,
+    /// The first [`crate::at_exit::LISTED`]; the counts below cover them all.
     pub open_at_exit: Vec<OpenConnection>,
+    #[serde(default)]
+    pub open_at_exit_total: u32,
+    /// Counts by role (`inbound`, `outbound`, `listener`) and by TCP state.
+    #[serde(default)]
+    pub open_at_exit_by_role: std::collections::BTreeMap<String, u32>,
+    #[serde(default)]
+    pub open_at_exit_by_state: std::collections::BTreeMap<String, u32>,
     /// Inbound connections cut at exit with a request in flight, and idle ones closed.
     #[serde(default)]
     pub in_flight_at_exit: u32,
@@ -526,8 +534,13 @@ pub struct DeployReport {
     pub service: String,
     pub started: String,
     pub ended: String,
+    /// At most [`crate::deploy::LISTED_PIDS`] each; the totals count them all.
     pub stopped: Vec<u32>,
+    #[serde(default)]
+    pub stopped_total: u32,
     pub started_pids: Vec<u32>,
+    #[serde(default)]
+    pub started_total: u32,
     pub listener_gap_ms: Option<u64>,
     /// Clients that lost their connection: requests cut at exit, other connections
     /// reset, clients refused after exit; each counted once.

@@ -75,7 +75,10 @@ pub fn shutdown(format: &HumanFormat, report: &ShutdownReport) -> String {
         };
         lines.push(format!("{INDENT}{at:>10}  {what}"));
     }
-    let open = report.open_at_exit.len();
+    // Logs from before the counts list every connection.
+    let open = report
+        .open_at_exit_total
+        .max(report.open_at_exit.len() as u32);
     lines.push(format!(
         "{INDENT}accepted after signal {} · open at exit {open} (requests cut {}, idle {}) · RSTs sent {} · refused after exit {}",
         report.accepted_after_signal,

@@ -52,17 +52,18 @@ pub fn pod(cgroup: &str) -> Option<String> {
     })
 }
 
-/// The service a deploy groups a process under: its unit, else its container, else its
-/// cgroup (if not the root), else its command plus listening ports.
+/// The service a deploy groups a process under: its systemd service, else its
+/// container, else its cgroup (if not the root, nor a scope such as a login session's,
+/// which groups whatever was started from it), else its command plus listening ports.
 pub fn service(cgroup: Option<&str>, comm: &str, ports: &[u16]) -> String {
     if let Some(cgroup) = cgroup {
-        if let Some(unit) = unit(cgroup) {
+        if let Some(unit) = unit(cgroup).filter(|unit| unit.ends_with(".service")) {
             return format!("unit:{unit}");
         }
         if let Some(container) = container(cgroup) {
             return format!("container:{container}");
         }
-        if cgroup != "/" {
+        if dedicated(cgroup) {
             return format!("cgroup:{cgroup}");
         }
     }
@@ -72,6 +73,21 @@ pub fn service(cgroup: Option<&str>, comm: &str, ports: &[u16]) -> String {
     } else {
         format!("comm:{comm}:{}", ports.join(","))
     }
+}
+
+/// A cgroup of its own: not the root, and not a scope (a login session, `systemd-run
+/// --scope`) or slice that holds whatever happened to be started there.
+fn dedicated(cgroup: &str) -> bool {
+    let last = cgroup.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
+    !last.is_empty() && !last.ends_with(".scope") && !last.ends_with(".slice")
+}
+
+/// Whether a process is an instance of a workload, whose stops make a deploy: a
+/// systemd service, a container, a cgroup of its own, or a server (it listens). A
+/// short-lived process that is none of these (a shell, a job a CI runner times out)
+/// gets its shutdown report, but no deploy: a deploy is the replacement of instances.
+pub fn is_workload(cgroup: Option<&str>, ports: &[u16]) -> bool {
+    !ports.is_empty() || !service(cgroup, "", &[]).starts_with("comm:")
 }
 
 #[cfg(test)]
@@ -141,5 +157,13 @@ mod tests {
             "comm:node:8080,9090"
         );
         assert_eq!(service(None, "sh", &[]), "comm:sh");
+        // A login session holds whatever was started from it: not a service.
+        let session = "/user.slice/user-0.slice/session-3.scope";
+        assert_eq!(service(Some(session), "node", &[3000]), "comm:node:3000");
+        assert!(is_workload(Some(session), &[3000]), "a server");
+        assert!(!is_workload(Some(session), &[]), "a shell's job");
+        assert!(!is_workload(Some("/"), &[]));
+        assert!(is_workload(Some("/system.slice/app.service"), &[]));
+        assert!(is_workload(Some(&format!("/docker/{ID}")), &[]));
     }
 }

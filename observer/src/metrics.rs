@@ -133,9 +133,14 @@ impl Metrics {
                 .observe(&DRAIN_BUCKETS, drain_ms as f64 / 1000.0);
         }
         if report.exit.is_some() {
-            metrics
-                .open_at_exit
-                .observe(&OPEN_BUCKETS, report.open_at_exit.len() as f64);
+            metrics.open_at_exit.observe(
+                &OPEN_BUCKETS,
+                f64::from(
+                    report
+                        .open_at_exit_total
+                        .max(report.open_at_exit.len() as u32),
+                ),
+            );
         }
         self.service_of_pid.insert(report.pid, service);
     }
@@ -425,7 +430,9 @@ mod tests {
             started: "t".into(),
             ended: "t".into(),
             stopped: vec![10],
+            stopped_total: 1,
             started_pids: vec![],
+            started_total: 0,
             refused_after_exit: 0,
             listener_gap_ms: None,
             dropped_connections: 3,

@@ -97,6 +97,39 @@ fn join_cgroup(root: &str, relative: &Path) -> String {
     }
 }
 
+/// Bounds on what one event carries from /proc, so that every line stays small whatever
+/// the process: its listeners, its children (a supervisor may have thousands) and its
+/// command line (the first bytes and arguments; the kernel's limit is 2 MiB).
+const MAX_LISTENERS: usize = 64;
+const MAX_CHILDREN: usize = 256;
+const MAX_CMDLINE_ARGS: usize = 64;
+const MAX_CMDLINE_BYTES: usize = 4096;
+
+/// `/proc/PID/cmdline`'s NUL-separated arguments, at most [`MAX_CMDLINE_ARGS`] of them
+/// and [`MAX_CMDLINE_BYTES`] in all (an argument cut short ends with "…").
+fn bounded_cmdline(bytes: &[u8]) -> Vec<String> {
+    let mut budget = MAX_CMDLINE_BYTES;
+    let mut args = Vec::new();
+    for arg in bytes.split(|&b| b == 0).filter(|arg| !arg.is_empty()) {
+        if args.len() == MAX_CMDLINE_ARGS || budget == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(arg);
+        if text.len() <= budget {
+            budget -= text.len();
+            args.push(text.into_owned());
+        } else {
+            let mut end = budget;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            args.push(format!("{}…", &text[..end]));
+            budget = 0;
+        }
+    }
+    args
+}
+
 impl HostView for ProcHost {
     fn tgid_of(&mut self, tid: u32) -> Option<u32> {
         let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
@@ -136,6 +169,7 @@ impl HostView for ProcHost {
             .collect();
         listening.sort();
         listening.dedup();
+        listening.truncate(MAX_LISTENERS);
         listening
     }
 
@@ -153,6 +187,7 @@ impl HostView for ProcHost {
             })
             .collect();
         children.sort_unstable();
+        children.truncate(MAX_CHILDREN);
         children
     }
 
@@ -161,13 +196,7 @@ impl HostView for ProcHost {
             .ok()
             .map(|path| path.to_string_lossy().into_owned());
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|bytes| {
-                bytes
-                    .split(|&b| b == 0)
-                    .filter(|arg| !arg.is_empty())
-                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                    .collect()
-            })
+            .map(|bytes| bounded_cmdline(&bytes))
             .unwrap_or_default();
         (exe, cmdline)
     }
@@ -293,6 +322,19 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_line_is_bounded() {
+        let huge: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("argument-{i}\0").into_bytes())
+            .collect();
+        let args = bounded_cmdline(&huge);
+        assert_eq!(args.len(), MAX_CMDLINE_ARGS);
+        let long = [vec![b'a'; 10_000], vec![0], b"next".to_vec()].concat();
+        let args = bounded_cmdline(&long);
+        assert_eq!(args.len(), 1);
+        assert!(args[0].len() <= MAX_CMDLINE_BYTES + '…'.len_utf8());
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_among_v1_ones() {

@@ -11,13 +11,18 @@
 use std::collections::BTreeSet;
 
 use crate::{
+    at_exit::ClosedAtExit,
     event::{
-        Activity, ExitInfo, Finding, FindingCode, Handler, OpenConnection, ProcessRef, Role,
-        Severity, ShutdownReport, SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict,
+        ExitInfo, Finding, FindingCode, Handler, ProcessRef, Severity, ShutdownReport,
+        SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict,
     },
     identity, signals,
 };
 
+/// Children a finding names; the rest are counted.
+const MENTIONED_PIDS: usize = 10;
+/// Children remembered as killed without a signal of their own.
+const REMEMBERED_CHILDREN: usize = 1024;
 /// Signals kept in a report's timeline.
 pub const TIMELINE_SIGNALS: usize = 16;
 /// A re-raise this soon after its handler ran, by a process with no listener of its own
@@ -49,6 +54,8 @@ pub struct ProcessShutdown {
     /// The service a deploy groups it under, fixed at its first termination signal (or
     /// its parent's, for a worker stopped with its master).
     pub service: String,
+    /// An instance of a workload, whose stop belongs in a deploy ([`identity::is_workload`]).
+    pub workload: bool,
     /// CLOCK_MONOTONIC of its first termination signal (SIGKILL included).
     pub first_signal_ns: Option<u64>,
     pub sigterm: Option<SigtermInfo>,
@@ -78,7 +85,8 @@ pub struct ProcessShutdown {
     pub listeners_closed_ns: Option<u64>,
     pub listener_closed_by_program: bool,
     pub accepted_after_signal: u32,
-    pub open_at_exit: Vec<OpenConnection>,
+    /// What the kernel closed as it exited (counted; the first few listed).
+    pub at_exit: ClosedAtExit,
     pub resets_sent: u32,
     /// RSTs sent on connections other than requests cut at exit (whose RST for unread
     /// data is the same lost client).
@@ -111,6 +119,7 @@ impl ProcessShutdown {
             exe: None,
             cmdline: Vec::new(),
             service: identity::service(cgroup.as_deref(), comm, &ports),
+            workload: identity::is_workload(cgroup.as_deref(), &ports),
             cgroup,
             first_signal_ns: None,
             sigterm: None,
@@ -131,7 +140,7 @@ impl ProcessShutdown {
             listeners_closed_ns: None,
             listener_closed_by_program: false,
             accepted_after_signal: 0,
-            open_at_exit: Vec::new(),
+            at_exit: ClosedAtExit::default(),
             resets_sent: 0,
             resets_on_other_connections: 0,
             refused_after_exit: 0,
@@ -141,6 +150,13 @@ impl ProcessShutdown {
             parent_told: None,
             children_at_signal: Vec::new(),
             complete: true,
+        }
+    }
+
+    /// A child died of a signal after its signal, without one of its own.
+    pub fn child_killed_unsignalled(&mut self, pid: u32) {
+        if self.unsignalled_children.len() < REMEMBERED_CHILDREN {
+            self.unsignalled_children.push(pid);
         }
     }
 
@@ -228,43 +244,26 @@ impl ProcessShutdown {
         }
     }
 
-    /// Connections (not listeners) it still held when it exited.
-    pub fn connections_open_at_exit(&self) -> impl Iterator<Item = &OpenConnection> {
-        self.open_at_exit
-            .iter()
-            .filter(|c| c.role != Role::Listener)
+    /// Whether it had stopped accepting before it exited: closed its listener itself.
+    fn stopped_accepting(&self) -> bool {
+        self.listener_closed_by_program && self.listeners_closed_ns.is_some()
     }
 
-    /// Inbound connections cut with a request in flight. Without the kernel's word on
-    /// a connection's traffic, one left open by a server that had closed its listener
-    /// counts as idle (it stopped accepting and waited), any other as in flight.
-    pub fn in_flight_at_exit(&self) -> impl Iterator<Item = &OpenConnection> {
-        self.inbound_at_exit(Activity::InFlight)
+    /// Inbound connections cut at exit with a request in flight. Without the kernel's
+    /// word on a connection's traffic, one left open by a server that had closed its
+    /// listener counts as idle (it stopped accepting and waited), any other in flight.
+    pub fn in_flight_at_exit(&self) -> u32 {
+        self.at_exit.in_flight(self.stopped_accepting())
     }
 
-    pub fn idle_at_exit(&self) -> impl Iterator<Item = &OpenConnection> {
-        self.inbound_at_exit(Activity::Idle)
-    }
-
-    fn inbound_at_exit(&self, wanted: Activity) -> impl Iterator<Item = &OpenConnection> {
-        let stopped_accepting =
-            self.listener_closed_by_program && self.listeners_closed_ns.is_some();
-        let guess = if stopped_accepting {
-            Activity::Idle
-        } else {
-            Activity::InFlight
-        };
-        self.open_at_exit
-            .iter()
-            .filter(move |c| c.role == Role::Inbound && c.activity.unwrap_or(guess) == wanted)
+    pub fn idle_at_exit(&self) -> u32 {
+        self.at_exit.idle(self.stopped_accepting())
     }
 
     /// Clients it dropped: requests cut at exit, other connections reset, clients
     /// refused after it exited.
     pub fn dropped_connections(&self) -> u32 {
-        self.in_flight_at_exit().count() as u32
-            + self.resets_on_other_connections
-            + self.refused_after_exit
+        self.in_flight_at_exit() + self.resets_on_other_connections + self.refused_after_exit
     }
 
     pub fn verdict(&self) -> Verdict {
@@ -297,9 +296,12 @@ impl ProcessShutdown {
             drain_ms: self.since_signal_ms(self.exit_ns),
             listener_closed_ms: self.since_signal_ms(self.listeners_closed_ns),
             accepted_after_signal: self.accepted_after_signal,
-            open_at_exit: self.open_at_exit.clone(),
-            in_flight_at_exit: self.in_flight_at_exit().count() as u32,
-            idle_at_exit: self.idle_at_exit().count() as u32,
+            open_at_exit: self.at_exit.listed().to_vec(),
+            open_at_exit_total: self.at_exit.total(),
+            open_at_exit_by_role: self.at_exit.by_role(),
+            open_at_exit_by_state: self.at_exit.by_state(),
+            in_flight_at_exit: self.in_flight_at_exit(),
+            idle_at_exit: self.idle_at_exit(),
             resets_sent: self.resets_sent,
             refused_after_exit: self.refused_after_exit,
             verdict: verdict_of(self.died_of(), &findings),
@@ -435,13 +437,8 @@ impl ProcessShutdown {
 
     /// A listener of its own was open until it died: never closed by the program.
     fn kept_own_listener(&self) -> bool {
-        self.own_listeners().any(|l| {
-            self.listening.contains(l)
-                || self
-                    .open_at_exit
-                    .iter()
-                    .any(|c| c.role == Role::Listener && &c.local == l)
-        })
+        self.own_listeners()
+            .any(|l| self.listening.contains(l) || self.at_exit.listener(l))
     }
 
     fn disposition_of(&self, sig: i32) -> Option<Handler> {
@@ -459,11 +456,16 @@ impl ProcessShutdown {
         if self.unsignalled_children.is_empty() || tells_children {
             return None;
         }
-        let pids: Vec<String> = self
+        let mut pids: Vec<String> = self
             .unsignalled_children
             .iter()
+            .take(MENTIONED_PIDS)
             .map(u32::to_string)
             .collect();
+        let more = self.unsignalled_children.len().saturating_sub(MENTIONED_PIDS);
+        if more > 0 {
+            pids.push(format!("and {more} more"));
+        }
         Some(error(
             FindingCode::SignalNotForwarded,
             format!(
@@ -595,8 +597,7 @@ impl ProcessShutdown {
             .zip(self.sigkill_ns)
             .is_some_and(|(closed, kill)| closed < kill);
         let own_listener_open = self.own_listeners().next().is_some() && !closed_before_kill;
-        let busy =
-            self.in_flight_at_exit().next().is_some() || self.children_stopped_by_themselves > 0;
+        let busy = self.in_flight_at_exit() > 0 || self.children_stopped_by_themselves > 0;
         (own_listener_open && !busy).then(|| {
             error(
                 FindingCode::HandlerNeverRan,
@@ -613,7 +614,7 @@ impl ProcessShutdown {
     }
 
     fn requests_cut_at_exit(&self) -> Option<Finding> {
-        let cut = self.in_flight_at_exit().count();
+        let cut = self.in_flight_at_exit();
         (cut > 0).then(|| {
             error(
                 FindingCode::ConnectionsOpenAtExit,
@@ -627,7 +628,7 @@ impl ProcessShutdown {
     }
 
     fn keepalive_open_at_exit(&self) -> Option<Finding> {
-        let idle = self.idle_at_exit().count();
+        let idle = self.idle_at_exit();
         (idle > 0).then(|| {
             warning(
                 FindingCode::KeepaliveOpenAtExit,
@@ -643,10 +644,7 @@ impl ProcessShutdown {
     }
 
     fn outbound_open_at_exit(&self) -> Option<Finding> {
-        let outbound = self
-            .connections_open_at_exit()
-            .filter(|c| c.role == Role::Outbound)
-            .count();
+        let outbound = self.at_exit.outbound();
         (outbound > 0).then(|| {
             warning(
                 FindingCode::OutboundOpenAtExit,
@@ -676,9 +674,9 @@ impl ProcessShutdown {
 
     fn listener_not_closed(&self) -> Option<Finding> {
         let kept = self
-            .open_at_exit
-            .iter()
-            .any(|c| c.role == Role::Listener && !self.shared_listeners.contains(&c.local));
+            .at_exit
+            .listeners()
+            .any(|local| !self.shared_listeners.contains(local));
         (kept && self.sigterm.is_some()).then(|| {
             warning(
                 FindingCode::ListenerNotClosed,
@@ -733,9 +731,7 @@ impl ProcessShutdown {
             .exit_ns
             .zip(self.first_signal_ns)
             .is_some_and(|(exit, signal)| exit.saturating_sub(signal) >= FALLBACK_EXIT_NS);
-        let unfinished = self
-            .connections_open_at_exit()
-            .any(|c| c.role == Role::Inbound);
+        let unfinished = self.at_exit.inbound() > 0;
         (exit.convention.is_none() && late && unfinished).then(|| {
             error(
                 FindingCode::ExitNonzeroAfterSigterm,
