@@ -58,7 +58,14 @@ pub struct SignalGenerateRecord {
     pub sender_comm: [u8; COMM_LEN],
     /// [`target_flags`] bits.
     pub target_flags: u32,
-    pub _pad: u32,
+    /// The sender's parent (`real_parent`), and its thread group leader's comm: who ran a
+    /// short-lived sender such as runc. 0 when the task layout is unknown.
+    pub sender_ppid: u32,
+    /// The target's cgroup v2 id (`task->cgroups->dfl_cgrp->kn->id`, what
+    /// bpf_get_current_cgroup_id() gives in its own context): its cgroup even when it is
+    /// gone before userspace reads /proc. 0 when unknown.
+    pub target_cgroup_id: u64,
+    pub sender_parent_comm: [u8; COMM_LEN],
 }
 
 /// What the kernel side knew of a signal's target (`SignalGenerateRecord::target_flags`).
@@ -293,7 +300,7 @@ const _: () = assert!(size_of::<TcpStateRecord>() == 96);
 const _: () = assert!(size_of::<TcpResetRecord>() == 88);
 const _: () = assert!(size_of::<TcpAcceptRecord>() == 80);
 const _: () = assert!(size_of::<RecordHeader>() == 16);
-const _: () = assert!(size_of::<SignalGenerateRecord>() == 88);
+const _: () = assert!(size_of::<SignalGenerateRecord>() == 112);
 const _: () = assert!(size_of::<SignalDeliverRecord>() == 72);
 const _: () = assert!(size_of::<ProcessExitRecord>() == 112);
 const _: () = assert!(size_of::<ExitGroupCallRecord>() == 32);
@@ -488,6 +495,12 @@ pub struct TaskLayout {
     /// `task_struct.blocked` and `.real_blocked` (sigset_t, one u64 on 64-bit).
     pub task_blocked: u32,
     pub task_real_blocked: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn` and `kernfs_node.id`: a
+    /// task's cgroup v2 id. All 0 when one of them is missing from BTF.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     /// 1 when the offsets are the running kernel's own BTF, so programs may load through
     /// pointers the verifier types from it (`tp_btf` arguments,
     /// `bpf_get_current_task_btf`). Offsets from another file (`OBSERVER_BTF`, e.g. for

@@ -141,6 +141,10 @@ pub static TASK_LAYOUT: Global<TaskLayout> = Global::new(TaskLayout {
     k_sigaction_handler: 0,
     task_blocked: 0,
     task_real_blocked: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
     typed: 0,
 });
 

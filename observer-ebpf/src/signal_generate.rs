@@ -38,6 +38,8 @@ struct Target {
     tgid: u32,
     comm: [u8; COMM_LEN],
     flags: u32,
+    /// Its cgroup v2 id; 0 when unknown.
+    cgroup_id: u64,
 }
 
 /// What one `signal_generate` call offers, however the program is attached.
@@ -90,6 +92,7 @@ impl Generation for RawArgs<'_> {
             tid: task::read(target, self.task.task_pid)?,
             tgid: task::read(target, self.task.task_tgid)?,
             comm: task::read(target, self.task.task_comm)?,
+            cgroup_id: self.cgroup_id(target),
             flags: target_flags::TASK_READ
                 | if unkillable {
                     target_flags::NAMESPACE_INIT
@@ -101,6 +104,20 @@ impl Generation for RawArgs<'_> {
 }
 
 impl RawArgs<'_> {
+    /// `task->cgroups->dfl_cgrp->kn->id`: the target's cgroup v2 id, read here because
+    /// a target that the signal ends is often gone before userspace reads /proc.
+    #[inline(always)]
+    fn cgroup_id(&self, target: u64) -> u64 {
+        if self.task.task_cgroups == 0 {
+            return 0;
+        }
+        task::read::<u64>(target, self.task.task_cgroups)
+            .and_then(|css_set| task::read::<u64>(css_set, self.task.css_set_dfl_cgrp))
+            .and_then(|cgroup| task::read::<u64>(cgroup, self.task.cgroup_kn))
+            .and_then(|kn| task::read::<u64>(kn, self.task.kernfs_node_id))
+            .unwrap_or(0)
+    }
+
     /// The target's disposition for `sig` and whether it blocks it, as
     /// [`target_flags`] bits: read at generation, because a signal the kernel drops
     /// (SIG_IGN, a namespace init without a handler) is never delivered, and one taken
@@ -180,6 +197,7 @@ impl Generation for ClassicRecord<'_> {
             tgid,
             comm: self.field(self.layout.comm)?,
             flags: 0,
+            cgroup_id: 0,
         })
     }
 }
@@ -232,6 +250,7 @@ fn on_generate(generation: &impl Generation, disposition: impl Fn(i32) -> u32) -
         return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    let (sender_ppid, sender_parent_comm) = task::current_parent();
     submit_now(SignalGenerateRecord {
         header: header(kind::SIGNAL_GENERATE),
         sig,
@@ -245,7 +264,9 @@ fn on_generate(generation: &impl Generation, disposition: impl Fn(i32) -> u32) -
         target_comm: target.comm,
         sender_comm: task::current_process().1,
         target_flags: target.flags | disposition(sig),
-        _pad: 0,
+        sender_ppid,
+        target_cgroup_id: target.cgroup_id,
+        sender_parent_comm,
     });
     Some(())
 }

@@ -58,6 +58,23 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
+/// The current task's parent (`real_parent`): its tgid and its thread group leader's
+/// comm; zeros without the task layout. Helper reads: it runs per reported signal only.
+#[inline(always)]
+pub fn current_parent() -> (u32, [u8; COMM_LEN]) {
+    let Some(layout) = layout() else {
+        return (0, [0; COMM_LEN]);
+    };
+    let Some(parent) = read::<u64>(current(), layout.task_real_parent) else {
+        return (0, [0; COMM_LEN]);
+    };
+    let tgid = read::<u32>(parent, layout.task_tgid).unwrap_or(0);
+    let comm = read::<u64>(parent, layout.task_group_leader)
+        .and_then(|leader| read::<[u8; COMM_LEN]>(leader, layout.task_comm))
+        .unwrap_or([0; COMM_LEN]);
+    (tgid, comm)
+}
+
 /// The current process: its tgid, and the comm of its thread group's leader (what `ps`
 /// shows). With the kernel's BTF, one helper call and plain loads; with offsets from a
 /// BTF file, the leader's comm through helper reads; without BTF, the current thread's

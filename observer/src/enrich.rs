@@ -425,7 +425,9 @@ pub(crate) mod tests {
             target_comm: comm_bytes("worker"),
             sender_comm: comm_bytes("supervisord"),
             target_flags: 0,
-            _pad: 0,
+            sender_ppid: 0,
+            target_cgroup_id: 0,
+            sender_parent_comm: [0; COMM_LEN],
         })
     }
 

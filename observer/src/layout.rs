@@ -286,6 +286,20 @@ fn rst_reason_names(btf: &Btf) -> HashMap<u32, String> {
 fn task_layout(btf: &Btf) -> Result<TaskLayout> {
     let task = |member| btf.member_offset("task_struct", member);
     let signal = |member| btf.member_offset("signal_struct", member);
+    // Optional: without them, a signal's target has no cgroup id from the kernel.
+    let cgroup_id = [
+        ("task_struct", "cgroups"),
+        ("css_set", "dfl_cgrp"),
+        ("cgroup", "kn"),
+        ("kernfs_node", "id"),
+    ]
+    .map(|(st, member)| btf.member_offset(st, member).ok());
+    let [task_cgroups, css_set_dfl_cgrp, cgroup_kn, kernfs_node_id] =
+        if cgroup_id.iter().all(Option::is_some) {
+            cgroup_id.map(Option::unwrap_or_default)
+        } else {
+            [0; 4]
+        };
     Ok(TaskLayout {
         known: 1,
         task_exit_code: task("exit_code")?,
@@ -308,6 +322,10 @@ fn task_layout(btf: &Btf) -> Result<TaskLayout> {
         k_sigaction_handler: btf.member_offset("k_sigaction", "sa.sa_handler")?,
         task_blocked: task("blocked")?,
         task_real_blocked: task("real_blocked")?,
+        task_cgroups,
+        css_set_dfl_cgrp,
+        cgroup_kn,
+        kernfs_node_id,
         typed: 0,
     })
 }
