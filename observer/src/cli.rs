@@ -95,6 +95,11 @@ pub struct WatchArgs {
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<String>,
 
+    /// Docker's data root (dockerd's --data-root), where each container's name, image
+    /// and labels are read from (containers/ID/config.v2.json).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/docker")]
+    pub docker_root: PathBuf,
+
     /// Size of the kernel→userspace ring buffer in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,

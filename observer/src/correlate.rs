@@ -10,12 +10,13 @@ use std::collections::BTreeSet;
 
 use crate::{
     bounded::BoundedMap,
-    clock,
+    clock, containers,
     deploy::Deploy,
     event::{
-        DeliveredEvent, Direction, Event, ExitEvent, ExitInfo, Handler, Line, ListenAction,
-        OpenConnection, Origin, ProcessRef, Role, SCHEMA_VERSION, SigkillInfo, SignalEvent,
-        SignalResult, SignalStep, SigtermInfo, TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent,
+        ContainerInfo, DeliveredEvent, Direction, Event, ExitEvent, ExitInfo, Handler, Line,
+        ListenAction, OpenConnection, Origin, ProcessRef, Role, SCHEMA_VERSION, SigkillInfo,
+        SignalEvent, SignalResult, SignalStep, SigtermInfo, TcpCloseAtExitEvent, TcpListenEvent,
+        TcpResetEvent,
     },
     identity,
     shutdown::{ParentSignal, ProcessShutdown, exit_convention, port_of},
@@ -74,6 +75,8 @@ pub struct Correlator {
     other_signals: BoundedMap<u32, OtherSignal>,
     deploys: Vec<Deploy>,
     out: Vec<Line>,
+    /// The container of the process the line being applied is about.
+    line_container: Option<ContainerInfo>,
 }
 
 impl Correlator {
@@ -90,6 +93,7 @@ impl Correlator {
             other_signals: BoundedMap::new(TRACKED_LISTENERS),
             deploys: Vec::new(),
             out: Vec::new(),
+            line_container: None,
         }
     }
 
@@ -160,19 +164,29 @@ impl Correlator {
     }
 
     fn report_shutdown(&mut self, mono_ns: u64, shutdown: ProcessShutdown) {
-        self.push(mono_ns, Event::Shutdown(Box::new(shutdown.report())));
+        let container = shutdown.container_info.clone();
+        self.push_about(
+            mono_ns,
+            Event::Shutdown(Box::new(shutdown.report())),
+            container,
+        );
         if let Some(deploy) = self.deploys.iter_mut().find(|d| d.awaits(shutdown.pid)) {
             deploy.shutdown_reported(&shutdown);
         }
     }
 
     fn push(&mut self, mono_ns: u64, event: Event) {
+        self.push_about(mono_ns, event, None);
+    }
+
+    fn push_about(&mut self, mono_ns: u64, event: Event, container_info: Option<ContainerInfo>) {
         self.out.push(Line {
             v: SCHEMA_VERSION,
             event,
             time: clock::rfc3339(mono_ns as i128 + self.wall_offset_ns),
             mono_ns,
             host: self.host.clone(),
+            container_info,
         });
     }
 
@@ -223,6 +237,7 @@ impl Correlator {
 
     fn apply(&mut self, line: &Line) {
         let (mono, time) = (line.mono_ns, line.time.as_str());
+        self.line_container.clone_from(&line.container_info);
         match &line.event {
             Event::Signal(e) if signals::TERMINATION_SIGNALS.contains(&e.sig) => {
                 self.on_termination_signal(e, mono, time)
@@ -336,6 +351,9 @@ impl Correlator {
         listening.extend(e.target.listening.iter().cloned());
         let mut shutdown =
             ProcessShutdown::new(pid, &e.target.comm, e.target.cgroup.clone(), listening);
+        if let Some(info) = &self.line_container {
+            shutdown.set_container(info.clone());
+        }
         let children = &e.target.children;
         for other in self.records_mut() {
             let related = other.children_at_signal.contains(&pid) || children.contains(&other.pid);
@@ -389,6 +407,7 @@ impl Correlator {
                     parent: ProcessRef {
                         pid: s.pid,
                         comm: s.comm.clone(),
+                        via: Vec::new(),
                     },
                     sig_name: s
                         .sigterm
@@ -531,6 +550,9 @@ impl Correlator {
         if shutdown.cgroup.is_none() {
             shutdown.cgroup.clone_from(&e.cgroup);
         }
+        if shutdown.container_info.is_none() {
+            shutdown.container_info.clone_from(&self.line_container);
+        }
         for child in &e.children {
             if !shutdown.children_at_signal.contains(child) {
                 shutdown.children_at_signal.push(*child);
@@ -613,7 +635,11 @@ impl Correlator {
                     entry.sockets.insert(e.local.clone());
                 }
                 let ports: Vec<u16> = port_of(&e.local).into_iter().collect();
-                let service = identity::service(e.cgroup.as_deref(), &e.comm, &ports);
+                let service = self
+                    .line_container
+                    .as_ref()
+                    .and_then(containers::service)
+                    .unwrap_or_else(|| identity::service(e.cgroup.as_deref(), &e.comm, &ports));
                 for deploy in &mut self.deploys {
                     deploy.listener_opened(e.pid, &service, &e.comm, &e.local, mono);
                 }
@@ -751,6 +777,7 @@ mod tests {
             time: clock::rfc3339(mono_ns as i128 + 1_700_000_000_000_000_000),
             mono_ns,
             host: "h".into(),
+            container_info: None,
         }
     }
 
@@ -771,6 +798,7 @@ mod tests {
                 sender: ProcessRef {
                     pid: sender,
                     comm: "supervisord".into(),
+                    via: Vec::new(),
                 },
                 target: ThreadRef {
                     pid,
@@ -940,6 +968,7 @@ mod tests {
                 former_owner: former.map(|pid| ProcessRef {
                     pid,
                     comm: "app".into(),
+                    via: Vec::new(),
                 }),
             }),
         )

@@ -10,8 +10,8 @@ use crate::{
     bounded::BoundedMap,
     decode::{Record, comm},
     event::{
-        DeliveredEvent, Event, ExitEvent, Handler, Origin, ProcessRef, SignalEvent, SignalResult,
-        StatusSource, ThreadRef,
+        ContainerInfo, DeliveredEvent, Event, ExitEvent, Handler, Origin, ProcessRef, SignalEvent,
+        SignalResult, StatusSource, ThreadRef,
     },
     exit_inference::ExitInference,
     signals,
@@ -35,7 +35,18 @@ pub trait HostView {
     fn children(&mut self, pid: u32) -> Vec<u32>;
     /// A live process's executable and command line.
     fn command(&mut self, pid: u32) -> (Option<String>, Vec<String>);
+    /// A live process's parent and its comm.
+    fn parent(&mut self, _pid: u32) -> Option<(u32, String)> {
+        None
+    }
+    /// The container a cgroup path names, with its runtime's metadata.
+    fn container_info(&mut self, _cgroup: &str) -> Option<ContainerInfo> {
+        None
+    }
 }
+
+/// Parents named in a signal sender's `via`, at most.
+const MAX_VIA: usize = 4;
 
 /// An event and the CLOCK_MONOTONIC time of the kernel event behind it.
 pub type Timed = (u64, Event);
@@ -145,6 +156,46 @@ impl<H: HostView> Enricher<H> {
         }
     }
 
+    /// The container of the process `event` is about (a signal's target, the exiting
+    /// process, a socket's owner), from its cgroup: the event's own, or the last read.
+    pub fn container_of(&mut self, event: &Event) -> Option<ContainerInfo> {
+        let cgroup = match event {
+            Event::Signal(e) => e.target.cgroup.clone(),
+            Event::Exit(e) => e.cgroup.clone(),
+            Event::TcpListen(e) => e.cgroup.clone(),
+            Event::TcpCloseAtExit(e) => self.known_cgroup(e.pid),
+            Event::TcpAccept(e) => self.known_cgroup(e.pid),
+            Event::TcpReset(e) => e.pid.and_then(|pid| self.known_cgroup(pid)),
+            _ => None,
+        }?;
+        self.host.container_info(&cgroup)
+    }
+
+    /// A process's cgroup as last read, else read now (TCP events are many: /proc is
+    /// read once per process, not per event).
+    fn known_cgroup(&mut self, pid: u32) -> Option<String> {
+        match self.cgroups.get(&pid) {
+            Some(cgroup) => Some(cgroup.clone()),
+            None => self.cgroup_of(pid),
+        }
+    }
+
+    /// Who asked a sender: its parents, nearest first, up to (not including) init.
+    fn via(&mut self, sender: u32) -> Vec<ProcessRef> {
+        let mut via = Vec::new();
+        let mut pid = sender;
+        while via.len() < MAX_VIA {
+            match self.host.parent(pid) {
+                Some((parent, comm)) if parent > 1 => {
+                    via.push(ProcessRef::new(parent, comm));
+                    pid = parent;
+                }
+                _ => break,
+            }
+        }
+        via
+    }
+
     fn reported(&self, sig: i32) -> bool {
         self.signal_mask & signal_bit(sig) != 0
     }
@@ -170,13 +221,35 @@ impl<H: HostView> Enricher<H> {
         }
         let terminating = signals::TERMINATION_SIGNALS.contains(&r.sig);
         let target_comm = comm(&r.target_comm);
-        let facts = self.target_facts(tgid, &target_comm, terminating, r.header.mono_ns);
+        let mut facts = self.target_facts(tgid, &target_comm, terminating, r.header.mono_ns);
+        // A target gone before /proc was read (a child that SIGTERM ended at once) keeps
+        // the cgroup the kernel read at the signal.
+        if facts.cgroup.is_none()
+            && r.target_cgroup_id != 0
+            && let Some(cgroup) = self.host.cgroup_path(r.target_cgroup_id)
+        {
+            self.cgroups.insert(tgid, cgroup.clone());
+            facts.cgroup = Some(cgroup);
+        }
+        let via = if !terminating {
+            Vec::new()
+        } else if r.sender_ppid > 1 {
+            // The kernel named the sender's parent: a helper such as runc is often gone
+            // before /proc is read, the one who ran it (containerd-shim) is not.
+            let mut via = vec![ProcessRef::new(r.sender_ppid, comm(&r.sender_parent_comm))];
+            via.extend(self.via(r.sender_ppid));
+            via.truncate(MAX_VIA);
+            via
+        } else {
+            self.via(r.sender_tgid)
+        };
         Some(Event::Signal(SignalEvent {
             sig: r.sig,
             sig_name: signals::name(r.sig),
             sender: ProcessRef {
                 pid: r.sender_tgid,
                 comm: comm(&r.sender_comm),
+                via,
             },
             target: ThreadRef {
                 pid: tgid,
@@ -295,7 +368,16 @@ impl<H: HostView> Enricher<H> {
         }
         self.dying.remove(&r.tgid);
         self.aimed.remove(&r.tgid);
-        self.cgroups.remove(&r.tgid);
+        let cgroup = (r.cgroup_id != 0)
+            .then(|| self.host.cgroup_path(r.cgroup_id))
+            .flatten()
+            .or_else(|| self.cgroups.get(&r.tgid).cloned());
+        // Kept past the exit: the kernel closes the process's sockets after it reports
+        // the exit, and those records come next.
+        match &cgroup {
+            Some(cgroup) => self.cgroups.insert(r.tgid, cgroup.clone()),
+            None => self.cgroups.remove(&r.tgid),
+        };
         self.targets.remove(&r.tgid);
         let inferred = self.inference.take(r.tgid);
         let (status, source) = if r.flags & exit_flags::WAIT_STATUS_EXACT != 0 {
@@ -311,9 +393,7 @@ impl<H: HostView> Enricher<H> {
             tid: r.tid,
             ppid: parent_known.then_some(r.ppid),
             comm: comm(&r.comm),
-            cgroup: (r.cgroup_id != 0)
-                .then(|| self.host.cgroup_path(r.cgroup_id))
-                .flatten(),
+            cgroup,
             code: status.and_then(|s| s.code),
             signal: status.and_then(|s| s.signal),
             core_dumped: status.is_some_and(|s| s.core_dumped),
@@ -518,7 +598,8 @@ pub(crate) mod tests {
             signal.sender,
             ProcessRef {
                 pid: 500,
-                comm: "supervisord".into()
+                comm: "supervisord".into(),
+                via: Vec::new(),
             }
         );
         assert_eq!(
@@ -545,6 +626,28 @@ pub(crate) mod tests {
         assert_eq!(
             signal.target.cgroup.as_deref(),
             Some("/system.slice/app.service")
+        );
+    }
+
+    #[test]
+    fn a_target_gone_before_proc_is_read_keeps_the_cgroup_the_kernel_read() {
+        let mut host = FakeHost::default();
+        host.cgroup_ids.insert(77, "/docker/abc".into());
+        let mut enricher = Enricher::new(host, default_mask(), no_tcp());
+        let mut record = generate(15, 10, 10);
+        if let Record::SignalGenerate(r) = &mut record {
+            r.target_cgroup_id = 77;
+            r.sender_ppid = 400;
+            r.sender_parent_comm = comm_bytes("containerd-shim");
+        }
+        let Some(Event::Signal(signal)) = enrich(&mut enricher, record) else {
+            panic!("expected a signal");
+        };
+        assert_eq!(signal.target.cgroup.as_deref(), Some("/docker/abc"));
+        assert_eq!(
+            signal.sender.via,
+            [ProcessRef::new(400, "containerd-shim")],
+            "the sender's parent, from the kernel"
         );
     }
 

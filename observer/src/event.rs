@@ -14,6 +14,35 @@ pub struct Line {
     pub time: String,
     pub mono_ns: u64,
     pub host: String,
+    /// The container of the process the event is about (a signal's target, the exiting
+    /// process, a socket's owner, a report's process), read from its runtime's metadata.
+    #[serde(default)]
+    pub container_info: Option<ContainerInfo>,
+}
+
+/// Who a container is, as its runtime recorded it on disk (docker's config.v2.json, an
+/// OCI bundle's annotations, kubelet's pod log directories).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// The full container id (64 hex).
+    pub id: String,
+    /// `docker`, `containerd`, `cri-o` or `podman`.
+    pub runtime: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_service: Option<String>,
+    /// Kubernetes: the pod's namespace and name, and the container's name in the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_container: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -55,6 +84,12 @@ impl Line {
         out.pop();
         out.push(b',');
         out.extend_from_slice(&body[1..]);
+        if let Some(info) = &self.container_info {
+            out.pop();
+            out.extend_from_slice(br#","container_info":"#);
+            out.extend(serde_json::to_vec(info).expect("plain struct serialises"));
+            out.push(b'}');
+        }
         String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 }
@@ -95,6 +130,20 @@ impl Event {
 pub struct ProcessRef {
     pub pid: u32,
     pub comm: String,
+    /// For a signal's sender: its parents, nearest first (who asked a short-lived
+    /// helper such as runc to send it: containerd-shim, dockerd, kubelet), up to init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<ProcessRef>,
+}
+
+impl ProcessRef {
+    pub fn new(pid: u32, comm: impl Into<String>) -> Self {
+        Self {
+            pid,
+            comm: comm.into(),
+            via: Vec::new(),
+        }
+    }
 }
 
 impl ThreadRef {
@@ -576,6 +625,7 @@ mod tests {
             time: "2026-11-24T21:03:06.000000001Z".into(),
             mono_ns: 42,
             host: "h".into(),
+            container_info: None,
         };
         let json = line.to_json();
         assert!(

@@ -272,6 +272,7 @@ mod tests {
             former_owner: Some(ProcessRef {
                 pid: 7,
                 comm: "srv".into(),
+                via: Vec::new(),
             }),
         });
         assert!(filter.matches(&refused));

@@ -218,6 +218,7 @@ mod tests {
             time: "2026-11-24T21:03:06.123456789Z".into(),
             mono_ns: 1,
             host: "h".into(),
+            container_info: None,
         }
     }
 
@@ -230,6 +231,7 @@ mod tests {
             sender: ProcessRef {
                 pid: 1,
                 comm: "systemd".into(),
+                via: Vec::new(),
             },
             target: ThreadRef::thread(1234, 1235, "node".into()),
             group: false,

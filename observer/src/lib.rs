@@ -6,6 +6,7 @@ pub mod btf;
 pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod containers;
 pub mod correlate;
 pub mod decode;
 pub mod deploy;

@@ -375,6 +375,7 @@ mod tests {
             time: "2026-11-24T00:00:00Z".into(),
             mono_ns: 1,
             host: "h".into(),
+            container_info: None,
         }
     }
 
@@ -389,6 +390,7 @@ mod tests {
             from: ProcessRef {
                 pid: 1,
                 comm: "systemd".into(),
+                via: Vec::new(),
             },
             after_sigterm_ms: Some(30_000),
         });

@@ -91,12 +91,14 @@ impl<H: HostView> Pipeline<H> {
         if !self.filter.matches(&event) {
             return Ok(());
         }
+        let container_info = self.enricher.container_of(&event);
         let line = Line {
             v: SCHEMA_VERSION,
             event,
             time: self.clock.rfc3339(mono_ns),
             mono_ns,
             host: self.host.clone(),
+            container_info,
         };
         self.output.write(&line)?;
         self.count(std::slice::from_ref(&line));

@@ -7,7 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::enrich::HostView;
+use crate::{
+    containers::{Resolver, Roots},
+    enrich::HostView,
+    event::ContainerInfo,
+};
 
 /// A cgroup id missing from the index triggers a rescan at most this often.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
@@ -23,6 +27,8 @@ pub struct ProcHost {
     /// A cgroup id was missing while rescans were rate-limited: the next periodic
     /// check rescans, so a group created just after a scan is not left unknown.
     rescan_deferred: bool,
+    /// Container metadata, read from the runtimes' files once per container.
+    containers: Resolver,
 }
 
 impl Default for ProcHost {
@@ -39,7 +45,13 @@ impl ProcHost {
             last_scan: None,
             scans: 0,
             rescan_deferred: false,
+            containers: Resolver::new(Roots::default()),
         }
+    }
+
+    /// Reads container metadata from `roots` (e.g. `--docker-root`).
+    pub fn set_container_roots(&mut self, roots: Roots) {
+        self.containers = Resolver::new(roots);
     }
 
     /// Every cgroup v2 directory: (id, path), as of the last scan.
@@ -143,7 +155,17 @@ impl HostView for ProcHost {
 
     fn cgroup_of_process(&mut self, pid: u32) -> Option<String> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        parse_cgroup2_line(&text)
+        let path = parse_cgroup2_line(&text)?;
+        // Index the group now: a container's is created after the last scan, and is
+        // often removed before its processes' later records name it by id.
+        if let Some((mount, "/")) = self.cgroup2.as_ref().map(|(m, r)| (m, r.as_str()))
+            && let Ok(meta) = std::fs::metadata(mount.join(path.trim_start_matches('/')))
+        {
+            self.cgroup_index
+                .entry(meta.ino())
+                .or_insert_with(|| path.clone());
+        }
+        Some(path)
     }
 
     fn listening(&mut self, pid: u32) -> Vec<String> {
@@ -199,6 +221,24 @@ impl HostView for ProcHost {
             .map(|bytes| bounded_cmdline(&bytes))
             .unwrap_or_default();
         (exe, cmdline)
+    }
+
+    fn parent(&mut self, pid: u32) -> Option<(u32, String)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "PID (COMM) STATE PPID …": COMM may hold spaces and parentheses.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+        Some((ppid, comm.trim_end().to_string()))
+    }
+
+    fn container_info(&mut self, cgroup: &str) -> Option<ContainerInfo> {
+        self.containers.resolve(cgroup)
     }
 
     fn ns_pid(&mut self, pid: u32) -> Option<u32> {

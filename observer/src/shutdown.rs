@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 
 use crate::{
     at_exit::ClosedAtExit,
+    containers,
     event::{
-        ExitInfo, Finding, FindingCode, Handler, ProcessRef, Severity, ShutdownReport,
-        SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict,
+        ContainerInfo, ExitInfo, Finding, FindingCode, Handler, ProcessRef, Severity,
+        ShutdownReport, SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict,
     },
     identity, signals,
 };
@@ -108,6 +109,8 @@ pub struct ProcessShutdown {
     pub children_at_signal: Vec<u32>,
     /// False when events were lost while it was being watched.
     pub complete: bool,
+    /// Its container, as its runtime recorded it.
+    pub container_info: Option<ContainerInfo>,
 }
 
 impl ProcessShutdown {
@@ -150,7 +153,17 @@ impl ProcessShutdown {
             parent_told: None,
             children_at_signal: Vec::new(),
             complete: true,
+            container_info: None,
         }
+    }
+
+    /// It runs in a container: its service is the container's workload, when its
+    /// runtime's metadata names one (a recreated container keeps its service).
+    pub fn set_container(&mut self, info: ContainerInfo) {
+        if let Some(service) = containers::service(&info) {
+            self.service = service;
+        }
+        self.container_info = Some(info);
     }
 
     /// A child died of a signal after its signal, without one of its own.

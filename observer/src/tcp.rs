@@ -218,6 +218,7 @@ impl TcpTracker {
             (Some((&pid, listener)), None) => Some(ProcessRef {
                 pid,
                 comm: listener.comm.clone(),
+                via: Vec::new(),
             }),
             _ => None,
         }
@@ -268,6 +269,7 @@ fn owner_ref(owner: &SocketOwner) -> ProcessRef {
     ProcessRef {
         pid: owner.tgid,
         comm: comm(&owner.comm),
+        via: Vec::new(),
     }
 }
 
@@ -509,7 +511,8 @@ mod tests {
             reset.former_owner,
             Some(ProcessRef {
                 pid: 100,
-                comm: "node".into()
+                comm: "node".into(),
+                via: Vec::new(),
             })
         );
         // A new listener on the port ends the attribution.

@@ -330,6 +330,14 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
         reports: args.reports.config(),
         ring_buffer_kib: args.ring_buffer_kib,
     })?;
+    session
+        .pipeline
+        .enricher
+        .host_mut()
+        .set_container_roots(crate::containers::Roots {
+            docker: args.docker_root.clone(),
+            ..Default::default()
+        });
     if args.gate.is_some() {
         session.pipeline.collected = Some(Vec::new());
     }
