@@ -19,6 +19,7 @@ use std::{
 use serde_json::Value;
 
 pub mod attachments;
+pub mod docker;
 pub mod sockets;
 pub mod testee;
 

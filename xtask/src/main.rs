@@ -195,6 +195,15 @@ fn install_apt(packages: &[&str]) -> Result<()> {
     .with_context(|| format!("installing {}", missing.join(" ")))
 }
 
+/// Debian's Docker (dockerd 20.10 with containerd, runc and docker-init) and busybox-static
+/// (the containers' rootfs), for tests/tests/containers.rs. The tests start their own
+/// dockerd, with its state in a temporary directory, and never use the host's.
+const DOCKER_APT_PACKAGES: [&str; 2] = ["docker.io", "busybox-static"];
+
+fn install_docker() -> Result<()> {
+    install_apt(&DOCKER_APT_PACKAGES)
+}
+
 fn install_rust_src() -> Result<()> {
     let installed = output_of(Command::new("rustup").args([
         "component",
@@ -362,6 +371,7 @@ fn lint(root: &Path) -> Result<()> {
 fn test(root: &Path) -> Result<()> {
     build_ebpf(root)?;
     install_apt(&TEST_APT_PACKAGES)?;
+    install_docker()?;
     install_real_servers(root)?;
     mount_tracefs()?;
     lint(root)?;
