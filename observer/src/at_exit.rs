@@ -21,6 +21,9 @@ pub struct ClosedAtExit {
     /// Inbound, with no word from the kernel on their traffic (no BTF).
     inbound_unknown: u32,
     outbound: u32,
+    /// Of those, the ones whose peer had already closed (CLOSE_WAIT): a proxy's
+    /// connection to a backend that died first, not a pool left open.
+    outbound_peer_closed: u32,
     /// Listener addresses (a process has few).
     listeners: BTreeSet<String>,
     by_state: BTreeMap<String, u32>,
@@ -35,7 +38,12 @@ impl ClosedAtExit {
             (Role::Listener, _) => {
                 self.listeners.insert(connection.local.clone());
             }
-            (Role::Outbound, _) => self.outbound += 1,
+            (Role::Outbound, _) => {
+                self.outbound += 1;
+                if connection.state == "CLOSE_WAIT" {
+                    self.outbound_peer_closed += 1;
+                }
+            }
             (Role::Inbound, Some(Activity::Idle)) => self.inbound_idle += 1,
             (Role::Inbound, Some(Activity::InFlight)) => {
                 self.inbound_in_flight += 1;
@@ -88,8 +96,9 @@ impl ClosedAtExit {
         self.inbound_in_flight + self.inbound_idle + self.inbound_unknown
     }
 
+    /// Outbound connections still open at exit whose peer had not closed them.
     pub fn outbound(&self) -> u32 {
-        self.outbound
+        self.outbound - self.outbound_peer_closed
     }
 
     pub fn listener(&self, local: &str) -> bool {
@@ -161,6 +170,17 @@ mod tests {
         assert_eq!(closed.by_role()["outbound"], 1);
         assert!(closed.cut("127.0.0.1:9996"), "a recent cut");
         assert!(!closed.cut("127.0.0.1:4"), "long forgotten");
+    }
+
+    #[test]
+    fn an_outbound_connection_its_peer_closed_first_is_not_left_open() {
+        let mut closed = ClosedAtExit::default();
+        let mut dead_backend = connection(1, Role::Outbound, None);
+        dead_backend.state = "CLOSE_WAIT".into();
+        closed.add(dead_backend);
+        closed.add(connection(2, Role::Outbound, None));
+        assert_eq!(closed.outbound(), 1);
+        assert_eq!(closed.by_role()["outbound"], 2);
     }
 
     #[test]

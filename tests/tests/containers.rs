@@ -523,3 +523,92 @@ fn a_container_recreated_with_a_new_id_is_one_deploy() {
     assert_eq!(deploy["verdict"], "killed");
     events.assert_replay_is_identical(TIMING);
 }
+
+#[test]
+fn a_server_on_its_own_bridge_network_behind_docker_proxy() {
+    let dockerd = Dockerd::start();
+    dockerd.import_app();
+    // A user-defined bridge (the default one is off: --bridge=none), on a subnet of its
+    // own; clients only ever connect to 127.0.0.1, where docker-proxy listens.
+    dockerd.docker(&[
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--subnet",
+        "10.213.213.0/24",
+        "observer-test",
+    ]);
+    let observer = observe(&dockerd);
+    let port = 18316;
+    dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "bridged",
+        "--network",
+        "observer-test",
+        "-p",
+        &format!("127.0.0.1:{port}:8080"),
+        APP_IMAGE,
+        "python3",
+        "/app.py",
+        "none",
+        "8080",
+    ]);
+    dockerd.wait_for_log("bridged", "ready");
+    let pid = dockerd.pid_of("bridged");
+    let truth = truth(&dockerd, "bridged");
+    let address =
+        dockerd.inspect("bridged")["NetworkSettings"]["Networks"]["observer-test"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(address.starts_with("10.213.213."), "{address}");
+    let idle: Vec<TcpStream> = (0..2).map(|_| idle_client(port)).collect();
+    let slow = slow_client(port);
+    std::thread::sleep(Duration::from_millis(300));
+    let took = dockerd.timed(&["stop", "-t", "1", "bridged"]);
+    let fates: Vec<&str> = idle.into_iter().map(fate).collect();
+    let slow_fate = fate(slow);
+    std::thread::sleep(Duration::from_millis(300));
+    let events = observer.stop();
+
+    assert_eq!(exit_code(&dockerd, "bridged"), 137);
+    assert!(took >= Duration::from_secs(1), "docker stop took {took:?}");
+    assert_eq!(fates, ["closed", "closed"]);
+    assert_eq!(slow_fate, "closed");
+    let report = events.shutdown_of(pid);
+    assert_eq!(report["verdict"], "killed");
+    assert_eq!(
+        (&report["in_flight_at_exit"], &report["idle_at_exit"]),
+        (&json!(1), &json!(2)),
+        "{report}"
+    );
+    // The container's connections are docker-proxy's, from the bridge's gateway.
+    for connection in report["open_at_exit"].as_array().unwrap() {
+        if connection["role"] == "inbound" {
+            assert_eq!(connection["local"], format!("{address}:8080"), "{report}");
+        }
+    }
+    assert_every_event_names(&events, pid, &truth);
+    let deploy = deploy_of(&events, "container:bridged");
+    assert_eq!(deploy["dropped_connections"], 1, "{deploy}");
+    // docker-proxy's sockets to clients whose container already died are that same
+    // loss, not a second one in a deploy of its own.
+    let proxy_losses: Vec<&Value> = events
+        .of_type("deploy")
+        .filter(|d| d["service"] != "container:bridged" && d["dropped_connections"] != 0)
+        .collect();
+    assert!(proxy_losses.is_empty(), "{proxy_losses:#?}");
+    // dockerd stopped docker-proxy (SIGINT) once the container was gone: its sockets to
+    // the dead container (CLOSE_WAIT) are no pool left open.
+    let proxy = events
+        .of_type("shutdown")
+        .find(|s| s["comm"] == "docker-proxy")
+        .expect("docker-proxy's report");
+    assert_eq!(proxy["sigterm"]["from"]["pid"], dockerd.pid(), "{proxy}");
+    assert_eq!(proxy["verdict"], "clean", "{proxy}");
+    assert_eq!(codes(proxy), Vec::<&str>::new(), "{proxy}");
+    events.assert_replay_is_identical(TIMING);
+}
