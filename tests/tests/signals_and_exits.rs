@@ -46,11 +46,16 @@ fn the_signal(events: &Events, pid: u32, sig: i32) -> &Value {
 }
 
 fn assert_sent_by_this_process(signal: &Value) {
+    let sender = &signal["sender"];
     assert_eq!(
-        signal["sender"],
-        json!({"pid": std::process::id(), "comm": own_comm()}),
+        (&sender["pid"], &sender["comm"]),
+        (&json!(std::process::id()), &json!(own_comm())),
         "{signal}"
     );
+    // Who asked: the sender's parents, nearest first.
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    assert_eq!(sender["via"][0]["pid"], parent, "{signal}");
 }
 
 #[test]
@@ -268,9 +273,16 @@ fn the_sender_is_the_process_that_called_kill() {
     let events = observer.stop();
 
     let signal = the_signal(&events, pid, libc::SIGTERM);
+    let sender = &signal["sender"];
     assert_eq!(
-        signal["sender"],
-        json!({"pid": kill_pid, "comm": "kill"}),
+        (&sender["pid"], &sender["comm"]),
+        (&json!(kill_pid), &json!("kill")),
+        "{signal}"
+    );
+    // kill(1) is gone by now: the kernel named its parent, this test.
+    assert_eq!(
+        sender["via"][0],
+        json!({"pid": std::process::id(), "comm": own_comm()}),
         "{signal}"
     );
     assert_exit_matches(&events, pid, status);
