@@ -184,7 +184,10 @@ impl HumanFormat {
                     self.paint(YELLOW, "after its termination signal")
                 ),
             ),
-            Event::Shutdown(report) => ("SHUTDOWN", human_report::shutdown(self, report)),
+            Event::Shutdown(report) => (
+                "SHUTDOWN",
+                human_report::shutdown(self, report, line.container_info.as_ref()),
+            ),
             Event::Deploy(report) => ("DEPLOY", human_report::deploy(self, report)),
             Event::Lost(e) => (
                 "lost",

@@ -3,7 +3,10 @@
 //! first signal), then the evidence, the verdict and each finding with its fix.
 use crate::{
     clock,
-    event::{DeployReport, Finding, Handler, Severity, ShutdownReport, SignalResult, Verdict},
+    event::{
+        ContainerInfo, DeployReport, Finding, Handler, ProcessRef, Severity, ShutdownReport,
+        SignalResult, Verdict,
+    },
     human::HumanFormat,
     signals,
 };
@@ -20,9 +23,40 @@ pub fn verdict_label(format: &HumanFormat, verdict: Verdict) -> String {
     format.paint(color, text)
 }
 
-pub fn shutdown(format: &HumanFormat, report: &ShutdownReport) -> String {
+/// A signal's sender, with who ran it when the kernel or /proc named its parent:
+/// `runc[4503] via containerd-shim[3991]`.
+fn sender(from: &ProcessRef) -> String {
+    match from.via.first() {
+        Some(parent) => format!(
+            "{}[{}] via {}[{}]",
+            from.comm, from.pid, parent.comm, parent.pid
+        ),
+        None => format!("{}[{}]", from.comm, from.pid),
+    }
+}
+
+/// `container shop_web_1 (compose shop/web)`, `container app (pod shop/web-7d4b9c8f6-x2x7z)`.
+fn container_name(info: &ContainerInfo) -> Option<String> {
+    let name = info.name.as_ref().or(info.pod_container.as_ref())?;
+    let workload = match (&info.compose_project, &info.compose_service) {
+        (Some(project), Some(service)) => format!(" (compose {project}/{service})"),
+        _ => match (&info.pod_namespace, &info.pod_name) {
+            (Some(namespace), Some(pod)) => format!(" (pod {namespace}/{pod})"),
+            _ => String::new(),
+        },
+    };
+    Some(format!("  container {name}{workload}"))
+}
+
+pub fn shutdown(
+    format: &HumanFormat,
+    report: &ShutdownReport,
+    container: Option<&ContainerInfo>,
+) -> String {
+    let named = container.and_then(container_name);
     let identity = match (&report.unit, &report.container, &report.cgroup) {
         (Some(unit), _, _) => format!("  unit {unit}"),
+        (None, Some(_), _) if named.is_some() => named.unwrap_or_default(),
         (None, Some(container), _) => {
             let pod = report
                 .pod
@@ -144,7 +178,7 @@ fn signal_steps(report: &ShutdownReport) -> Vec<(u64, String)> {
             let from = if step.reraised {
                 "re-raised by itself".to_string()
             } else {
-                format!("from {}[{}]", step.from.comm, step.from.pid)
+                format!("from {}", sender(&step.from))
             };
             (offset, format!("{} {from}: {what}", step.sig_name))
         })
@@ -152,7 +186,7 @@ fn signal_steps(report: &ShutdownReport) -> Vec<(u64, String)> {
     if steps.is_empty() {
         if let Some(term) = &report.sigterm {
             let what = fate(term.result, term.handler, term.blocked);
-            let from = format!("{}[{}]", term.from.comm, term.from.pid);
+            let from = sender(&term.from);
             steps.push((0, format!("{} from {from}: {what}", term.sig_name)));
         }
         if let Some(kill) = &report.sigkill {
