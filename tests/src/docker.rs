@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{servers_dir, temp_path};
+use crate::{servers_dir, temp_path, tests_dir};
 
 /// Debian's docker.io puts the CLI here; a newer one elsewhere on PATH may not speak to
 /// dockerd 20.10 the same way.
@@ -222,14 +222,34 @@ impl Drop for Dockerd {
     }
 }
 
-/// A rootfs tarball of busybox-static and its applet links, built once per test process.
+/// Where the rootfs tarballs are kept: target/container-images, rebuilt once per test
+/// process (from the host's files as they are now) and replaced whole, so that a run
+/// leaves one of each behind, not one per process.
+fn image_path(name: &str) -> PathBuf {
+    let dir = tests_dir().join("../target/container-images");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Builds `name` with `build` (given a scratch path to write) and moves it in place.
+fn build_tarball(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let path = image_path(name);
+    let scratch = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&scratch);
+    build(&scratch);
+    std::fs::rename(&scratch, &path).unwrap();
+    path
+}
+
+/// A rootfs tarball of busybox-static and its applet links.
 fn busybox_rootfs() -> &'static Path {
     static TARBALL: OnceLock<PathBuf> = OnceLock::new();
     TARBALL.get_or_init(|| {
-        let staging = busybox_staging();
-        let tarball = temp_path("busybox-rootfs.tar");
-        tar(&["-c", "-f"], &tarball, &staging, &["."]);
-        tarball
+        build_tarball("busybox-rootfs.tar", |tarball| {
+            let staging = busybox_staging();
+            tar(&["-c", "-f"], tarball, &staging, &["."]);
+            let _ = std::fs::remove_dir_all(&staging);
+        })
     })
 }
 
@@ -256,55 +276,55 @@ fn busybox_staging() -> PathBuf {
 }
 
 /// busybox, /usr/bin/python3.11 with the libraries `ldd` names and its stdlib (without
-/// its tests and GUI), and app.py: about 40 MB, built once per test process.
+/// its tests and GUI), and app.py: about 55 MB.
 fn app_rootfs() -> &'static Path {
     static TARBALL: OnceLock<PathBuf> = OnceLock::new();
-    TARBALL.get_or_init(|| {
-        let staging = busybox_staging();
-        std::fs::copy(
-            servers_dir().join("containers/app.py"),
-            staging.join("app.py"),
-        )
-        .unwrap();
-        std::fs::create_dir_all(staging.join("usr/bin")).unwrap();
-        std::os::unix::fs::symlink("python3.11", staging.join("usr/bin/python3")).unwrap();
-        let tarball = temp_path("app-rootfs.tar");
-        tar(&["-c", "-f"], &tarball, &staging, &["."]);
-        let python = "/usr/bin/python3.11";
-        let ldd = Command::new("ldd").arg(python).output().expect("ldd");
-        let mut files = vec![python.trim_start_matches('/').to_string()];
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux… (0x…)"
-            let path = line
-                .split_once("=>")
-                .map_or(line, |(_, path)| path)
-                .split_whitespace()
-                .next()
-                .unwrap_or("");
-            if path.starts_with('/') {
-                files.push(path.trim_start_matches('/').to_string());
-            }
+    TARBALL.get_or_init(|| build_tarball("app-rootfs.tar", build_app_rootfs))
+}
+
+fn build_app_rootfs(tarball: &Path) {
+    let staging = busybox_staging();
+    std::fs::copy(
+        servers_dir().join("containers/app.py"),
+        staging.join("app.py"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(staging.join("usr/bin")).unwrap();
+    std::os::unix::fs::symlink("python3.11", staging.join("usr/bin/python3")).unwrap();
+    tar(&["-c", "-f"], tarball, &staging, &["."]);
+    let python = "/usr/bin/python3.11";
+    let ldd = Command::new("ldd").arg(python).output().expect("ldd");
+    let mut files = vec![python.trim_start_matches('/').to_string()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux… (0x…)"
+        let path = line
+            .split_once("=>")
+            .map_or(line, |(_, path)| path)
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            files.push(path.trim_start_matches('/').to_string());
         }
-        files.push("usr/lib/python3.11".to_string());
-        let args = vec![
-            "--exclude=usr/lib/python3.11/test",
-            "--exclude=usr/lib/python3.11/idlelib",
-            "--exclude=usr/lib/python3.11/tkinter",
-            "--exclude=usr/lib/python3.11/ensurepip",
-            "--exclude=usr/lib/python3.11/lib2to3",
-            "--exclude=usr/lib/python3.11/pydoc_data",
-            "--exclude=usr/lib/python3.11/dist-packages",
-            "--exclude=usr/lib/python3.11/site-packages",
-            "--exclude=__pycache__",
-            "-r",
-            "-h",
-            "-f",
-        ];
-        let files: Vec<&str> = files.iter().map(String::as_str).collect();
-        tar(&args, &tarball, Path::new("/"), &files);
-        let _ = std::fs::remove_dir_all(&staging);
-        tarball
-    })
+    }
+    files.push("usr/lib/python3.11".to_string());
+    let args = vec![
+        "--exclude=usr/lib/python3.11/test",
+        "--exclude=usr/lib/python3.11/idlelib",
+        "--exclude=usr/lib/python3.11/tkinter",
+        "--exclude=usr/lib/python3.11/ensurepip",
+        "--exclude=usr/lib/python3.11/lib2to3",
+        "--exclude=usr/lib/python3.11/pydoc_data",
+        "--exclude=usr/lib/python3.11/dist-packages",
+        "--exclude=usr/lib/python3.11/site-packages",
+        "--exclude=__pycache__",
+        "-r",
+        "-h",
+        "-f",
+    ];
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    tar(&args, tarball, Path::new("/"), &files);
+    let _ = std::fs::remove_dir_all(&staging);
 }
 
 fn tar(args: &[&str], tarball: &Path, dir: &Path, files: &[&str]) {
