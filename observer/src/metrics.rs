@@ -2,7 +2,8 @@
 //! verdict, SIGKILLs after the grace period, drain time, connections cut at exit, lost
 //! events), rendered in the text exposition format. Pure: fed the same lines as the sink.
 //!
-//! The `service` label is the systemd unit, or else the process's command: never a pid,
+//! The `service` label is the systemd unit, else a container's workload
+//! (`compose:shop/web`, `k8s:shop/web`), or else the process's command: never a pid,
 //! container id or cgroup path, whose values never repeat and would grow Prometheus's
 //! series without bound. Past `MAX_SERVICES` distinct values, the rest count as "other".
 use std::{
@@ -13,7 +14,8 @@ use std::{
 
 use crate::{
     bounded::BoundedMap,
-    event::{Event, FindingCode, Line, ShutdownReport, Verdict},
+    containers,
+    event::{ContainerInfo, Event, FindingCode, Line, ShutdownReport, Verdict},
 };
 
 /// Metrics shared between the pipeline (which updates them) and the HTTP endpoint.
@@ -98,7 +100,7 @@ impl Metrics {
         *self.events.entry(line.event.type_name()).or_default() += 1;
         match &line.event {
             Event::Lost(lost) => self.lost += lost.count,
-            Event::Shutdown(report) => self.shutdown(report),
+            Event::Shutdown(report) => self.shutdown(report, line.container_info.as_ref()),
             Event::Deploy(deploy) => {
                 let service = deploy
                     .stopped
@@ -111,8 +113,13 @@ impl Metrics {
         }
     }
 
-    fn shutdown(&mut self, report: &ShutdownReport) {
-        let service = report.unit.clone().unwrap_or_else(|| report.comm.clone());
+    fn shutdown(&mut self, report: &ShutdownReport, container: Option<&ContainerInfo>) {
+        // A container's workload (compose:shop/web, k8s:shop/web): bounded, never its id.
+        let service = report
+            .unit
+            .clone()
+            .or_else(|| container.and_then(containers::service))
+            .unwrap_or_else(|| report.comm.clone());
         let metrics = self.service(&service);
         metrics.shutdowns[verdict_index(report.verdict)] += 1;
         if report
