@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod empty_program;
 mod kernel;
+mod soak;
 
 /// Debian packages the eBPF build needs (bpf-linker links against LLVM 22).
 const APT_PACKAGES: [&str; 4] = [
@@ -20,7 +21,9 @@ const APT_PACKAGES: [&str; 4] = [
     "zlib1g-dev",
 ];
 /// Debian packages the privileged tests run against (a real Prometheus scrapes observer).
-const TEST_APT_PACKAGES: [&str; 1] = ["prometheus"];
+/// Test prerequisites from Debian: Prometheus scrapes `--metrics`; logrotate and
+/// syslog-ng take observer's output as a log pipeline does (tests/tests/pipeline.rs).
+const TEST_APT_PACKAGES: [&str; 3] = ["prometheus", "logrotate", "syslog-ng-core"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain that builds the eBPF crate (`-Z build-std`); the host uses stable.
@@ -68,6 +71,13 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// Steady churn of real processes and connections for MINUTES (as root), observer's
+    /// RSS and CPU sampled every 5 s and plotted; fails if memory grows or anything is
+    /// lost (tests/tests/soak.rs).
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// The whole suite: lint, unit tests, and the privileged tests that load the real
     /// programs (as root, through sudo if needed, one at a time).
     Test {
@@ -94,6 +104,7 @@ fn main() -> Result<()> {
             kernel: Some(series),
         } => test_on_kernel(&root, &series),
         Task::Bench { rounds } => bench::run(&root, rounds),
+        Task::Soak { minutes } => soak::run_soak(&root, minutes),
         Task::Fuzz { seconds } => fuzz(&root, seconds),
     }
 }
