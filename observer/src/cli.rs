@@ -159,6 +159,12 @@ pub struct RehearseArgs {
     #[arg(long)]
     pub http: bool,
 
+    /// With --http, the path every request asks for. Point it at an endpoint that takes a
+    /// while (a second or more), so that the requests sent just before the signal are
+    /// still being handled when it comes.
+    #[arg(long, value_name = "PATH", default_value = "/", requires = "http", value_parser = parse_path)]
+    pub path: String,
+
     /// Connections of each kind to hold when the signal comes.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub connections: u32,
@@ -179,6 +185,17 @@ pub struct RehearseArgs {
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
     pub after_exit: Duration,
 
+    /// Give up after SECS from CMD's start (default: 30 s more than --ready-timeout,
+    /// --grace and --after-exit together): kill everything the rehearsal started, and
+    /// fail.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub max_duration: Option<Duration>,
+
+    /// Show CMD's output (the last 64 KiB of its stdout and of its stderr, on standard
+    /// error) even when the rehearsal passes; it is always shown when it fails.
+    #[arg(long)]
+    pub show_output: bool,
+
     /// Print the shutdown report and the client counts as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -190,6 +207,25 @@ pub struct RehearseArgs {
     /// The command to rehearse, after `--`.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+impl RehearseArgs {
+    /// How long the whole rehearsal may take, from CMD's start.
+    pub fn max_duration(&self) -> Duration {
+        self.max_duration
+            .unwrap_or(self.ready_timeout + self.grace + self.after_exit + Duration::from_secs(30))
+    }
+}
+
+/// An origin-form request target: `/` and what follows, without spaces or line breaks.
+fn parse_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("'{text}' does not start with /"));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("'{text}' contains {c:?}: percent-encode it"));
+    }
+    Ok(text.to_string())
 }
 
 #[derive(Clone, Copy, Debug)]
