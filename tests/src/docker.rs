@@ -21,6 +21,10 @@ use crate::{servers_dir, temp_path, tests_dir};
 /// dockerd 20.10 the same way.
 const DOCKER: &str = "/usr/bin/docker";
 const DOCKERD: &str = "/usr/sbin/dockerd";
+const CONTAINERD: &str = "/usr/bin/containerd";
+/// A host's own containerd: dockerd 20.10 uses it instead of starting its own when this
+/// socket exists, which would put the tests' containers in the host's containerd.
+const SYSTEM_CONTAINERD: &str = "/run/containerd/containerd.sock";
 
 /// The busybox-only image: `sh`, `sleep` and the other applets in /bin.
 pub const BUSYBOX_IMAGE: &str = "observer-test/busybox:1";
@@ -32,6 +36,8 @@ pub struct Dockerd {
     dir: PathBuf,
     child: Child,
     socket: PathBuf,
+    /// Our own containerd, when a host's runs (else dockerd supervises its own).
+    containerd: Option<Child>,
 }
 
 impl Dockerd {
@@ -46,7 +52,17 @@ impl Dockerd {
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("docker.sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = Command::new(DOCKERD)
+        // OBSERVER_TEST_OWN_CONTAINERD forces that path where no host containerd runs.
+        let containerd = (Path::new(SYSTEM_CONTAINERD).exists()
+            || std::env::var_os("OBSERVER_TEST_OWN_CONTAINERD").is_some())
+        .then(|| own_containerd(&dir));
+        let mut command = Command::new(DOCKERD);
+        if containerd.is_some() {
+            command
+                .arg("--containerd")
+                .arg(dir.join("containerd/containerd.sock"));
+        }
+        let child = command
             .args([
                 "--iptables=false",
                 "--ip6tables=false",
@@ -67,12 +83,17 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .expect("starting dockerd");
-        let dockerd = Self { dir, child, socket };
+        let mut dockerd = Self {
+            dir,
+            child,
+            socket,
+            containerd,
+        };
         dockerd.wait_until_answering();
         dockerd
     }
 
-    fn wait_until_answering(&self) {
+    fn wait_until_answering(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self
@@ -83,6 +104,9 @@ impl Dockerd {
                 return;
             }
             let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("dockerd exited ({status}) before answering:\n{log}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "dockerd did not answer within 60 s:\n{log}"
@@ -207,6 +231,11 @@ impl Drop for Dockerd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        if let Some(containerd) = &mut self.containerd {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(containerd.id() as i32, libc::SIGTERM) };
+            let _ = containerd.wait();
+        }
         // What dockerd may leave mounted below its directories (overlays, netns files).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut ours: Vec<&str> = mounts
@@ -220,6 +249,40 @@ impl Drop for Dockerd {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A containerd of the tests' own, its root, state and sockets under `dir/containerd`,
+/// for when a host's containerd runs (dockerd would otherwise use that one).
+fn own_containerd(dir: &Path) -> Child {
+    let root = dir.join("containerd");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{0}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{0}/containerd.sock.ttrpc\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.join("containerd.log")).unwrap();
+    let child = Command::new(CONTAINERD)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting containerd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !root.join("containerd.sock").exists() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 /// Where the rootfs tarballs are kept: target/container-images, rebuilt once per test
