@@ -117,6 +117,36 @@ fn exit_code(dockerd: &Dockerd, name: &str) -> i64 {
     dockerd.inspect(name)["State"]["ExitCode"].as_i64().unwrap()
 }
 
+/// RFC 3339 UTC (`2026-12-01T19:24:51.712345678Z`, as observer and docker write it) →
+/// seconds since the epoch.
+fn epoch_seconds(time: &str) -> f64 {
+    let (date, clock) = time.trim_end_matches('Z').split_once('T').unwrap();
+    let ymd: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (y, m, d) = (ymd[0] - i64::from(ymd[1] <= 2), ymd[1], ymd[2]);
+    // Days from civil (Howard Hinnant's algorithm).
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let hms: Vec<f64> = clock.split(':').map(|p| p.parse().unwrap()).collect();
+    days as f64 * 86_400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
+}
+
+/// The report's exit is the one docker recorded (State.FinishedAt: when containerd saw
+/// PID 1 exit), to within the time docker takes to notice.
+fn assert_exit_time(report: &Value, dockerd: &Dockerd, name: &str) {
+    let finished = dockerd.inspect(name)["State"]["FinishedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exit = report["exit"]["time"].as_str().unwrap();
+    let lag = epoch_seconds(&finished) - epoch_seconds(exit);
+    assert!(
+        (-0.05..1.0).contains(&lag),
+        "observer's exit {exit}, docker's FinishedAt {finished}"
+    );
+}
+
 /// The pid of `parent`'s one child (e.g. the process tini started).
 fn only_child(parent: u32) -> u32 {
     let deadline = Instant::now() + TIMEOUT;
@@ -189,6 +219,7 @@ fn a_shell_as_pid1_drops_sigterm_and_docker_stop_kills_it_after_the_timeout() {
     assert!(took >= Duration::from_secs(2), "docker stop took {took:?}");
     let report = events.shutdown_of(pid);
     assert_eq!(report["comm"], "sh");
+    assert_exit_time(report, &dockerd, "shellform");
     assert_eq!(report["exit"]["status"], 137, "{report}");
     assert_eq!(report["verdict"], "killed");
     // sh's child (sleep) was killed with it, never told.
@@ -252,6 +283,7 @@ fn the_exec_form_with_a_handler_stops_clean() {
     let report = events.shutdown_of(pid);
     assert_eq!(report["verdict"], "clean", "{report}");
     assert_eq!(codes(report), Vec::<&str>::new());
+    assert_exit_time(report, &dockerd, "shop_web_1");
     assert_eq!(report["exit"]["code"], 0);
     assert_eq!(report["sigterm"]["handler"], "custom");
     assert_eq!(report["sigkill"], Value::Null);
@@ -294,6 +326,7 @@ fn init_forwards_sigterm_to_a_child_without_a_handler() {
     assert_eq!(exit_code(&dockerd, "withinit"), 143);
     assert!(took < Duration::from_secs(5), "docker stop took {took:?}");
     let tini = events.shutdown_of(init);
+    assert_exit_time(tini, &dockerd, "withinit");
     assert_eq!(tini["comm"], "docker-init");
     assert_eq!(tini["exit"]["code"], 143);
     assert_eq!(tini["exit"]["convention"], "128+SIGTERM");
@@ -435,6 +468,7 @@ fn docker_kill_is_a_sigkill_without_sigterm() {
     let report = events.shutdown_of(pid);
     assert_eq!(report["verdict"], "killed");
     assert_eq!(codes(report), ["SIGKILL_WITHOUT_SIGTERM"], "{report}");
+    assert_exit_time(report, &dockerd, "killed");
     assert_eq!(report["sigterm"], Value::Null);
     assert_eq!(report["exit"]["signal"], 9);
     assert_sent_through_the_runtime(events.signals_to(pid)[0]);
