@@ -165,7 +165,11 @@ impl<H: HostView> Enricher<H> {
             Event::TcpListen(e) => e.cgroup.clone(),
             Event::TcpCloseAtExit(e) => self.known_cgroup(e.pid),
             Event::TcpAccept(e) => self.known_cgroup(e.pid),
-            Event::TcpReset(e) => e.pid.and_then(|pid| self.known_cgroup(pid)),
+            // A client refused after its server exited: the server that listened there.
+            Event::TcpReset(e) => e
+                .pid
+                .or(e.former_owner.as_ref().map(|owner| owner.pid))
+                .and_then(|pid| self.known_cgroup(pid)),
             _ => None,
         }?;
         self.host.container_info(&cgroup)
