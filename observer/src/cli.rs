@@ -34,6 +34,9 @@ pub enum Command {
     /// Replay a saved `watch --json` log and print its shutdown and deploy reports
     /// (the JSON is byte-identical to the reports `watch` wrote live).
     Report(ReportArgs),
+    /// Advise the grace period and pre-stop delay each service needs, from the stops in
+    /// saved `watch --json` logs: how long each drained, how long traffic kept coming.
+    Advise(AdviseArgs),
     /// Print termination signals, process exits and the TCP evidence of shutdowns (resets,
     /// connections open at exit, listeners) on this host as they happen.
     Watch(Box<WatchArgs>),
@@ -142,6 +145,21 @@ impl ReportTiming {
             deploy_window_ns: self.deploy_window.as_nanos() as u64,
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct AdviseArgs {
+    /// Logs (NDJSON from `observer watch --json`), e.g. several days of them.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// One JSON object per service instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The timing `watch` ran with (its --after-exit bounds the routing lag seen).
+    #[command(flatten)]
+    pub reports: ReportTiming,
 }
 
 #[derive(Args, Debug)]

@@ -254,6 +254,7 @@ impl Correlator {
                         .is_some_and(|signal| signal <= mono)
                 {
                     shutdown.accepted_after_signal += 1;
+                    shutdown.last_accept_ns = Some(mono);
                 }
             }
             Event::TcpReset(e) if e.direction == Direction::Sent => self.on_reset_sent(e, mono),
@@ -723,6 +724,7 @@ impl Correlator {
             && let Some(shutdown) = self.record(pid, mono)
         {
             shutdown.refused_after_exit += 1;
+            shutdown.last_refused_ns = Some(mono);
         }
     }
 

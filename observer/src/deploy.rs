@@ -38,6 +38,8 @@ pub struct Deploy {
     worst: Verdict,
     dropped_connections: u32,
     refused_after_exit: u32,
+    drain_ms_max: Option<u64>,
+    routing_lag_ms: Option<u64>,
     findings: Vec<Finding>,
     /// When the last instance that listened stopped listening; `None` inside once one
     /// such instance's moment is unknown.
@@ -86,6 +88,8 @@ impl Deploy {
             worst: Verdict::Clean,
             dropped_connections: 0,
             refused_after_exit: 0,
+            drain_ms_max: None,
+            routing_lag_ms: None,
             findings: Vec::new(),
             listeners_gone_ns: None,
             started: PidList::default(),
@@ -168,6 +172,9 @@ impl Deploy {
         self.worst = self.worst.max(shutdown.verdict());
         self.dropped_connections += shutdown.dropped_connections();
         self.refused_after_exit += shutdown.refused_after_exit;
+        let report = shutdown.report();
+        self.drain_ms_max = self.drain_ms_max.max(report.drain_ms);
+        self.routing_lag_ms = self.routing_lag_ms.max(report.routing_lag_ms);
         for finding in shutdown.findings() {
             self.add_finding(finding);
         }
@@ -222,6 +229,8 @@ impl Deploy {
             listener_gap_ms: self.listener_gap_ms(),
             dropped_connections: self.dropped_connections,
             refused_after_exit: self.refused_after_exit,
+            drain_ms_max: self.drain_ms_max,
+            routing_lag_ms: self.routing_lag_ms,
             verdict,
             findings: self.findings.clone(),
         }

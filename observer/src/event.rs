@@ -556,6 +556,18 @@ pub struct ShutdownReport {
     pub drain_ms: Option<u64>,
     pub listener_closed_ms: Option<u64>,
     pub accepted_after_signal: u32,
+    /// The service its deploy groups it under (`unit:…`, `container:…`, `comm:…`).
+    #[serde(default)]
+    pub service: String,
+    /// Routing after the stop began: its last accept (ms after the first termination
+    /// signal), its last refused client (ms after its exit), and the later of the two
+    /// (ms after the signal): how long the platform kept sending it traffic.
+    #[serde(default)]
+    pub last_accepted_after_signal_ms: Option<u64>,
+    #[serde(default)]
+    pub last_refused_after_exit_ms: Option<u64>,
+    #[serde(default)]
+    pub routing_lag_ms: Option<u64>,
     /// The first [`crate::at_exit::LISTED`]; the counts below cover them all.
     pub open_at_exit: Vec<OpenConnection>,
     #[serde(default)]
@@ -597,6 +609,12 @@ pub struct DeployReport {
     /// Of those, the clients refused after exit (the load balancer still sent them).
     #[serde(default)]
     pub refused_after_exit: u32,
+    /// The longest drain of its instances (signal to exit), and the longest routing lag
+    /// (see [`ShutdownReport::routing_lag_ms`]).
+    #[serde(default)]
+    pub drain_ms_max: Option<u64>,
+    #[serde(default)]
+    pub routing_lag_ms: Option<u64>,
     pub verdict: Verdict,
     pub findings: Vec<Finding>,
 }

@@ -1,5 +1,6 @@
 //! observer as a library: the binary's modules, and the pure parts (record decoding,
 //! report replay) that the fuzz targets in `fuzz/` drive directly.
+pub mod advise;
 pub mod at_exit;
 pub mod bounded;
 pub mod btf;

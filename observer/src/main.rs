@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use observer::{check, cli, rehearse, report, watch};
+use observer::{advise, check, cli, rehearse, report, watch};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             Err(error) => Err(error),
         },
         cli::Command::Report(args) => report::run(&args),
+        cli::Command::Advise(args) => advise::run(&args),
         cli::Command::Rehearse(args) => match rehearse::run(&args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

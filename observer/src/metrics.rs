@@ -443,6 +443,8 @@ mod tests {
             started_pids: vec![],
             started_total: 0,
             refused_after_exit: 0,
+            drain_ms_max: None,
+            routing_lag_ms: None,
             listener_gap_ms: None,
             dropped_connections: 3,
             verdict: Verdict::Killed,

@@ -86,6 +86,10 @@ pub struct ProcessShutdown {
     pub listeners_closed_ns: Option<u64>,
     pub listener_closed_by_program: bool,
     pub accepted_after_signal: u32,
+    /// When it accepted its last connection after the signal, and when the last client
+    /// was refused on its ports after it exited: how long traffic kept coming.
+    pub last_accept_ns: Option<u64>,
+    pub last_refused_ns: Option<u64>,
     /// What the kernel closed as it exited (counted; the first few listed).
     pub at_exit: ClosedAtExit,
     pub resets_sent: u32,
@@ -143,6 +147,8 @@ impl ProcessShutdown {
             listeners_closed_ns: None,
             listener_closed_by_program: false,
             accepted_after_signal: 0,
+            last_accept_ns: None,
+            last_refused_ns: None,
             at_exit: ClosedAtExit::default(),
             resets_sent: 0,
             resets_on_other_connections: 0,
@@ -241,6 +247,13 @@ impl ProcessShutdown {
         }
     }
 
+    /// How long after its stop began traffic was still routed to it: its last accept
+    /// after the signal, or its last refused client after the exit, whichever is later.
+    pub fn routing_lag_ms(&self) -> Option<u64> {
+        let last = self.last_accept_ns.max(self.last_refused_ns)?;
+        self.since_signal_ms(Some(last))
+    }
+
     fn since_signal_ms(&self, mono_ns: Option<u64>) -> Option<u64> {
         Some(mono_ns?.saturating_sub(self.first_signal_ns?) / 1_000_000)
     }
@@ -309,6 +322,13 @@ impl ProcessShutdown {
             drain_ms: self.since_signal_ms(self.exit_ns),
             listener_closed_ms: self.since_signal_ms(self.listeners_closed_ns),
             accepted_after_signal: self.accepted_after_signal,
+            service: self.service.clone(),
+            last_accepted_after_signal_ms: self.since_signal_ms(self.last_accept_ns),
+            last_refused_after_exit_ms: self
+                .last_refused_ns
+                .zip(self.exit_ns)
+                .map(|(refused, exit)| refused.saturating_sub(exit) / 1_000_000),
+            routing_lag_ms: self.routing_lag_ms(),
             open_at_exit: self.at_exit.listed().to_vec(),
             open_at_exit_total: self.at_exit.total(),
             open_at_exit_by_role: self.at_exit.by_role(),
