@@ -81,10 +81,11 @@ enum Task {
     /// The whole suite: lint, unit tests, and the privileged tests that load the real
     /// programs (as root, through sudo if needed, one at a time).
     Test {
-        /// Instead, run the privileged suites that need no Python, Node or Prometheus on
-        /// Debian's cloud kernel of this series (6.1 or 6.12), booted under qemu.
+        /// Instead, run only the VM suites (the privileged suites that need no Python,
+        /// Node or Prometheus) on Debian's cloud kernel of this series (6.1 or 6.12),
+        /// booted under qemu; repeat for both.
         #[arg(long, value_name = "SERIES")]
-        kernel: Option<String>,
+        kernel: Vec<String>,
     },
 }
 
@@ -99,10 +100,8 @@ fn main() -> Result<()> {
         Task::Watch { args } => watch(&root, &args),
         Task::Install => install(&root).map(drop),
         Task::Lint => lint(&root),
-        Task::Test { kernel: None } => test(&root),
-        Task::Test {
-            kernel: Some(series),
-        } => test_on_kernel(&root, &series),
+        Task::Test { kernel } if kernel.is_empty() => test(&root),
+        Task::Test { kernel } => test_on_kernels(&root, &kernel),
         Task::Bench { rounds } => bench::run(&root, rounds),
         Task::Soak { minutes } => soak::run_soak(&root, minutes),
         Task::Fuzz { seconds } => fuzz(&root, seconds),
@@ -493,13 +492,14 @@ fn fuzz(root: &Path, seconds: u32) -> Result<()> {
     Ok(())
 }
 
-fn test_on_kernel(root: &Path, series: &str) -> Result<()> {
+fn test_on_kernels(root: &Path, series: &[String]) -> Result<()> {
     build_ebpf(root)?;
     run(host_cargo(root).args(["build", "--package", "observer"]))?;
     let binaries = privileged_test_binaries(root)?;
+    let series: Vec<&str> = series.iter().map(String::as_str).collect();
     kernel::test(
         root,
-        &[series],
+        &series,
         &root.join("target/debug/observer"),
         &binaries,
     )
