@@ -78,8 +78,9 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
-    /// The whole suite: lint, unit tests, and the privileged tests that load the real
-    /// programs (as root, through sudo if needed, one at a time).
+    /// The whole suite: lint, unit tests, the privileged tests that load the real
+    /// programs (as root, through sudo if needed, one at a time), then the VM suites on
+    /// Debian's 6.1 and 6.12 cloud kernels, booted under qemu.
     Test {
         /// Instead, run only the VM suites (the privileged suites that need no Python,
         /// Node or Prometheus) on Debian's cloud kernel of this series (6.1 or 6.12),
@@ -398,12 +399,13 @@ fn test(root: &Path) -> Result<()> {
     // The privileged suite loads the real programs: build it as this user, run it as root
     // (through sudo when needed), one test at a time.
     let observer = root.join("target/debug/observer");
-    for binary in privileged_test_binaries(root)? {
+    let binaries = privileged_test_binaries(root)?;
+    for binary in &binaries {
         let mut command = if is_root() {
-            Command::new(&binary)
+            Command::new(binary)
         } else {
             let mut sudo = Command::new("sudo");
-            sudo.arg("--preserve-env=OBSERVER_BIN").arg(&binary);
+            sudo.arg("--preserve-env=OBSERVER_BIN").arg(binary);
             sudo
         };
         run(command
@@ -411,7 +413,9 @@ fn test(root: &Path) -> Result<()> {
             .env("OBSERVER_BIN", &observer)
             .current_dir(root.join("tests")))?;
     }
-    Ok(())
+    // Then the same observer on the older kernels CI vouches for.
+    let series = kernel::KERNELS.map(|(series, _)| series);
+    kernel::test(root, &series, &observer, &binaries)
 }
 
 /// Debian packages of the real servers that tests/tests/real_servers.rs stops (the JDK
