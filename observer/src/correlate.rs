@@ -1665,15 +1665,20 @@ mod tests {
         for at in (0..1_800_000).step_by(100) {
             pid += 1;
             for line in [term(at, pid), exit(at + 1, pid, 1, Some(0), None)] {
-                deploys.extend(correlator.observe(&line).into_iter().filter_map(|l| match l.event {
-                    Event::Deploy(d) => Some(d),
-                    _ => None,
-                }));
+                deploys.extend(correlator.observe(&line).into_iter().filter_map(
+                    |l| match l.event {
+                        Event::Deploy(d) => Some(d),
+                        _ => None,
+                    },
+                ));
             }
         }
         assert!(deploys.len() >= 17, "{} deploys", deploys.len());
         for deploy in &deploys {
-            assert!(deploy.stopped_total <= crate::deploy::MAX_INSTANCES, "{deploy:?}");
+            assert!(
+                deploy.stopped_total <= crate::deploy::MAX_INSTANCES,
+                "{deploy:?}"
+            );
             assert!(deploy.stopped.len() <= crate::deploy::LISTED_PIDS);
             let line = serde_json::to_string(deploy).unwrap();
             assert!(line.len() < 8_192, "{} bytes", line.len());

@@ -495,7 +495,10 @@ impl ProcessShutdown {
             .take(MENTIONED_PIDS)
             .map(u32::to_string)
             .collect();
-        let more = self.unsignalled_children.len().saturating_sub(MENTIONED_PIDS);
+        let more = self
+            .unsignalled_children
+            .len()
+            .saturating_sub(MENTIONED_PIDS);
         if more > 0 {
             pids.push(format!("and {more} more"));
         }
