@@ -11,7 +11,11 @@ use observer_common::{
 
 use crate::{
     btf::Btf,
-    tracefs::{self, Format},
+    tracepoints::{
+        Fields, INET_SOCK_SET_STATE, SCHED_PROCESS_EXIT, SIGNAL_DELIVER, SIGNAL_GENERATE,
+        SOCKADDR_SIZE, SYS_ENTER_EXIT_GROUP, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET,
+        TCP_SEND_RESET, Tracepoint,
+    },
 };
 
 /// Offsets for the TCP programs.
@@ -33,30 +37,6 @@ pub fn btf_path() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(KERNEL_BTF))
 }
 
-/// Optional tracepoint fields older kernels lack, and what observer reports without them
-/// (for `check` and watch's start-up warnings): less, never something wrong.
-const OPTIONAL_FIELDS: [(&str, &str, &str); 2] = [
-    (
-        "tcp_send_reset",
-        "reason",
-        "kernel before 6.10: RSTs carry no reason (null), and RSTs sent without a socket \
-         (refused connects to closed ports) are not traced, so refused_after_exit stays 0",
-    ),
-    (
-        "sched_process_exit",
-        "group_dead",
-        "the last thread of a process is found through signal->live instead",
-    ),
-];
-
-/// What observer cannot report when `tracepoint` lacks the optional `field`.
-pub fn missing_field_consequence(tracepoint: &str, field: &str) -> Option<&'static str> {
-    OPTIONAL_FIELDS
-        .iter()
-        .find(|(tp, f, _)| *tp == tracepoint && *f == field)
-        .map(|(_, _, consequence)| *consequence)
-}
-
 pub struct KernelLayout {
     pub signal_generate: SignalGenerateLayout,
     pub signal_deliver: SignalDeliverLayout,
@@ -76,34 +56,29 @@ pub struct KernelLayout {
 
 impl KernelLayout {
     pub fn read(events: &Path, btf_path: &Path) -> Result<Self> {
-        let format = tracefs::read_format(events, "signal", "signal_generate")?;
-        let tp = "signal:signal_generate";
+        let fields = SIGNAL_GENERATE.read(events)?;
         let signal_generate = SignalGenerateLayout {
-            sig: format.offset(tp, "sig", &[4])?,
-            code: format.offset(tp, "code", &[4])?,
-            comm: format.offset(tp, "comm", &[16])?,
-            pid: format.offset(tp, "pid", &[4])?,
-            group: format.offset(tp, "group", &[4])?,
-            result: format.offset(tp, "result", &[4])?,
+            sig: fields.offset("sig"),
+            code: fields.offset("code"),
+            comm: fields.offset("comm"),
+            pid: fields.offset("pid"),
+            group: fields.offset("group"),
+            result: fields.offset("result"),
         };
-        let format = tracefs::read_format(events, "signal", "signal_deliver")?;
-        let tp = "signal:signal_deliver";
+        let fields = SIGNAL_DELIVER.read(events)?;
         let signal_deliver = SignalDeliverLayout {
-            sig: format.offset(tp, "sig", &[4])?,
-            code: format.offset(tp, "code", &[4])?,
-            sa_handler: format.offset(tp, "sa_handler", &[8])?,
-            sa_flags: format.offset(tp, "sa_flags", &[8])?,
+            sig: fields.offset("sig"),
+            code: fields.offset("code"),
+            sa_handler: fields.offset("sa_handler"),
+            sa_flags: fields.offset("sa_flags"),
         };
-        let format = tracefs::read_format(events, "sched", "sched_process_exit")?;
         let process_exit = ProcessExitLayout {
-            group_dead: format.optional_offset("group_dead").unwrap_or(FIELD_ABSENT),
+            group_dead: SCHED_PROCESS_EXIT.read(events)?.offset("group_dead"),
         };
-        let exit_group = tracefs::read_format(events, "syscalls", "sys_enter_exit_group")
-            .and_then(|format| {
-                let tp = "syscalls:sys_enter_exit_group";
-                Ok(ExitGroupLayout {
-                    error_code: format.offset(tp, "error_code", &[8])?,
-                })
+        let exit_group = SYS_ENTER_EXIT_GROUP
+            .read(events)
+            .map(|fields| ExitGroupLayout {
+                error_code: fields.offset("error_code"),
             })
             .ok();
         let btf = Btf::from_file(btf_path);
@@ -145,78 +120,62 @@ impl KernelLayout {
     }
 }
 
-fn split_addrs(format: &Format, tp: &str) -> Result<SplitAddrLayout> {
-    Ok(SplitAddrLayout {
-        sport: format.offset(tp, "sport", &[2])?,
-        dport: format.offset(tp, "dport", &[2])?,
-        family: format.offset(tp, "family", &[2])?,
-        saddr: format.offset(tp, "saddr", &[4])?,
-        daddr: format.offset(tp, "daddr", &[4])?,
-        saddr_v6: format.offset(tp, "saddr_v6", &[16])?,
-        daddr_v6: format.offset(tp, "daddr_v6", &[16])?,
-    })
+fn split_addrs(fields: &Fields) -> SplitAddrLayout {
+    SplitAddrLayout {
+        sport: fields.offset("sport"),
+        dport: fields.offset("dport"),
+        family: fields.offset("family"),
+        saddr: fields.offset("saddr"),
+        daddr: fields.offset("daddr"),
+        saddr_v6: fields.offset("saddr_v6"),
+        daddr_v6: fields.offset("daddr_v6"),
+    }
 }
 
-/// Reads a reset tracepoint's layout, whichever way it stores addresses.
-fn reset_layout(format: &Format, tp: &str) -> Result<TcpResetLayout> {
-    let sockaddr = format
-        .fields
-        .get("saddr")
-        .is_some_and(|field| field.size == 28);
-    Ok(TcpResetLayout {
-        skaddr: format.offset(tp, "skaddr", &[8])?,
-        state: format.optional_offset("state").unwrap_or(FIELD_ABSENT),
-        reason: format.optional_offset("reason").unwrap_or(FIELD_ABSENT),
+/// A reset tracepoint's layout, whichever way it stores addresses.
+fn reset_layout(fields: &Fields) -> TcpResetLayout {
+    let sockaddr = fields.size("saddr") == Some(SOCKADDR_SIZE);
+    TcpResetLayout {
+        skaddr: fields.offset("skaddr"),
+        state: FIELD_ABSENT,
+        reason: FIELD_ABSENT,
         addr_format: if sockaddr {
             addr_format::SOCKADDR
         } else {
             addr_format::SPLIT
         },
-        sockaddr_local: if sockaddr {
-            format.offset(tp, "saddr", &[28])?
-        } else {
-            0
-        },
-        sockaddr_remote: if sockaddr {
-            format.offset(tp, "daddr", &[28])?
-        } else {
-            0
-        },
+        sockaddr_local: if sockaddr { fields.offset("saddr") } else { 0 },
+        sockaddr_remote: if sockaddr { fields.offset("daddr") } else { 0 },
         addrs: if sockaddr {
             SplitAddrLayout::default()
         } else {
-            split_addrs(format, tp)?
+            split_addrs(fields)
         },
-    })
+    }
 }
 
-fn tcp_layout(events: &Path) -> Result<TcpLayout> {
-    let tp = "sock:inet_sock_set_state";
-    let format = tracefs::read_format(events, "sock", "inet_sock_set_state")?;
+/// The offsets the TCP programs read, from the tracepoints' format files in `events`.
+pub fn tcp_layout(events: &Path) -> Result<TcpLayout> {
+    let fields = INET_SOCK_SET_STATE.read(events)?;
     let set_state = InetSockSetStateLayout {
-        skaddr: format.offset(tp, "skaddr", &[8])?,
-        oldstate: format.offset(tp, "oldstate", &[4])?,
-        newstate: format.offset(tp, "newstate", &[4])?,
-        protocol: format.offset(tp, "protocol", &[2])?,
-        addrs: split_addrs(&format, tp)?,
+        skaddr: fields.offset("skaddr"),
+        oldstate: fields.offset("oldstate"),
+        newstate: fields.offset("newstate"),
+        protocol: fields.offset("protocol"),
+        addrs: split_addrs(&fields),
     };
-    let send_reset = reset_layout(
-        &tracefs::read_format(events, "tcp", "tcp_send_reset")?,
-        "tcp:tcp_send_reset",
-    )?;
-    let receive_reset = reset_layout(
-        &tracefs::read_format(events, "tcp", "tcp_receive_reset")?,
-        "tcp:tcp_receive_reset",
-    )?;
+    let fields = TCP_SEND_RESET.read(events)?;
+    let send_reset = TcpResetLayout {
+        state: fields.offset("state"),
+        reason: fields.offset("reason"),
+        ..reset_layout(&fields)
+    };
+    let receive_reset = reset_layout(&TCP_RECEIVE_RESET.read(events)?);
     // One program serves accept4() and accept(): their `ret` must sit at one offset.
-    let accept_ret = |name: &str| -> Result<u32> {
-        let format = tracefs::read_format(events, "syscalls", name)?;
-        format.offset(&format!("syscalls:{name}"), "ret", &[8])
+    let accept_ret = |tracepoint: &'static Tracepoint| {
+        tracepoint.read(events).map(|fields| fields.offset("ret"))
     };
-    let accept = match (
-        accept_ret("sys_exit_accept4"),
-        accept_ret("sys_exit_accept"),
-    ) {
+    let accept = match (accept_ret(&SYS_EXIT_ACCEPT4), accept_ret(&SYS_EXIT_ACCEPT)) {
         (Ok(a), Ok(b)) if a == b => Some(AcceptLayout { ret: a }),
         _ => None,
     };
@@ -328,4 +287,43 @@ fn task_layout(btf: &Btf) -> Result<TaskLayout> {
         kernfs_node_id,
         typed: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(version: &str) -> TcpLayout {
+        let events = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/formats")
+            .join(version)
+            .join("events");
+        tcp_layout(&events).unwrap()
+    }
+
+    /// 6.1 stores tcp_send_reset's addresses as split fields and has no reason; 6.12
+    /// and 6.18 store sockaddrs and have one. tcp_receive_reset is split everywhere.
+    #[test]
+    fn reset_layouts_follow_the_kernel() {
+        let v6_1 = tcp("6.1");
+        assert_eq!(v6_1.send_reset.addr_format, addr_format::SPLIT);
+        assert_eq!(v6_1.send_reset.reason, FIELD_ABSENT);
+        assert_eq!(v6_1.send_reset.state, 24);
+        assert_eq!(v6_1.send_reset.addrs.sport, 28);
+        for version in ["6.12", "6.18"] {
+            let tcp = tcp(version);
+            assert_eq!(tcp.send_reset.addr_format, addr_format::SOCKADDR);
+            assert_eq!(tcp.send_reset.reason, 28);
+            assert_eq!(tcp.send_reset.sockaddr_local, 32);
+            assert_eq!(tcp.send_reset.sockaddr_remote, 60);
+        }
+        for version in ["6.1", "6.12", "6.18"] {
+            let tcp = tcp(version);
+            assert_eq!(tcp.receive_reset.addr_format, addr_format::SPLIT);
+            assert_eq!(tcp.receive_reset.state, FIELD_ABSENT);
+            assert_eq!(tcp.receive_reset.addrs.daddr_v6, 46);
+            assert_eq!(tcp.set_state.addrs.saddr, 32, "{version}");
+            assert!(tcp.accept.is_some(), "{version}");
+        }
+    }
 }

@@ -33,5 +33,6 @@ pub mod signals;
 pub mod sink;
 pub mod tcp;
 pub mod tracefs;
+pub mod tracepoints;
 pub mod wait_status;
 pub mod watch;

@@ -15,7 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::layout::KernelLayout;
+use crate::{
+    layout::KernelLayout,
+    tracepoints::{
+        INET_SOCK_SET_STATE, SCHED_PROCESS_EXIT, SIGNAL_DELIVER, SIGNAL_GENERATE,
+        SYS_ENTER_EXIT_GROUP, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, TCP_SEND_RESET,
+        Tracepoint,
+    },
+};
 
 /// A kernel program, the tracepoints it belongs on, and when to attach it.
 struct ProgramSpec {
@@ -28,9 +35,9 @@ struct ProgramSpec {
 }
 
 enum Tracepoints {
-    /// Classic tracepoints, as (category, name) pairs: the program reads the record the
-    /// kernel builds, at offsets from tracefs `format` files.
-    Classic(&'static [(&'static str, &'static str)]),
+    /// Classic tracepoints: the program reads the record the kernel builds, at offsets
+    /// from tracefs `format` files (the fields in [`crate::tracepoints`]).
+    Classic(&'static [&'static Tracepoint]),
     /// A raw tracepoint: the program gets the tracepoint's `TP_PROTO` arguments and the
     /// kernel builds no record, so it is the cheaper attachment on hot paths.
     Raw(&'static str),
@@ -44,32 +51,32 @@ const PROGRAMS: [ProgramSpec; 10] = [
     // Raw when BTF gave the task layout: the target task names its thread group exactly.
     ProgramSpec {
         program: "signal_generate",
-        tracepoints: Tracepoints::Raw("signal_generate"),
+        tracepoints: Tracepoints::Raw(SIGNAL_GENERATE.name),
         wanted: |layout| layout.task.known != 0,
         shutdown_only: false,
     },
     ProgramSpec {
         program: "signal_generate_tp",
-        tracepoints: Tracepoints::Classic(&[("signal", "signal_generate")]),
+        tracepoints: Tracepoints::Classic(&[&SIGNAL_GENERATE]),
         wanted: |layout| layout.task.known == 0,
         shutdown_only: false,
     },
     ProgramSpec {
         program: "signal_deliver",
-        tracepoints: Tracepoints::Classic(&[("signal", "signal_deliver")]),
+        tracepoints: Tracepoints::Classic(&[&SIGNAL_DELIVER]),
         wanted: |_| true,
         shutdown_only: false,
     },
     ProgramSpec {
         program: "process_exit",
-        tracepoints: Tracepoints::Classic(&[("sched", "sched_process_exit")]),
+        tracepoints: Tracepoints::Classic(&[&SCHED_PROCESS_EXIT]),
         wanted: |_| true,
         shutdown_only: false,
     },
     // Exit codes for status inference, needed only when BTF is missing.
     ProgramSpec {
         program: "exit_group_enter",
-        tracepoints: Tracepoints::Classic(&[("syscalls", "sys_enter_exit_group")]),
+        tracepoints: Tracepoints::Classic(&[&SYS_ENTER_EXIT_GROUP]),
         wanted: |layout| layout.btf_problem.is_some() && layout.exit_group.is_some(),
         shutdown_only: false,
     },
@@ -77,25 +84,25 @@ const PROGRAMS: [ProgramSpec; 10] = [
     // reads addresses with, else the classic tracepoint, whose record carries them.
     ProgramSpec {
         program: "tcp_state",
-        tracepoints: Tracepoints::Typed("inet_sock_set_state"),
+        tracepoints: Tracepoints::Typed(INET_SOCK_SET_STATE.name),
         wanted: |layout| layout.tcp.is_some() && hot_path_typed(layout),
         shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_state_tp",
-        tracepoints: Tracepoints::Classic(&[("sock", "inet_sock_set_state")]),
+        tracepoints: Tracepoints::Classic(&[&INET_SOCK_SET_STATE]),
         wanted: |layout| layout.tcp.is_some() && !hot_path_typed(layout),
         shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_send_reset",
-        tracepoints: Tracepoints::Classic(&[("tcp", "tcp_send_reset")]),
+        tracepoints: Tracepoints::Classic(&[&TCP_SEND_RESET]),
         wanted: |layout| layout.tcp.is_some(),
         shutdown_only: false,
     },
     ProgramSpec {
         program: "tcp_receive_reset",
-        tracepoints: Tracepoints::Classic(&[("tcp", "tcp_receive_reset")]),
+        tracepoints: Tracepoints::Classic(&[&TCP_RECEIVE_RESET]),
         wanted: |layout| layout.tcp.is_some(),
         shutdown_only: false,
     },
@@ -104,10 +111,7 @@ const PROGRAMS: [ProgramSpec; 10] = [
     // host, so only while some process is shutting down.
     ProgramSpec {
         program: "accept_exit",
-        tracepoints: Tracepoints::Classic(&[
-            ("syscalls", "sys_exit_accept4"),
-            ("syscalls", "sys_exit_accept"),
-        ]),
+        tracepoints: Tracepoints::Classic(&[&SYS_EXIT_ACCEPT4, &SYS_EXIT_ACCEPT]),
         wanted: |layout| {
             layout.sock.known != 0 && layout.tcp.as_ref().is_some_and(|tcp| tcp.accept.is_some())
         },
@@ -321,7 +325,7 @@ impl Tracepoints {
         match self {
             Self::Classic(tracepoints) => tracepoints
                 .iter()
-                .map(|(category, name)| format!("{category}:{name}"))
+                .map(|tracepoint| tracepoint.path())
                 .collect::<Vec<_>>()
                 .join(", "),
             Self::Raw(name) => format!("raw_tp {name}"),
@@ -354,10 +358,10 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
     Ok(match spec.tracepoints {
         Tracepoints::Classic(tracepoints) => {
             let program: &mut TracePoint = program.try_into()?;
-            let links = tracepoints.iter().map(|&(category, tracepoint)| {
+            let links = tracepoints.iter().map(|tracepoint| {
                 program
-                    .attach(category, tracepoint)
-                    .with_context(|| format!("attaching to tracepoint {category}:{tracepoint}"))
+                    .attach(tracepoint.category, tracepoint.name)
+                    .with_context(|| format!("attaching to tracepoint {}", tracepoint.path()))
             });
             Links::Classic(links.collect::<Result<_>>()?)
         }

@@ -456,7 +456,10 @@ fn warn_about_gaps(layout: &KernelLayout) {
         .as_ref()
         .is_some_and(|tcp| tcp.send_reset.reason == observer_common::FIELD_ABSENT)
     {
-        let consequence = crate::layout::missing_field_consequence("tcp_send_reset", "reason");
+        let consequence = crate::tracepoints::missing_field_consequence(
+            &crate::tracepoints::TCP_SEND_RESET,
+            "reason",
+        );
         eprintln!(
             "observer: warning: tcp:tcp_send_reset has no reason field: {}",
             consequence.unwrap_or_default()
