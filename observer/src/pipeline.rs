@@ -7,7 +7,7 @@ use crate::{
     cli::ColorChoice,
     clock::WallClock,
     correlate::Correlator,
-    decode::decode,
+    decode::{Record, decode},
     enrich::{Enricher, HostView, Timed},
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
     filter::Filter,
@@ -42,39 +42,66 @@ impl OutputFormat {
 }
 
 pub struct Pipeline<H> {
-    pub enricher: Enricher<H>,
-    pub filter: Filter,
-    pub correlator: Correlator,
-    pub output: Output,
-    pub clock: WallClock,
-    pub host: String,
+    enricher: Enricher<H>,
+    filter: Filter,
+    correlator: Correlator,
+    output: Output,
+    clock: WallClock,
+    host: String,
     /// Records that did not decode (a kernel/userspace mismatch: a bug, never expected).
-    pub undecodable: u64,
+    undecodable: u64,
     /// Reused for the events of one record.
-    pub scratch: Vec<Timed>,
+    scratch: Vec<Timed>,
     /// When set, every report line written is also kept here (for rehearse and --gate).
-    pub collected: Option<Vec<Line>>,
+    collected: Option<Vec<Line>>,
     /// When set, every line written is also counted here (`--metrics`).
-    pub metrics: Option<SharedMetrics>,
+    metrics: Option<SharedMetrics>,
 }
 
 impl<H: HostView> Pipeline<H> {
-    pub fn handle_record(&mut self, bytes: &[u8]) -> Result<()> {
+    pub fn new(
+        enricher: Enricher<H>,
+        filter: Filter,
+        correlator: Correlator,
+        output: Output,
+        host: String,
+    ) -> Self {
+        Self {
+            enricher,
+            filter,
+            correlator,
+            output,
+            clock: WallClock::now(),
+            host,
+            undecodable: 0,
+            scratch: Vec::new(),
+            collected: None,
+            metrics: None,
+        }
+    }
+
+    /// Decodes one kernel record; None (counted, and warned about once) when it does not
+    /// decode.
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Record> {
         if let Some(metrics) = &self.metrics {
             metrics::lock(metrics).kernel_record_read();
         }
-        let record = match decode(bytes) {
-            Ok(record) => record,
+        match decode(bytes) {
+            Ok(record) => Some(record),
             Err(error) => {
                 if self.undecodable == 0 {
                     eprintln!("observer: warning: undecodable kernel record: {error}");
                 }
                 self.undecodable += 1;
-                return Ok(());
+                None
             }
-        };
+        }
+    }
+
+    /// Enriches, filters, writes and correlates the events of one decoded record.
+    pub fn handle(&mut self, record: &Record) -> Result<()> {
         let mut events = std::mem::take(&mut self.scratch);
-        self.enricher.enrich(&record, &mut events);
+        self.enricher.enrich(record, &mut events);
         let result = events
             .drain(..)
             .try_for_each(|(mono_ns, event)| self.emit(mono_ns, event));
@@ -127,9 +154,53 @@ impl<H: HostView> Pipeline<H> {
         }
         Ok(())
     }
+
+    /// The host view the enricher reads, with the filter (to rescan cgroups and tell
+    /// which are out of scope).
+    pub fn host_and_filter(&mut self) -> (&mut H, &Filter) {
+        (self.enricher.host_mut(), &self.filter)
+    }
 }
 
 impl<H> Pipeline<H> {
+    /// From now on, keep every report line written (see [`Self::collected`]).
+    pub fn collect_reports(&mut self) {
+        self.collected = Some(Vec::new());
+    }
+
+    /// The report lines kept since [`Self::collect_reports`].
+    pub fn collected(&self) -> &[Line] {
+        self.collected.as_deref().unwrap_or_default()
+    }
+
+    /// Takes the report lines kept so far.
+    pub fn take_collected(&mut self) -> Vec<Line> {
+        self.collected.take().unwrap_or_default()
+    }
+
+    /// Counts every line written into `metrics` from now on.
+    pub fn count_into(&mut self, metrics: SharedMetrics) {
+        self.metrics = Some(metrics);
+    }
+
+    pub fn sink(&mut self) -> &mut Sink {
+        &mut self.output.sink
+    }
+
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// Records that did not decode.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    /// Whether some process is shutting down (see [`Correlator::shutdown_under_way`]).
+    pub fn shutdown_under_way(&self, now_ns: u64, window_ns: u64) -> bool {
+        self.correlator.shutdown_under_way(now_ns, window_ns)
+    }
+
     fn count(&self, lines: &[Line]) {
         if let Some(metrics) = &self.metrics {
             let mut metrics = metrics::lock(metrics);

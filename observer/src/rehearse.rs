@@ -349,7 +349,7 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
             return Err(error);
         }
     };
-    session.pipeline.collected = Some(Vec::new());
+    session.pipeline.collect_reports();
     let max_duration = args.max_duration();
     let start_mono = clock::monotonic_ns();
     let deadline = tokio::time::Instant::now() + max_duration;
@@ -402,7 +402,7 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
     };
     drop(runtime);
     session.finish()?;
-    let reports = session.pipeline.collected.take().unwrap_or_default();
+    let reports = session.pipeline.take_collected();
     let report = reports.iter().find_map(|line| match &line.event {
         Event::Shutdown(report) if report.pid == pid => Some((line, report.as_ref())),
         _ => None,

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use observer_common::{Settings, kind, signal_bit};
+use observer_common::{Settings, signal_bit};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -16,9 +16,9 @@ use tokio::{
 
 use crate::{
     cli::WatchArgs,
-    clock::{self, WallClock},
+    clock,
     correlate::Correlator,
-    decode::{Record, decode},
+    decode::Record,
     enrich::Enricher,
     event::{Event, Line, Verdict},
     filter::{Filter, Scope},
@@ -108,22 +108,17 @@ impl Session {
         let (probes, ring) =
             Probes::load(object, &layout, settings, options.ring_buffer_kib * 1024)?;
         let host = hostname();
-        let pipeline = Pipeline {
-            correlator: Correlator::new(options.reports),
-            enricher: Enricher::new(
+        let pipeline = Pipeline::new(
+            Enricher::new(
                 ProcHost::new(),
                 signal_mask,
                 TcpTracker::new(layout.rst_reasons.clone()),
             ),
-            filter: options.filter.excluding(std::process::id()),
-            output: options.output,
-            clock: WallClock::now(),
-            host: host.clone(),
-            undecodable: 0,
-            scratch: Vec::new(),
-            collected: None,
-            metrics: None,
-        };
+            options.filter.excluding(std::process::id()),
+            Correlator::new(options.reports),
+            options.output,
+            host.clone(),
+        );
         let names: Vec<String> = options.signals.iter().map(|&s| signals::name(s)).collect();
         let shutdown_only: Vec<&str> = probes.shutdown_only().collect();
         eprintln!(
@@ -142,7 +137,7 @@ impl Session {
             }
         );
         let mut session = Self {
-            kernel_scope: pipeline.filter.is_scoped().then(|| KernelScope {
+            kernel_scope: pipeline.filter().is_scoped().then(|| KernelScope {
                 excluded: HashSet::new(),
                 synced_scan: 0,
                 last_rescan: None,
@@ -185,12 +180,12 @@ impl Session {
                     // drain once more so it cannot wait for the next wake-up.
                     drain(guard.get_inner_mut(), &mut self.pipeline, &mut self.probes)?;
                     self.sync_shutdown_tracing()?;
-                    self.pipeline.output.sink.flush()?;
+                    self.pipeline.sink().flush()?;
                 }
                 _ = ring_poll.tick() => {
                     drain(ring.get_mut(), &mut self.pipeline, &mut self.probes)?;
                     self.sync_shutdown_tracing()?;
-                    self.pipeline.output.sink.flush()?;
+                    self.pipeline.sink().flush()?;
                 }
                 _ = lost_poll.tick() => {
                     drain(ring.get_mut(), &mut self.pipeline, &mut self.probes)?;
@@ -198,12 +193,12 @@ impl Session {
                     self.report_lost()?;
                     self.sync_kernel_scope()?;
                     self.pipeline.advance(clock::monotonic_ns())?;
-                    self.pipeline.output.sink.flush()?;
+                    self.pipeline.sink().flush()?;
                 }
-                _ = hangup.recv() => self.pipeline.output.sink.reopen()?,
+                _ = hangup.recv() => self.pipeline.sink().reopen()?,
                 value = &mut until => break Some(value),
             }
-            if self.pipeline.output.sink.is_closed() || done(&self.pipeline) {
+            if self.pipeline.sink().is_closed() || done(&self.pipeline) {
                 break None;
             }
         };
@@ -221,10 +216,10 @@ impl Session {
         }
         self.report_lost()?;
         self.pipeline.finish()?;
-        if self.pipeline.undecodable > 0 {
+        if self.pipeline.undecodable() > 0 {
             eprintln!(
                 "observer: warning: {} kernel records could not be decoded",
-                self.pipeline.undecodable
+                self.pipeline.undecodable()
             );
         }
         Ok(self.lost_reported)
@@ -234,7 +229,7 @@ impl Session {
     /// them after. Called after each drain and before the flush, so that they are attached
     /// by the time a signal's line can be read.
     fn sync_shutdown_tracing(&mut self) -> Result<()> {
-        let under_way = self.pipeline.correlator.shutdown_under_way(
+        let under_way = self.pipeline.shutdown_under_way(
             clock::monotonic_ns(),
             SHUTDOWN_TRACING_WINDOW.as_nanos() as u64,
         );
@@ -247,8 +242,7 @@ impl Session {
         let Some(scope) = &mut self.kernel_scope else {
             return Ok(());
         };
-        let filter = &self.pipeline.filter;
-        let host = self.pipeline.enricher.host_mut();
+        let (host, filter) = self.pipeline.host_and_filter();
         if host.rescan_deferred()
             || scope
                 .last_rescan
@@ -339,19 +333,18 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
             ..Default::default()
         });
     if args.gate.is_some() {
-        session.pipeline.collected = Some(Vec::new());
+        session.pipeline.collect_reports();
     }
     let metrics = metrics_listener.map(|listener| {
         let metrics = Metrics::shared();
-        session.pipeline.metrics = Some(metrics.clone());
+        session.pipeline.count_into(metrics.clone());
         (listener, metrics)
     });
     let gate = args.gate.clone();
     let gate_report = |pipeline: &Pipeline<ProcHost>| -> Option<Line> {
         let service = gate.as_deref()?;
         pipeline
-            .collected
-            .as_ref()?
+            .collected()
             .iter()
             .find(|line| match &line.event {
                 Event::Deploy(deploy) => gate_matches(service, &deploy.service),
@@ -398,7 +391,7 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
         format: OutputFormat::choose(args.json, args.color, false),
         sink: Sink::stdout(),
     };
-    let collected = session.pipeline.collected.take().unwrap_or_default();
+    let collected = session.pipeline.take_collected();
     for line in &collected {
         if let Event::Shutdown(shutdown) = &line.event
             && report.stopped.contains(&shutdown.pid)
@@ -483,23 +476,24 @@ fn drain(
     probes: &mut Probes,
 ) -> Result<()> {
     while let Some(item) = ring.next() {
-        if starts_a_shutdown(&item) {
+        let Some(record) = pipeline.decode(&item) else {
+            continue;
+        };
+        if starts_a_shutdown(&record) {
             probes.trace_shutdowns(true)?;
         }
-        pipeline.handle_record(&item)?;
+        pipeline.handle(&record)?;
     }
     Ok(())
 }
 
 /// Whether a kernel record is a termination signal the kernel delivered (or queued).
-/// Most records are not signals: their kind, the header's first field, is enough.
-fn starts_a_shutdown(bytes: &[u8]) -> bool {
-    bytes.get(..4) == Some(&kind::SIGNAL_GENERATE.to_ne_bytes()[..])
-        && matches!(
-            decode(bytes),
-            Ok(Record::SignalGenerate(r))
-                if r.result == 0 && signals::TERMINATION_SIGNALS.contains(&r.sig)
-        )
+fn starts_a_shutdown(record: &Record) -> bool {
+    matches!(
+        record,
+        Record::SignalGenerate(r)
+            if r.result == 0 && signals::TERMINATION_SIGNALS.contains(&r.sig)
+    )
 }
 
 fn hostname() -> String {
