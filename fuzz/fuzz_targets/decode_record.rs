@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Ok(record) = observer::decode::decode(bytes) {
+    if let Ok(record) = observer::pipeline::decode::decode(bytes) {
         let _ = format!("{record:?}");
     }
 });

@@ -21,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{event::ContainerInfo, identity};
+use crate::{event::ContainerInfo, host::identity};
 
 /// Where runtimes keep their metadata (all overridable, for tests and unusual hosts).
 #[derive(Clone, Debug)]

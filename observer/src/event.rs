@@ -548,7 +548,7 @@ pub struct ShutdownReport {
     pub pod: Option<String>,
     pub sigterm: Option<SigtermInfo>,
     pub sigkill: Option<SigkillInfo>,
-    /// Every signal of the stop, in order (at most [`crate::shutdown::TIMELINE_SIGNALS`]).
+    /// Every signal of the stop, in order (at most [`crate::reports::shutdown::TIMELINE_SIGNALS`]).
     #[serde(default)]
     pub signals: Vec<SignalStep>,
     pub sigkill_first: bool,
@@ -595,7 +595,7 @@ pub struct DeployReport {
     pub service: String,
     pub started: String,
     pub ended: String,
-    /// At most [`crate::deploy::LISTED_PIDS`] each; the totals count them all.
+    /// At most [`crate::reports::deploy::LISTED_PIDS`] each; the totals count them all.
     pub stopped: Vec<u32>,
     #[serde(default)]
     pub stopped_total: u32,

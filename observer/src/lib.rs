@@ -1,38 +1,30 @@
 //! observer as a library: the binary's modules, and the pure parts (record decoding,
 //! report replay) that the fuzz targets in `fuzz/` drive directly.
-pub mod advise;
+//!
+//! The layout follows the flow of a record (README.md, "How it works"):
+//!
+//! - [`kernel`]: setting the kernel up — the tracepoints and fields observer reads, this
+//!   kernel's layout (tracefs, BTF), loading and attaching the programs.
+//! - [`pipeline`]: kernel records in, events and reports out — decode, enrich, filter,
+//!   correlate.
+//! - [`host`]: facts about the host that the pipeline looks up (/proc, cgroups and
+//!   units, clocks, signal and wait-status conventions).
+//! - [`reports`]: shutdown and deploy reports, their verdicts and findings.
+//! - [`output`]: lines as people and programs read them (human, NDJSON, metrics) and
+//!   where they go.
+//! - [`commands`]: `watch`, `report`, `rehearse` and `check`, and the CLI that names them.
+//! - [`event`]: the events-v1 contract every part speaks.
+//!
+//! The rule: commands depend on the rest; `pipeline`, `reports` and `output` never
+//! import aya, tokio, [`kernel`] or [`commands`] (the CLI), so that they run the same on
+//! live records, on a replayed log and in tests.
 pub mod at_exit;
 pub mod bounded;
-pub mod btf;
-pub mod check;
-pub mod cli;
-pub mod clock;
+pub mod commands;
 pub mod containers;
-pub mod correlate;
-pub mod decode;
-pub mod deploy;
-pub mod enrich;
 pub mod event;
-pub mod exit_inference;
-pub mod filter;
-pub mod human;
-pub mod human_report;
-pub mod identity;
-pub mod layout;
-pub mod loader;
-pub mod metrics;
-pub mod metrics_server;
-pub mod object;
+pub mod host;
+pub mod kernel;
+pub mod output;
 pub mod pipeline;
-pub mod preflight;
-pub mod procfs;
-pub mod rehearse;
-pub mod report;
-pub mod shutdown;
-pub mod signals;
-pub mod sink;
-pub mod tcp;
-pub mod tracefs;
-pub mod tracepoints;
-pub mod wait_status;
-pub mod watch;
+pub mod reports;

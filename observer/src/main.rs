@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use observer::{advise, check, cli, rehearse, report, watch};
+use observer::commands::{advise, check, cli, rehearse, report, watch};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

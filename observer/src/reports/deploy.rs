@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use crate::{
     event::{DeployReport, Finding, FindingCode, Severity, Verdict},
-    shutdown::{ProcessShutdown, port_of},
+    reports::shutdown::{ProcessShutdown, port_of},
 };
 
 /// Pids a deploy report lists, of those stopped and of those started; the rest are

@@ -15,24 +15,25 @@ use tokio::{
 };
 
 use crate::{
-    cli::WatchArgs,
-    clock,
-    correlate::Correlator,
-    decode::Record,
-    enrich::Enricher,
+    commands::cli::WatchArgs,
+    commands::metrics_server,
     event::{Event, Line, Verdict},
-    filter::{Filter, Scope},
-    layout::KernelLayout,
-    loader::Probes,
-    metrics::Metrics,
-    metrics_server, object,
+    host::clock,
+    host::procfs::ProcHost,
+    host::signals,
+    kernel::layout::KernelLayout,
+    kernel::loader::Probes,
+    kernel::object,
+    kernel::preflight,
+    kernel::tracefs,
+    output::metrics::Metrics,
+    output::sink::Sink,
+    pipeline::correlate::Correlator,
+    pipeline::decode::Record,
+    pipeline::enrich::Enricher,
+    pipeline::filter::{Filter, Scope},
+    pipeline::tcp::TcpTracker,
     pipeline::{Output, OutputFormat, Pipeline},
-    preflight,
-    procfs::ProcHost,
-    signals,
-    sink::Sink,
-    tcp::TcpTracker,
-    tracefs,
 };
 
 /// How often the ring buffer is drained. The kernel programs do not wake observer per
@@ -55,7 +56,7 @@ pub struct Options {
     pub signals: Vec<i32>,
     pub filter: Filter,
     pub output: Output,
-    pub reports: crate::correlate::Config,
+    pub reports: crate::pipeline::correlate::Config,
     pub ring_buffer_kib: u32,
 }
 
@@ -88,7 +89,7 @@ impl Session {
         preflight::check_kernel(version)?;
         preflight::raise_memlock(version);
         let events = tracefs::ensure_mounted()?;
-        let btf_path = crate::layout::btf_path();
+        let btf_path = crate::kernel::layout::btf_path();
         let layout = KernelLayout::read(&events, &btf_path)?;
         warn_about_gaps(&layout);
         let signal_mask = mask(options.signals.iter().copied());
@@ -326,7 +327,6 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
     })?;
     session
         .pipeline
-        .enricher
         .host_mut()
         .set_container_roots(crate::containers::Roots {
             docker: args.docker_root.clone(),
@@ -449,8 +449,8 @@ fn warn_about_gaps(layout: &KernelLayout) {
         .as_ref()
         .is_some_and(|tcp| tcp.send_reset.reason == observer_common::FIELD_ABSENT)
     {
-        let consequence = crate::tracepoints::missing_field_consequence(
-            &crate::tracepoints::TCP_SEND_RESET,
+        let consequence = crate::kernel::tracepoints::missing_field_consequence(
+            &crate::kernel::tracepoints::TCP_SEND_RESET,
             "reason",
         );
         eprintln!(
@@ -503,5 +503,5 @@ fn hostname() -> String {
     if rc != 0 {
         return "unknown".to_string();
     }
-    crate::decode::comm(&buf)
+    crate::pipeline::decode::comm(&buf)
 }

@@ -35,19 +35,19 @@ use tokio::{
 };
 
 use crate::{
-    cli::RehearseArgs,
-    clock,
-    correlate::Config,
-    enrich::HostView,
+    commands::cli::RehearseArgs,
+    commands::watch::{Options, Session},
     event::{
         Event, ExitEvent, FindingCode, Line, ProcessRef, SCHEMA_VERSION, ShutdownReport, Verdict,
     },
-    filter::Filter,
+    host::clock,
+    host::procfs::{self, ProcHost},
+    host::signals,
+    output::sink::Sink,
+    pipeline::correlate::Config,
+    pipeline::enrich::HostView,
+    pipeline::filter::Filter,
     pipeline::{Output, OutputFormat},
-    procfs::{self, ProcHost},
-    signals,
-    sink::Sink,
-    watch::{Options, Session},
 };
 
 /// How often new clients arrive during the drain, as from a load balancer that has not
@@ -1249,7 +1249,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::{Cli, Command as Sub};
+    use crate::commands::cli::{Cli, Command as Sub};
 
     fn rehearse_args(argv: &[&str]) -> Result<RehearseArgs, String> {
         let argv = [&["observer", "rehearse"][..], argv].concat();

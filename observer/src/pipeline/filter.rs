@@ -7,7 +7,7 @@ use std::{collections::HashSet, net::SocketAddr};
 
 use crate::{
     event::{Event, ProcessRef},
-    identity,
+    host::identity,
 };
 
 #[derive(Clone, Debug, Default)]

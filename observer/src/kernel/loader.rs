@@ -16,8 +16,8 @@ use std::{
 };
 
 use crate::{
-    layout::KernelLayout,
-    tracepoints::{
+    kernel::layout::KernelLayout,
+    kernel::tracepoints::{
         INET_SOCK_SET_STATE, SCHED_PROCESS_EXIT, SIGNAL_DELIVER, SIGNAL_GENERATE,
         SYS_ENTER_EXIT_GROUP, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, TCP_SEND_RESET,
         Tracepoint,
@@ -36,7 +36,7 @@ struct ProgramSpec {
 
 enum Tracepoints {
     /// Classic tracepoints: the program reads the record the kernel builds, at offsets
-    /// from tracefs `format` files (the fields in [`crate::tracepoints`]).
+    /// from tracefs `format` files (the fields in [`crate::kernel::tracepoints`]).
     Classic(&'static [&'static Tracepoint]),
     /// A raw tracepoint: the program gets the tracepoint's `TP_PROTO` arguments and the
     /// kernel builds no record, so it is the cheaper attachment on hot paths.

@@ -4,7 +4,8 @@ use crate::{
         Activity, Direction, Event, Handler, Line, ListenAction, Origin, Role, SignalResult,
         ThreadRef,
     },
-    human_report, signals,
+    host::signals,
+    output::human_report,
 };
 
 const RESET: &str = "\x1b[0m";

@@ -1,7 +1,7 @@
 //! Without BTF the kernel programs cannot read a task's exit status. This infers it, per
 //! process, from what came first: the code passed to exit_group(), or the fatal signal
 //! that ended the group. Core dumps cannot be seen this way.
-use crate::{bounded::BoundedMap, signals, wait_status::WaitStatus};
+use crate::{bounded::BoundedMap, host::signals, host::wait_status::WaitStatus};
 
 /// Processes tracked at once; beyond this the oldest evidence is forgotten.
 const CAPACITY: usize = 65_536;

@@ -9,8 +9,8 @@ use std::{
 
 use crate::{
     containers::{Resolver, Roots},
-    enrich::HostView,
     event::ContainerInfo,
+    pipeline::enrich::HostView,
 };
 
 /// A cgroup id missing from the index triggers a rescan at most this often.

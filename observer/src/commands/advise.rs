@@ -11,9 +11,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
-    cli::AdviseArgs,
+    commands::cli::AdviseArgs,
+    commands::report::reports_of,
     event::{Event, FindingCode, ShutdownReport, Verdict},
-    report::reports_of,
 };
 
 /// `observer advise LOG…`: replays the logs and prints each service's advice (or, with

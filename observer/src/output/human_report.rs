@@ -2,13 +2,13 @@
 //! is a short timeline (first signal → listener closed → SIGKILL → exit, in ms from the
 //! first signal), then the evidence, the verdict and each finding with its fix.
 use crate::{
-    clock,
     event::{
         ContainerInfo, DeployReport, Finding, Handler, ProcessRef, Severity, ShutdownReport,
         SignalResult, Verdict,
     },
-    human::HumanFormat,
-    signals,
+    host::clock,
+    host::signals,
+    output::human::HumanFormat,
 };
 
 /// Continuation lines line up under the event detail column.
@@ -16,9 +16,9 @@ const INDENT: &str = "                   ";
 
 pub fn verdict_label(format: &HumanFormat, verdict: Verdict) -> String {
     let (color, text) = match verdict {
-        Verdict::Clean => (crate::human::GREEN, "CLEAN"),
-        Verdict::Dropped => (crate::human::YELLOW, "DROPPED"),
-        Verdict::Killed => (crate::human::BOLD_RED, "KILLED"),
+        Verdict::Clean => (crate::output::human::GREEN, "CLEAN"),
+        Verdict::Dropped => (crate::output::human::YELLOW, "DROPPED"),
+        Verdict::Killed => (crate::output::human::BOLD_RED, "KILLED"),
     };
     format.paint(color, text)
 }
@@ -219,8 +219,8 @@ fn finding_lines<'a>(
 ) -> impl Iterator<Item = String> + 'a {
     findings.iter().map(move |finding| {
         let (mark, color) = match finding.severity {
-            Severity::Error => ("✗", crate::human::RED),
-            Severity::Warning => ("!", crate::human::YELLOW),
+            Severity::Error => ("✗", crate::output::human::RED),
+            Severity::Warning => ("!", crate::output::human::YELLOW),
         };
         let code = format.paint(color, &finding.code.name());
         format!("{INDENT}{mark} {code} {}", finding.message)

@@ -9,7 +9,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::metrics::{self, SharedMetrics};
+use crate::output::metrics::{self, SharedMetrics};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A scrape request is one short line and a few headers.
@@ -103,7 +103,7 @@ fn respond(request_line: &str, metrics: &SharedMetrics) -> (&'static str, &'stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::output::metrics::Metrics;
 
     #[test]
     fn serves_metrics_and_refuses_everything_else() {

@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::signals;
+use crate::host::signals;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -139,8 +139,8 @@ pub struct ReportTiming {
 }
 
 impl ReportTiming {
-    pub fn config(&self) -> crate::correlate::Config {
-        crate::correlate::Config {
+    pub fn config(&self) -> crate::pipeline::correlate::Config {
+        crate::pipeline::correlate::Config {
             after_exit_ns: self.after_exit.as_nanos() as u64,
             deploy_window_ns: self.deploy_window.as_nanos() as u64,
         }

@@ -9,11 +9,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    cli::ReportArgs,
-    correlate::Correlator,
+    commands::cli::ReportArgs,
     event::Line,
+    output::sink::Sink,
+    pipeline::correlate::Correlator,
     pipeline::{Output, OutputFormat},
-    sink::Sink,
 };
 
 /// Problems shown individually before the rest are only counted.
@@ -113,7 +113,7 @@ fn parse(bytes: &[u8]) -> Result<Option<Line>, String> {
 
 /// The reports a whole log yields, its problem lines skipped (`run` does the same while
 /// streaming and naming the problems); used by the fuzz target and tests.
-pub fn reports_of(log: &[u8], config: crate::correlate::Config) -> Vec<Line> {
+pub fn reports_of(log: &[u8], config: crate::pipeline::correlate::Config) -> Vec<Line> {
     let mut correlator = Correlator::new(config);
     let mut reports = Vec::new();
     for line in log.split(|&b| b == b'\n') {
@@ -128,7 +128,7 @@ pub fn reports_of(log: &[u8], config: crate::correlate::Config) -> Vec<Line> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{correlate::Config, event::Event};
+    use crate::{event::Event, pipeline::correlate::Config};
 
     /// Every log the fuzzers kept (fuzz/corpus/report_replay) replays; the seed, a real
     /// `watch` log of a keep-alive server stopped by SIGTERM, yields its two reports.

@@ -10,8 +10,8 @@ use observer_common::{
 };
 
 use crate::{
-    btf::Btf,
-    tracepoints::{
+    kernel::btf::Btf,
+    kernel::tracepoints::{
         Fields, INET_SOCK_SET_STATE, SCHED_PROCESS_EXIT, SIGNAL_DELIVER, SIGNAL_GENERATE,
         SOCKADDR_SIZE, SYS_ENTER_EXIT_GROUP, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET,
         TCP_SEND_RESET, Tracepoint,

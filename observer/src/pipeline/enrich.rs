@@ -8,15 +8,15 @@ use observer_common::{
 
 use crate::{
     bounded::BoundedMap,
-    decode::{Record, comm},
     event::{
         ContainerInfo, DeliveredEvent, Event, ExitEvent, Handler, Origin, ProcessRef, SignalEvent,
         SignalResult, StatusSource, ThreadRef,
     },
-    exit_inference::ExitInference,
-    signals,
-    tcp::TcpTracker,
-    wait_status::WaitStatus,
+    host::signals,
+    host::wait_status::WaitStatus,
+    pipeline::decode::{Record, comm},
+    pipeline::exit_inference::ExitInference,
+    pipeline::tcp::TcpTracker,
 };
 
 /// What enrichment asks of the host (procfs and cgroupfs in production, a fake in tests).

@@ -372,7 +372,7 @@ mod tests {
             DeployReport, ExitInfo, Finding, LostEvent, OpenConnection, ProcessRef, Role,
             SCHEMA_VERSION, SigkillInfo,
         },
-        shutdown::ProcessShutdown,
+        reports::shutdown::ProcessShutdown,
     };
 
     fn line(event: Event) -> Line {

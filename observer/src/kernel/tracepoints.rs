@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use observer_common::FIELD_ABSENT;
 
-use crate::tracefs::{self, Format};
+use crate::kernel::tracefs::{self, Format};
 
 /// A classic tracepoint and the fields observer reads from its records.
 pub struct Tracepoint {

@@ -17,7 +17,8 @@ use crate::{
         ContainerInfo, ExitInfo, Finding, FindingCode, Handler, ProcessRef, Severity,
         ShutdownReport, SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict,
     },
-    identity, signals,
+    host::identity,
+    host::signals,
 };
 
 /// Children a finding names; the rest are counted.

@@ -8,10 +8,13 @@ use anyhow::Result;
 use observer_common::Settings;
 
 use crate::{
-    btf::Btf,
-    layout::KernelLayout,
-    loader, object, preflight, tracefs,
-    tracepoints::{self, FieldState, Tracepoint, Without},
+    kernel::btf::Btf,
+    kernel::layout::KernelLayout,
+    kernel::loader,
+    kernel::object,
+    kernel::preflight,
+    kernel::tracefs,
+    kernel::tracepoints::{self, FieldState, Tracepoint, Without},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,7 +54,7 @@ pub fn run() -> Result<bool> {
         Ok(path) => rows.add(Level::Ok, "tracefs", path.display().to_string()),
         Err(e) => rows.add(Level::Fail, "tracefs", format!("{e:#}")),
     }
-    match crate::procfs::cgroup2_mount() {
+    match crate::host::procfs::cgroup2_mount() {
         Some(mount) => rows.add(Level::Ok, "cgroup v2", mount.display().to_string()),
         None => rows.add(
             Level::Degraded,
@@ -98,7 +101,7 @@ fn host_rows(rows: &mut Rows) -> bool {
         ),
         Err(e) => rows.add(Level::Fail, "privileges", format!("{e:#}")),
     }
-    let btf_path = crate::layout::btf_path();
+    let btf_path = crate::kernel::layout::btf_path();
     match Btf::from_file(&btf_path).and_then(|btf| btf.member_offset("task_struct", "exit_code")) {
         Ok(offset) => rows.add(
             Level::Ok,
@@ -169,7 +172,7 @@ fn tracepoint_row(tracepoint: &Tracepoint, format: Result<tracefs::Format>) -> (
 
 /// Each program this kernel gets, loaded and attached for real, then detached.
 fn program_rows(rows: &mut Rows, events: &Path, object: &[u8]) {
-    let layout = match KernelLayout::read(events, &crate::layout::btf_path()) {
+    let layout = match KernelLayout::read(events, &crate::kernel::layout::btf_path()) {
         Ok(layout) => layout,
         Err(e) => return rows.add(Level::Fail, "tracepoints", format!("{e:#}")),
     };

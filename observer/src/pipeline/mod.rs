@@ -1,19 +1,26 @@
 //! Kernel records in, rendered lines out: decode → enrich → filter → render → sink, with
 //! every written line also fed to the correlator, whose reports are written after it.
 //! Free of aya and tokio, so it runs the same on live records and in tests.
+pub mod correlate;
+pub mod decode;
+pub mod enrich;
+pub mod exit_inference;
+pub mod filter;
+pub mod tcp;
+
 use anyhow::Result;
 
 use crate::{
-    cli::ColorChoice,
-    clock::WallClock,
-    correlate::Correlator,
-    decode::{Record, decode},
-    enrich::{Enricher, HostView, Timed},
+    commands::cli::ColorChoice,
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
-    filter::Filter,
-    human::HumanFormat,
-    metrics::{self, SharedMetrics},
-    sink::Sink,
+    host::clock::WallClock,
+    output::human::HumanFormat,
+    output::metrics::{self, SharedMetrics},
+    output::sink::Sink,
+    pipeline::correlate::Correlator,
+    pipeline::decode::{Record, decode},
+    pipeline::enrich::{Enricher, HostView, Timed},
+    pipeline::filter::Filter,
 };
 
 pub enum OutputFormat {
@@ -153,6 +160,11 @@ impl<H: HostView> Pipeline<H> {
             collected.extend(reports);
         }
         Ok(())
+    }
+
+    /// The host view the enricher reads.
+    pub fn host_mut(&mut self) -> &mut H {
+        self.enricher.host_mut()
     }
 
     /// The host view the enricher reads, with the filter (to rescan cgroups and tell

@@ -13,11 +13,11 @@ use observer_common::{
 
 use crate::{
     bounded::BoundedMap,
-    decode::comm,
     event::{
         Activity, Direction, Event, ListenAction, ProcessRef, Role, TcpAcceptEvent,
         TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent,
     },
+    pipeline::decode::comm,
 };
 
 /// Ports remembered for processes whose listeners closed.

@@ -10,17 +10,18 @@ use std::collections::BTreeSet;
 
 use crate::{
     bounded::BoundedMap,
-    clock, containers,
-    deploy::Deploy,
+    containers,
     event::{
         ContainerInfo, DeliveredEvent, Direction, Event, ExitEvent, ExitInfo, Handler, Line,
         ListenAction, OpenConnection, Origin, ProcessRef, Role, SCHEMA_VERSION, SigkillInfo,
         SignalEvent, SignalResult, SignalStep, SigtermInfo, TcpCloseAtExitEvent, TcpListenEvent,
         TcpResetEvent,
     },
-    identity,
-    shutdown::{ParentSignal, ProcessShutdown, exit_convention, port_of},
-    signals,
+    host::clock,
+    host::identity,
+    host::signals,
+    reports::deploy::Deploy,
+    reports::shutdown::{ParentSignal, ProcessShutdown, exit_convention, port_of},
 };
 
 /// How long past a deadline a report waits for stragglers.
@@ -1676,10 +1677,10 @@ mod tests {
         assert!(deploys.len() >= 17, "{} deploys", deploys.len());
         for deploy in &deploys {
             assert!(
-                deploy.stopped_total <= crate::deploy::MAX_INSTANCES,
+                deploy.stopped_total <= crate::reports::deploy::MAX_INSTANCES,
                 "{deploy:?}"
             );
-            assert!(deploy.stopped.len() <= crate::deploy::LISTED_PIDS);
+            assert!(deploy.stopped.len() <= crate::reports::deploy::LISTED_PIDS);
             let line = serde_json::to_string(deploy).unwrap();
             assert!(line.len() < 8_192, "{} bytes", line.len());
         }
