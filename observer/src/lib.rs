@@ -28,3 +28,39 @@ pub mod kernel;
 pub mod output;
 pub mod pipeline;
 pub mod reports;
+
+#[cfg(test)]
+mod layering {
+    use std::path::Path;
+
+    /// The rule above, read from the sources: no `use` of aya, tokio, the kernel set-up
+    /// or the commands in pipeline/, reports/ or output/.
+    #[test]
+    fn pipeline_reports_and_output_import_no_aya_tokio_kernel_or_cli() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for dir in ["pipeline", "reports", "output"] {
+            for entry in std::fs::read_dir(src.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                for forbidden in ["aya::", "tokio::", "crate::kernel", "crate::commands"] {
+                    assert!(
+                        !text.contains(forbidden),
+                        "{} names {forbidden}",
+                        path.display()
+                    );
+                }
+                for forbidden in ["use aya", "use tokio", "kernel::", "commands::"] {
+                    assert!(
+                        !text
+                            .lines()
+                            .any(|line| line.trim_start().starts_with("use ")
+                                && line.contains(forbidden)
+                                || line.trim_start().starts_with(forbidden)),
+                        "{} imports {forbidden}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}

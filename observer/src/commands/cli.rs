@@ -279,6 +279,17 @@ pub enum ColorChoice {
     Never,
 }
 
+impl ColorChoice {
+    /// Colour or not when forced to; None for auto.
+    pub fn forced(self) -> Option<bool> {
+        match self {
+            ColorChoice::Auto => None,
+            ColorChoice::Always => Some(true),
+            ColorChoice::Never => Some(false),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SignalList(pub Vec<i32>);
 

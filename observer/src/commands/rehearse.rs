@@ -44,10 +44,10 @@ use crate::{
     host::procfs::{self, ProcHost},
     host::signals,
     output::sink::Sink,
+    output::{Output, OutputFormat},
     pipeline::correlate::Config,
     pipeline::enrich::HostView,
     pipeline::filter::Filter,
-    pipeline::{Output, OutputFormat},
 };
 
 /// How often new clients arrive during the drain, as from a load balancer that has not
@@ -1211,7 +1211,7 @@ fn print(
         }
         return;
     }
-    let OutputFormat::Human(human) = OutputFormat::choose(false, args.color, false) else {
+    let OutputFormat::Human(human) = OutputFormat::choose(false, args.color.forced(), false) else {
         unreachable!("json is false");
     };
     if let Some((line, _)) = report {

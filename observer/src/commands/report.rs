@@ -12,8 +12,8 @@ use crate::{
     commands::cli::ReportArgs,
     event::Line,
     output::sink::Sink,
+    output::{Output, OutputFormat},
     pipeline::correlate::Correlator,
-    pipeline::{Output, OutputFormat},
 };
 
 /// Problems shown individually before the rest are only counted.
@@ -29,7 +29,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         )
     };
     let mut output = Output {
-        format: OutputFormat::choose(args.json, args.color, false),
+        format: OutputFormat::choose(args.json, args.color.forced(), false),
         sink: Sink::stdout(),
     };
     let mut correlator = Correlator::new(args.reports.config());

@@ -28,12 +28,13 @@ use crate::{
     kernel::tracefs,
     output::metrics::Metrics,
     output::sink::Sink,
+    output::{Output, OutputFormat},
+    pipeline::Pipeline,
     pipeline::correlate::Correlator,
     pipeline::decode::Record,
     pipeline::enrich::Enricher,
     pipeline::filter::{Filter, Scope},
     pipeline::tcp::TcpTracker,
-    pipeline::{Output, OutputFormat, Pipeline},
 };
 
 /// How often the ring buffer is drained. The kernel programs do not wake observer per
@@ -298,7 +299,7 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
         (None, Some(_)) => Sink::discard(),
         (None, None) => Sink::stdout(),
     };
-    let format = OutputFormat::choose(args.json, args.color, args.output.is_some());
+    let format = OutputFormat::choose(args.json, args.color.forced(), args.output.is_some());
     let metrics_listener = args.metrics.map(metrics_server::bind).transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -388,7 +389,7 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
         unreachable!("gate_report finds deploy reports");
     };
     let mut stdout = Output {
-        format: OutputFormat::choose(args.json, args.color, false),
+        format: OutputFormat::choose(args.json, args.color.forced(), false),
         sink: Sink::stdout(),
     };
     let collected = session.pipeline.take_collected();

@@ -5,30 +5,13 @@ use crate::{
         ThreadRef,
     },
     host::signals,
-    output::human_report,
+    output::{
+        human_report,
+        style::{BOLD_RED, DIM, GREEN, HumanFormat, MAGENTA, RED, YELLOW},
+    },
 };
 
-const RESET: &str = "\x1b[0m";
-pub const BOLD_RED: &str = "\x1b[1;31m";
-pub const RED: &str = "\x1b[31m";
-pub const GREEN: &str = "\x1b[32m";
-pub const YELLOW: &str = "\x1b[33m";
-const MAGENTA: &str = "\x1b[35m";
-const DIM: &str = "\x1b[2m";
-
-pub struct HumanFormat {
-    pub color: bool,
-}
-
 impl HumanFormat {
-    pub fn paint(&self, color: &str, text: &str) -> String {
-        if self.color {
-            format!("{color}{text}{RESET}")
-        } else {
-            text.to_string()
-        }
-    }
-
     fn signal_name(&self, sig: i32) -> String {
         let color = match sig {
             signals::SIGKILL => BOLD_RED,

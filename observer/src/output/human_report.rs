@@ -8,7 +8,7 @@ use crate::{
     },
     host::clock,
     host::signals,
-    output::human::HumanFormat,
+    output::style::{self, HumanFormat},
 };
 
 /// Continuation lines line up under the event detail column.
@@ -16,9 +16,9 @@ const INDENT: &str = "                   ";
 
 pub fn verdict_label(format: &HumanFormat, verdict: Verdict) -> String {
     let (color, text) = match verdict {
-        Verdict::Clean => (crate::output::human::GREEN, "CLEAN"),
-        Verdict::Dropped => (crate::output::human::YELLOW, "DROPPED"),
-        Verdict::Killed => (crate::output::human::BOLD_RED, "KILLED"),
+        Verdict::Clean => (style::GREEN, "CLEAN"),
+        Verdict::Dropped => (style::YELLOW, "DROPPED"),
+        Verdict::Killed => (style::BOLD_RED, "KILLED"),
     };
     format.paint(color, text)
 }
@@ -219,8 +219,8 @@ fn finding_lines<'a>(
 ) -> impl Iterator<Item = String> + 'a {
     findings.iter().map(move |finding| {
         let (mark, color) = match finding.severity {
-            Severity::Error => ("✗", crate::output::human::RED),
-            Severity::Warning => ("!", crate::output::human::YELLOW),
+            Severity::Error => ("✗", style::RED),
+            Severity::Warning => ("!", style::YELLOW),
         };
         let code = format.paint(color, &finding.code.name());
         format!("{INDENT}{mark} {code} {}", finding.message)

@@ -1,6 +1,6 @@
 //! Kernel records in, rendered lines out: decode → enrich → filter → render → sink, with
 //! every written line also fed to the correlator, whose reports are written after it.
-//! Free of aya and tokio, so it runs the same on live records and in tests.
+//! Free of aya, tokio and the CLI, so it runs the same on live records and in tests.
 pub mod correlate;
 pub mod decode;
 pub mod enrich;
@@ -11,42 +11,15 @@ pub mod tcp;
 use anyhow::Result;
 
 use crate::{
-    commands::cli::ColorChoice,
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
     host::clock::WallClock,
-    output::human::HumanFormat,
     output::metrics::{self, SharedMetrics},
-    output::sink::Sink,
+    output::{Output, sink::Sink},
     pipeline::correlate::Correlator,
     pipeline::decode::{Record, decode},
     pipeline::enrich::{Enricher, HostView, Timed},
     pipeline::filter::Filter,
 };
-
-pub enum OutputFormat {
-    Json,
-    Human(HumanFormat),
-}
-
-impl OutputFormat {
-    /// JSON, or the human format coloured per `--color` (auto: a terminal on stdout,
-    /// and NO_COLOR unset).
-    pub fn choose(json: bool, color: ColorChoice, to_file: bool) -> Self {
-        if json {
-            return OutputFormat::Json;
-        }
-        let color = match color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => {
-                !to_file
-                    && std::io::IsTerminal::is_terminal(&std::io::stdout())
-                    && std::env::var_os("NO_COLOR").is_none()
-            }
-        };
-        OutputFormat::Human(HumanFormat { color })
-    }
-}
 
 pub struct Pipeline<H> {
     enricher: Enricher<H>,
@@ -218,25 +191,5 @@ impl<H> Pipeline<H> {
             let mut metrics = metrics::lock(metrics);
             lines.iter().for_each(|line| metrics.observe(line));
         }
-    }
-}
-
-/// A format and a sink.
-pub struct Output {
-    pub format: OutputFormat,
-    pub sink: Sink,
-}
-
-impl Output {
-    pub fn write(&mut self, line: &Line) -> Result<()> {
-        let text = match &self.format {
-            OutputFormat::Json => line.to_json(),
-            OutputFormat::Human(human) => human.render(line),
-        };
-        self.sink.write_line(&text)
-    }
-
-    pub fn write_all(&mut self, lines: &[Line]) -> Result<()> {
-        lines.iter().try_for_each(|line| self.write(line))
     }
 }
