@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use observer::{pipeline::correlate::Config, commands::report::reports_of};
+use observer::pipeline::{correlate::Config, replay::reports_of};
 
 fuzz_target!(|log: &[u8]| {
     let config = Config {

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::{
     commands::cli::AdviseArgs,
-    commands::report::reports_of,
     event::{Event, FindingCode, ShutdownReport, Verdict},
+    pipeline::replay::reports_of,
 };
 
 /// `observer advise LOG…`: replays the logs and prints each service's advice (or, with

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod metrics_server;
 pub mod rehearse;
 pub mod report;
+pub mod session;
 pub mod watch;

@@ -36,7 +36,7 @@ use tokio::{
 
 use crate::{
     commands::cli::RehearseArgs,
-    commands::watch::{Options, Session},
+    commands::session::{Options, Session},
     event::{
         Event, ExitEvent, FindingCode, Line, ProcessRef, SCHEMA_VERSION, ShutdownReport, Verdict,
     },

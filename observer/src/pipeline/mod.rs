@@ -6,6 +6,7 @@ pub mod decode;
 pub mod enrich;
 pub mod exit_inference;
 pub mod filter;
+pub mod replay;
 pub mod tcp;
 
 use anyhow::Result;
