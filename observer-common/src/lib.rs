@@ -201,10 +201,35 @@ pub mod tcp_state {
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
     pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
     pub const CLOSE: i32 = 7;
     pub const CLOSE_WAIT: i32 = 8;
     pub const LAST_ACK: i32 = 9;
     pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
+    pub const NEW_SYN_RECV: i32 = 12;
+    pub const BOUND_INACTIVE: i32 = 13;
+
+    /// The state's name as the header names it, without `TCP_`.
+    pub const fn name(state: i32) -> &'static str {
+        match state {
+            ESTABLISHED => "ESTABLISHED",
+            SYN_SENT => "SYN_SENT",
+            SYN_RECV => "SYN_RECV",
+            FIN_WAIT1 => "FIN_WAIT1",
+            FIN_WAIT2 => "FIN_WAIT2",
+            TIME_WAIT => "TIME_WAIT",
+            CLOSE => "CLOSE",
+            CLOSE_WAIT => "CLOSE_WAIT",
+            LAST_ACK => "LAST_ACK",
+            LISTEN => "LISTEN",
+            CLOSING => "CLOSING",
+            NEW_SYN_RECV => "NEW_SYN_RECV",
+            BOUND_INACTIVE => "BOUND_INACTIVE",
+            _ => "UNKNOWN",
+        }
+    }
 
     /// States of a socket nobody has closed yet: tcp_close() leaves one of these.
     pub const fn is_open(state: i32) -> bool {
@@ -541,9 +566,12 @@ pub const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;
 /// signals it has no handler for are ignored, unless SIGKILL/SIGSTOP from an ancestor
 /// namespace. A group exit overwrites the flags with SIGNAL_GROUP_EXIT.
 pub const SIGNAL_UNKILLABLE: u32 = 0x0000_0040;
-/// `si_code` values (include/uapi/asm-generic/siginfo.h): sent by kill(), by the kernel.
+/// `si_code` values (include/uapi/asm-generic/siginfo.h): sent by kill(), by the kernel,
+/// by sigqueue(), by tkill()/tgkill().
 pub const SI_USER: i32 = 0;
 pub const SI_KERNEL: i32 = 0x80;
+pub const SI_QUEUE: i32 = -1;
+pub const SI_TKILL: i32 = -6;
 
 /// Bit for signal `sig` in a 64-bit signal mask.
 pub const fn signal_bit(sig: i32) -> u64 {

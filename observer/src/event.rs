@@ -1,9 +1,15 @@
 //! The events of the JSON contract (docs/events-v1.md), as Rust types. Serialising one
 //! gives exactly one NDJSON line's fields; deserialising reads a saved log back.
+use observer_common::{SI_KERNEL, SI_QUEUE, SI_TKILL, SI_USER};
 use serde::{Deserialize, Serialize};
 
 /// Schema version written in every line's `v`.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The port of an endpoint as events write it (`addr:port`, IPv6 in brackets).
+pub fn port_of(endpoint: &str) -> Option<u16> {
+    endpoint.rsplit_once(':')?.1.parse().ok()
+}
 
 /// One output line: the envelope every event shares, then the event's own fields.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -202,10 +208,10 @@ pub enum Origin {
 impl Origin {
     pub fn from_si_code(si_code: i32) -> Self {
         match si_code {
-            0 => Origin::User,      // SI_USER: kill()
-            0x80 => Origin::Kernel, // SI_KERNEL: e.g. the OOM killer, a dying namespace init
-            -6 => Origin::Tkill,    // SI_TKILL: tkill()/tgkill()
-            -1 => Origin::Queue,    // SI_QUEUE: sigqueue()
+            SI_USER => Origin::User,     // kill()
+            SI_KERNEL => Origin::Kernel, // e.g. the OOM killer, a dying namespace init
+            SI_TKILL => Origin::Tkill,   // tkill()/tgkill()
+            SI_QUEUE => Origin::Queue,   // sigqueue()
             _ => Origin::Other,
         }
     }

@@ -39,7 +39,7 @@ const NAMES: [&str; 32] = [
 pub const SIGHUP: i32 = 1;
 pub const SIGINT: i32 = 2;
 pub const SIGQUIT: i32 = 3;
-pub const SIGKILL: i32 = 9;
+pub use observer_common::SIGKILL;
 pub const SIGTERM: i32 = 15;
 const SIGRTMIN: i32 = 34;
 

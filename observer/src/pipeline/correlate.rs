@@ -15,13 +15,13 @@ use crate::{
         ContainerInfo, DeliveredEvent, Direction, Event, ExitEvent, ExitInfo, Handler, Line,
         ListenAction, OpenConnection, Origin, ProcessRef, Role, SCHEMA_VERSION, SigkillInfo,
         SignalEvent, SignalResult, SignalStep, SigtermInfo, TcpCloseAtExitEvent, TcpListenEvent,
-        TcpResetEvent,
+        TcpResetEvent, port_of,
     },
     host::clock,
     host::identity,
     host::signals,
     reports::deploy::Deploy,
-    reports::shutdown::{ParentSignal, ProcessShutdown, exit_convention, port_of},
+    reports::shutdown::{ParentSignal, ProcessShutdown, exit_convention},
 };
 
 /// How long past a deadline a report waits for stragglers.

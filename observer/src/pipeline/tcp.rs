@@ -15,7 +15,7 @@ use crate::{
     bounded::BoundedMap,
     event::{
         Activity, Direction, Event, ListenAction, ProcessRef, Role, TcpAcceptEvent,
-        TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent,
+        TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent, port_of,
     },
     pipeline::decode::comm,
 };
@@ -81,7 +81,7 @@ impl TcpTracker {
                 comm: owner.comm,
                 local,
                 remote,
-                state: state_name(old_state).to_string(),
+                state: tcp_state::name(old_state).to_string(),
                 role,
                 activity: known.then(|| activity(r, role)),
                 unread_bytes: known.then_some(r.unread_bytes),
@@ -101,10 +101,7 @@ impl TcpTracker {
     /// opening. Known from now on as if they had been; one already known stays as it is.
     pub fn learn_listeners(&mut self, pid: u32, comm: &str, local_addrs: &[String]) {
         for local in local_addrs {
-            let Some(port) = local
-                .rsplit_once(':')
-                .and_then(|(_, port)| port.parse::<u16>().ok())
-            else {
+            let Some(port) = port_of(local) else {
                 continue;
             };
             self.listeners
@@ -185,7 +182,7 @@ impl TcpTracker {
             None
         };
         let state = if r.flags & reset_flags::STATE_KNOWN != 0 && r.state != 0 {
-            state_name(i32::from(r.state)).to_string()
+            tcp_state::name(i32::from(r.state)).to_string()
         } else if has_socket {
             "UNKNOWN".to_string()
         } else {
@@ -286,26 +283,6 @@ pub fn endpoints(e: &TcpEndpoints) -> (String, String) {
         SocketAddr::new(ip(&e.local_addr), e.local_port).to_string(),
         SocketAddr::new(ip(&e.remote_addr), e.remote_port).to_string(),
     )
-}
-
-/// include/net/tcp_states.h names.
-pub fn state_name(state: i32) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        13 => "BOUND_INACTIVE",
-        _ => "UNKNOWN",
-    }
 }
 
 #[cfg(test)]

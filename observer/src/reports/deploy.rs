@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    event::{DeployReport, Finding, FindingCode, Severity, Verdict},
-    reports::shutdown::{ProcessShutdown, port_of},
+    event::{DeployReport, Finding, FindingCode, Severity, Verdict, port_of},
+    reports::shutdown::ProcessShutdown,
 };
 
 /// Pids a deploy report lists, of those stopped and of those started; the rest are

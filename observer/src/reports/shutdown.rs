@@ -15,7 +15,7 @@ use crate::{
     containers,
     event::{
         ContainerInfo, ExitInfo, Finding, FindingCode, Handler, ProcessRef, Severity,
-        ShutdownReport, SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict,
+        ShutdownReport, SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict, port_of,
     },
     host::identity,
     host::signals,
@@ -818,8 +818,4 @@ pub fn exit_convention(code: Option<i32>, signals_received: &[i32]) -> Option<St
     signals_received
         .contains(&sig)
         .then(|| format!("128+{}", signals::name(sig)))
-}
-
-pub fn port_of(endpoint: &str) -> Option<u16> {
-    endpoint.rsplit_once(':')?.1.parse().ok()
 }
