@@ -1,8 +1,9 @@
 //! The terminal format: one aligned line per event, coloured on a TTY.
 use crate::{
     event::{
-        Activity, Direction, Event, Handler, Line, ListenAction, Origin, Role, SignalResult,
-        ThreadRef,
+        Activity, DeliveredEvent, Direction, Event, ExitEvent, Handler, Line, ListenAction, Origin,
+        Role, SignalEvent, SignalResult, TcpAcceptEvent, TcpCloseAtExitEvent, TcpListenEvent,
+        TcpResetEvent, ThreadRef,
     },
     host::signals,
     output::{
@@ -25,149 +26,13 @@ impl HumanFormat {
         // "2026-11-24T21:03:06.123456789Z" → "21:03:06.123456"
         let clock = line.time.get(11..26).unwrap_or(&line.time);
         let (label, detail) = match &line.event {
-            Event::Signal(e) => {
-                let result = match e.result {
-                    SignalResult::Delivered => String::new(),
-                    other => {
-                        let name = serde_json::to_value(other)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_uppercase))
-                            .unwrap_or_default();
-                        format!("  {}", self.paint(MAGENTA, &name))
-                    }
-                };
-                let command = if e.target.cmdline.is_empty() {
-                    String::new()
-                } else {
-                    let text = e.target.cmdline.join(" ");
-                    let cut: String = text.chars().take(60).collect();
-                    let more = if cut.len() < text.len() { "…" } else { "" };
-                    format!("  [{cut}{more}]")
-                };
-                let origin = match e.origin {
-                    Origin::Kernel => "  (kernel)",
-                    Origin::Tkill if !e.group => "  (to thread)",
-                    _ => "",
-                };
-                (
-                    "signal",
-                    format!(
-                        "{} {}[{}] → {}{result}{origin}{command}",
-                        self.signal_name(e.sig),
-                        e.sender.comm,
-                        e.sender.pid,
-                        thread(&e.target),
-                    ),
-                )
-            }
-            Event::SignalDelivered(e) => {
-                let handler = match e.handler {
-                    Handler::Default => "default action",
-                    Handler::Ignore => "ignored",
-                    Handler::Custom => "handler runs",
-                };
-                (
-                    "delivered",
-                    format!(
-                        "{} {}  {handler}",
-                        self.signal_name(e.sig),
-                        thread(&e.target)
-                    ),
-                )
-            }
-            Event::Exit(e) => {
-                let how = match (e.code, e.signal) {
-                    (Some(code), _) => {
-                        let text = format!("exit {code}");
-                        self.paint(if code == 0 { GREEN } else { RED }, &text)
-                    }
-                    (None, Some(sig)) => {
-                        let core = if e.core_dumped { ", core dumped" } else { "" };
-                        self.paint(RED, &format!("killed by {}{core}", signals::name(sig)))
-                    }
-                    (None, None) => "status unknown".to_string(),
-                };
-                let status = e
-                    .status
-                    .map(|s| format!(" (status {s})"))
-                    .unwrap_or_default();
-                let ppid = e.ppid.map(|p| format!("  ppid {p}")).unwrap_or_default();
-                (
-                    "exit",
-                    format!("{}[{}]  {how}{status}{ppid}", e.comm, e.pid),
-                )
-            }
-            Event::TcpReset(e) => {
-                let (verb, arrow) = match e.direction {
-                    Direction::Sent => ("sent", "→"),
-                    Direction::Received => ("received", "←"),
-                };
-                let owner = match (&e.pid, &e.comm, &e.former_owner) {
-                    (Some(pid), Some(comm), _) => format!("{comm}[{pid}]"),
-                    (_, _, Some(former)) => {
-                        format!("no owner (was {}[{}])", former.comm, former.pid)
-                    }
-                    _ => "no owner".to_string(),
-                };
-                let reason = e.reason.as_deref().unwrap_or("-");
-                (
-                    "reset",
-                    format!(
-                        "{owner}  {verb} RST {}  {} {arrow} {}  {}",
-                        self.paint(RED, reason),
-                        e.local,
-                        e.remote,
-                        e.state
-                    ),
-                )
-            }
-            Event::TcpCloseAtExit(e) => {
-                let role = match e.role {
-                    Role::Inbound => "inbound",
-                    Role::Outbound => "outbound",
-                    Role::Listener => "listener",
-                };
-                let activity = match e.activity {
-                    Some(Activity::InFlight) => {
-                        format!("  {}", self.paint(RED, "request in flight"))
-                    }
-                    Some(Activity::Idle) => "  idle".to_string(),
-                    None => String::new(),
-                };
-                (
-                    "open@exit",
-                    format!(
-                        "{}[{}]  {role} {} ↔ {}  {}{activity}  {}",
-                        e.comm,
-                        e.pid,
-                        e.local,
-                        e.remote,
-                        e.state,
-                        self.paint(YELLOW, "closed by the kernel at exit")
-                    ),
-                )
-            }
-            Event::TcpListen(e) => {
-                let action = match e.action {
-                    ListenAction::Open => "listens on",
-                    ListenAction::Close => "stopped listening on",
-                };
-                (
-                    "listen",
-                    format!("{}[{}]  {action} {}", e.comm, e.pid, e.local),
-                )
-            }
-            Event::TcpAccept(e) => (
-                "accept",
-                format!(
-                    "{}[{}]  accepted {} ← {}  {}",
-                    e.comm,
-                    e.pid,
-                    e.local,
-                    e.remote,
-                    self.paint(YELLOW, "after its termination signal")
-                ),
-            ),
+            Event::Signal(e) => ("signal", self.signal(e)),
+            Event::SignalDelivered(e) => ("delivered", self.delivered(e)),
+            Event::Exit(e) => ("exit", self.exit(e)),
+            Event::TcpReset(e) => ("reset", self.reset(e)),
+            Event::TcpCloseAtExit(e) => ("open@exit", self.close_at_exit(e)),
+            Event::TcpListen(e) => ("listen", listen(e)),
+            Event::TcpAccept(e) => ("accept", self.accept(e)),
             Event::Shutdown(report) => (
                 "SHUTDOWN",
                 human_report::shutdown(self, report, line.container_info.as_ref()),
@@ -183,6 +48,137 @@ impl HumanFormat {
         };
         format!("{}  {:<9}  {detail}", self.paint(DIM, clock), label)
     }
+
+    fn signal(&self, e: &SignalEvent) -> String {
+        let result = match e.result {
+            SignalResult::Delivered => String::new(),
+            other => {
+                let name = serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_uppercase))
+                    .unwrap_or_default();
+                format!("  {}", self.paint(MAGENTA, &name))
+            }
+        };
+        let command = if e.target.cmdline.is_empty() {
+            String::new()
+        } else {
+            let text = e.target.cmdline.join(" ");
+            let cut: String = text.chars().take(60).collect();
+            let more = if cut.len() < text.len() { "…" } else { "" };
+            format!("  [{cut}{more}]")
+        };
+        let origin = match e.origin {
+            Origin::Kernel => "  (kernel)",
+            Origin::Tkill if !e.group => "  (to thread)",
+            _ => "",
+        };
+        format!(
+            "{} {}[{}] → {}{result}{origin}{command}",
+            self.signal_name(e.sig),
+            e.sender.comm,
+            e.sender.pid,
+            thread(&e.target),
+        )
+    }
+
+    fn delivered(&self, e: &DeliveredEvent) -> String {
+        let handler = match e.handler {
+            Handler::Default => "default action",
+            Handler::Ignore => "ignored",
+            Handler::Custom => "handler runs",
+        };
+        format!(
+            "{} {}  {handler}",
+            self.signal_name(e.sig),
+            thread(&e.target)
+        )
+    }
+
+    fn exit(&self, e: &ExitEvent) -> String {
+        let how = match (e.code, e.signal) {
+            (Some(code), _) => {
+                let text = format!("exit {code}");
+                self.paint(if code == 0 { GREEN } else { RED }, &text)
+            }
+            (None, Some(sig)) => {
+                let core = if e.core_dumped { ", core dumped" } else { "" };
+                self.paint(RED, &format!("killed by {}{core}", signals::name(sig)))
+            }
+            (None, None) => "status unknown".to_string(),
+        };
+        let status = e
+            .status
+            .map(|s| format!(" (status {s})"))
+            .unwrap_or_default();
+        let ppid = e.ppid.map(|p| format!("  ppid {p}")).unwrap_or_default();
+        format!("{}[{}]  {how}{status}{ppid}", e.comm, e.pid)
+    }
+
+    fn reset(&self, e: &TcpResetEvent) -> String {
+        let (verb, arrow) = match e.direction {
+            Direction::Sent => ("sent", "→"),
+            Direction::Received => ("received", "←"),
+        };
+        let owner = match (&e.pid, &e.comm, &e.former_owner) {
+            (Some(pid), Some(comm), _) => format!("{comm}[{pid}]"),
+            (_, _, Some(former)) => {
+                format!("no owner (was {}[{}])", former.comm, former.pid)
+            }
+            _ => "no owner".to_string(),
+        };
+        let reason = e.reason.as_deref().unwrap_or("-");
+        format!(
+            "{owner}  {verb} RST {}  {} {arrow} {}  {}",
+            self.paint(RED, reason),
+            e.local,
+            e.remote,
+            e.state
+        )
+    }
+
+    fn close_at_exit(&self, e: &TcpCloseAtExitEvent) -> String {
+        let role = match e.role {
+            Role::Inbound => "inbound",
+            Role::Outbound => "outbound",
+            Role::Listener => "listener",
+        };
+        let activity = match e.activity {
+            Some(Activity::InFlight) => {
+                format!("  {}", self.paint(RED, "request in flight"))
+            }
+            Some(Activity::Idle) => "  idle".to_string(),
+            None => String::new(),
+        };
+        format!(
+            "{}[{}]  {role} {} ↔ {}  {}{activity}  {}",
+            e.comm,
+            e.pid,
+            e.local,
+            e.remote,
+            e.state,
+            self.paint(YELLOW, "closed by the kernel at exit")
+        )
+    }
+
+    fn accept(&self, e: &TcpAcceptEvent) -> String {
+        format!(
+            "{}[{}]  accepted {} ← {}  {}",
+            e.comm,
+            e.pid,
+            e.local,
+            e.remote,
+            self.paint(YELLOW, "after its termination signal")
+        )
+    }
+}
+
+fn listen(e: &TcpListenEvent) -> String {
+    let action = match e.action {
+        ListenAction::Open => "listens on",
+        ListenAction::Close => "stopped listening on",
+    };
+    format!("{}[{}]  {action} {}", e.comm, e.pid, e.local)
 }
 
 fn thread(target: &ThreadRef) -> String {

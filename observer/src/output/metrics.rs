@@ -164,69 +164,85 @@ impl Metrics {
     /// The text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_records(&mut out);
+        self.render_verdicts(&mut out);
+        self.render_findings(&mut out);
+        self.render_histograms(&mut out);
+        out
+    }
+
+    /// Counts of records and events.
+    fn render_records(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "observer_kernel_records_total",
             "counter",
             "Records read from the kernel's ring buffer, before filtering in userspace.",
         );
         sample(
-            &mut out,
+            out,
             "observer_kernel_records_total",
             &[],
             self.kernel_records,
         );
         family(
-            &mut out,
+            out,
             "observer_events_total",
             "counter",
             "Events written, by type.",
         );
         for (kind, count) in &self.events {
-            sample(&mut out, "observer_events_total", &[("type", kind)], *count);
+            sample(out, "observer_events_total", &[("type", kind)], *count);
         }
         family(
-            &mut out,
+            out,
             "observer_lost_events_total",
             "counter",
             "Kernel records dropped because the ring buffer was full.",
         );
-        sample(&mut out, "observer_lost_events_total", &[], self.lost);
+        sample(out, "observer_lost_events_total", &[], self.lost);
+    }
 
+    /// Shutdowns and deploys by verdict, and the per-service counters.
+    fn render_verdicts(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "observer_shutdowns_total",
             "counter",
             "Processes that were told to stop (or killed) and exited, by verdict.",
         );
-        self.per_verdict(&mut out, "observer_shutdowns_total", |m| &m.shutdowns);
+        self.per_verdict(out, "observer_shutdowns_total", |m| &m.shutdowns);
         family(
-            &mut out,
+            out,
             "observer_deploys_total",
             "counter",
             "Deploy reports (the shutdowns of one service close together), by verdict.",
         );
-        self.per_verdict(&mut out, "observer_deploys_total", |m| &m.deploys);
+        self.per_verdict(out, "observer_deploys_total", |m| &m.deploys);
         self.per_service(
-            &mut out,
+            out,
             "observer_sigkills_after_grace_total",
             "Processes SIGKILLed after a termination signal: the grace period ran out.",
             |m| m.sigkills_after_grace,
         );
         self.per_service(
-            &mut out,
+            out,
             "observer_refused_after_exit_total",
             "Connection attempts refused on a stopped process's ports after it exited.",
             |m| m.refused_after_exit,
         );
         self.per_service(
-            &mut out,
+            out,
             "observer_resets_sent_total",
             "TCP resets sent by processes while they shut down.",
             |m| m.resets_sent,
         );
+    }
+
+    /// Findings by service and code.
+    fn render_findings(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "observer_findings_total",
             "counter",
             "Findings in shutdown reports, by code.",
@@ -235,42 +251,33 @@ impl Metrics {
             for (code, count) in &metrics.findings {
                 let code = code.name();
                 let labels = [("service", service.as_str()), ("code", code.as_str())];
-                sample(&mut out, "observer_findings_total", &labels, *count);
+                sample(out, "observer_findings_total", &labels, *count);
             }
         }
+    }
+
+    /// Drain times and connections open at exit.
+    fn render_histograms(&self, out: &mut String) {
         family(
-            &mut out,
+            out,
             "observer_shutdown_drain_seconds",
             "histogram",
             "Time from the first termination signal to exit.",
         );
         for (service, metrics) in &self.services {
             let name = "observer_shutdown_drain_seconds";
-            histogram(
-                &mut out,
-                name,
-                service,
-                &DRAIN_BUCKETS,
-                &metrics.drain_seconds,
-            );
+            histogram(out, name, service, &DRAIN_BUCKETS, &metrics.drain_seconds);
         }
         family(
-            &mut out,
+            out,
             "observer_shutdown_open_connections",
             "histogram",
             "TCP connections still open when a process exited.",
         );
         for (service, metrics) in &self.services {
             let name = "observer_shutdown_open_connections";
-            histogram(
-                &mut out,
-                name,
-                service,
-                &OPEN_BUCKETS,
-                &metrics.open_at_exit,
-            );
+            histogram(out, name, service, &OPEN_BUCKETS, &metrics.open_at_exit);
         }
-        out
     }
 
     fn per_verdict(&self, out: &mut String, name: &str, counts: fn(&ServiceMetrics) -> &[u64; 3]) {
