@@ -622,13 +622,55 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let mut results = serde_json::Map::new();
 
-    // 1: throughput side by side, with BPF run-time stats off as in production (their
-    // accounting costs two clock reads per program run, for any tracer).
-    let _nginx = Nginx::start(&dir)?;
+    let nginx = Nginx::start(&dir)?;
     std::thread::sleep(Duration::from_millis(300));
     wrk_rps(1, Connections::PerRequest)?; // warm up
     let bpf_stats_was = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
+    // 1: throughput side by side, with BPF run-time stats off as in production (their
+    // accounting costs two clock reads per program run, for any tracer).
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+    let side_by_side = side_by_side_runs(&observer, &dir, rounds)?;
+    // The per-connection tracepoint's floor, measured where noise cannot hide a percent.
+    let floor = connection_floor(FLOOR_PAIRS)?;
+    // 2: kernel cost per program, idle and under the same load, in a run of its own.
+    let kernel = kernel_cost(&observer, &dir)?;
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", bpf_stats_was.trim())?;
+    side_by_side.report(rounds, floor, &mut results);
+    kernel.report(&mut results);
+    let (cpu, rss) = side_by_side
+        .own_cost
+        .iter()
+        .fold((0.0f64, 0.0f64), |(c, r), (c2, r2)| {
+            (c.max(*c2), r.max(*r2))
+        });
+    results.insert(
+        "observer_under_wrk".into(),
+        json!({"cpu_percent_max": cpu, "peak_rss_mib": rss}),
+    );
+    drop(nginx);
+
+    // 3 and 4: loss and observer's own cost under bursts.
+    results.insert("loss".into(), loss(&observer, &dir)?);
+    let path = dir.join("results.json");
+    let mut file = fs::File::create(&path)?;
+    writeln!(
+        file,
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(results))?
+    )?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+/// Throughput under wrk and the cost of a syscall, each tracer in turn.
+struct SideBySide {
+    throughput: BTreeMap<&'static str, BTreeMap<Tracer, Vec<f64>>>,
+    syscall: BTreeMap<Tracer, Vec<f64>>,
+    /// observer's (CPU %, peak RSS) in each of its runs.
+    own_cost: Vec<(f64, f64)>,
+}
+
+fn side_by_side_runs(observer: &Path, dir: &Path, rounds: usize) -> Result<SideBySide> {
     let mut own_cost = Vec::new();
     let mut throughput = BTreeMap::new();
     for (name, connections) in [
@@ -636,8 +678,8 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
         ("new_connection_per_request", Connections::PerRequest),
     ] {
         let rps = alternate(
-            &observer,
-            &dir,
+            observer,
+            dir,
             rounds,
             "req/s",
             || wrk_rps(LOAD_SECS, connections),
@@ -652,20 +694,72 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     // What any syscall tracepoint costs every syscall on the host (both tracers attach
     // sys_exit_accept4): the kernel then takes the slow syscall path for every task.
     let syscall = alternate(
-        &observer,
-        &dir,
+        observer,
+        dir,
         rounds,
         "ns/getppid",
         || Ok(syscall_ns()),
         |_, _| {},
     )?;
+    Ok(SideBySide {
+        throughput,
+        syscall,
+        own_cost,
+    })
+}
 
-    // The per-connection tracepoint's floor, measured where noise cannot hide a percent.
-    let (connection_untraced, connection_floor_extra) = connection_floor(FLOOR_PAIRS)?;
+impl SideBySide {
+    /// Prints the side-by-side results and the connection floor, and adds them.
+    fn report(
+        &self,
+        rounds: usize,
+        (connection_untraced, connection_floor_extra): (f64, f64),
+        results: &mut serde_json::Map<String, Value>,
+    ) {
+        let mut throughput_json = serde_json::Map::new();
+        for (name, rps) in &self.throughput {
+            println!(
+                "\nThroughput: wrk → nginx, {}, {rounds} alternating rounds of {LOAD_SECS} s",
+                name.replace('_', " ")
+            );
+            throughput_json.insert(name.to_string(), side_by_side("req/s", Better::Higher, rps));
+        }
+        println!("\nSyscall cost: getppid() in a loop, {rounds} alternating rounds");
+        results.insert(
+            "syscall_ns".into(),
+            side_by_side("ns", Better::Lower, &self.syscall),
+        );
+        println!(
+            "\nConnection floor: a loopback connection's life (connect, accept, a byte each \
+             way, close) on one CPU, {FLOOR_PAIRS} pairs of slices without and with an empty \
+             program on inet_sock_set_state"
+        );
+        println!(
+            "untraced {connection_untraced:.0} ns per connection; the empty program adds \
+             {connection_floor_extra:.0} ns ({:+.2}%), median of the pairs",
+            100.0 * connection_floor_extra / connection_untraced
+        );
+        results.insert(
+            "connection_floor".into(),
+            json!({"untraced_ns": connection_untraced, "empty_program_extra_ns": connection_floor_extra}),
+        );
+        results.insert("throughput".into(), Value::Object(throughput_json));
+    }
+}
 
-    // 2: kernel cost per program, idle and under the same load, in a run of its own.
+/// What observer's programs cost in the kernel, from kernel.bpf_stats_enabled.
+struct KernelCost {
+    cost: Value,
+    /// The stats' own accounting per program run: an empty program's mean.
+    accounting_ns: f64,
+    load_rps: f64,
+    keep_alive_rps: f64,
+}
+
+/// Kernel cost per program, idle and under load; with BPF run-time stats on.
+fn kernel_cost(observer: &Path, dir: &Path) -> Result<KernelCost> {
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-    let running = Running::start(Tracer::Observer, &observer, &dir, &[])?;
+    let running = Running::start(Tracer::Observer, observer, dir, &[])?;
     // Its mean per run is the accounting alone: two clock reads around a program.
     let accounting_probe = empty_program::attach(HOT_TRACEPOINT)?;
     let idle_start = bpf_stats()?;
@@ -680,109 +774,89 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let accounting_ns = runs_and_mean(&idle_end, &load_end, empty_program::NAME)
         .and_then(|(_, ns)| ns)
         .context("the empty program did not run under load")?;
-    fs::write("/proc/sys/kernel/bpf_stats_enabled", bpf_stats_was.trim())?;
-    let kernel_cost = json!({
+    let per_program = json!({
         "idle": cost(&idle_start, &idle_end),
         "load": cost(&idle_end, &load_end),
         "keep_alive_load": cost(&load_end, &keep_alive_end),
         "accounting_ns_per_run": accounting_ns,
     });
-    let mut throughput_json = serde_json::Map::new();
-    for (name, rps) in &throughput {
+    Ok(KernelCost {
+        cost: per_program,
+        accounting_ns,
+        load_rps,
+        keep_alive_rps,
+    })
+}
+
+impl KernelCost {
+    /// Prints the cost per program and the share of CPU time, and adds them.
+    fn report(self, results: &mut serde_json::Map<String, Value>) {
+        let kernel = &self;
+        println!("\nKernel cost per program (kernel.bpf_stats_enabled), mean ns per run");
         println!(
-            "\nThroughput: wrk → nginx, {}, {rounds} alternating rounds of {LOAD_SECS} s",
-            name.replace('_', " ")
+            "{:<16} {:>10} {:>12} {:>10} {:>12}",
+            "program", "idle ns", "idle runs", "load ns", "load runs"
         );
-        throughput_json.insert(name.to_string(), side_by_side("req/s", Better::Higher, rps));
-    }
-    println!("\nSyscall cost: getppid() in a loop, {rounds} alternating rounds");
-    results.insert(
-        "syscall_ns".into(),
-        side_by_side("ns", Better::Lower, &syscall),
-    );
-    println!(
-        "\nConnection floor: a loopback connection's life (connect, accept, a byte each \
-         way, close) on one CPU, {FLOOR_PAIRS} pairs of slices without and with an empty \
-         program on inet_sock_set_state"
-    );
-    println!(
-        "untraced {connection_untraced:.0} ns per connection; the empty program adds \
-         {connection_floor_extra:.0} ns ({:+.2}%), median of the pairs",
-        100.0 * connection_floor_extra / connection_untraced
-    );
-    results.insert(
-        "connection_floor".into(),
-        json!({"untraced_ns": connection_untraced, "empty_program_extra_ns": connection_floor_extra}),
-    );
-    results.insert("throughput".into(), Value::Object(throughput_json));
-    println!("\nKernel cost per program (kernel.bpf_stats_enabled), mean ns per run");
-    println!(
-        "{:<16} {:>10} {:>12} {:>10} {:>12}",
-        "program", "idle ns", "idle runs", "load ns", "load runs"
-    );
-    println!(
-        "(each mean includes the stats' own accounting: {accounting_ns:.0} ns, an empty \
-         program's mean beside them)"
-    );
-    if let Some(load) = kernel_cost["load"].as_object() {
-        for (name, value) in load {
-            let idle = &kernel_cost["idle"][name];
-            let show = |v: &Value| v.as_f64().map_or("-".to_string(), |ns| format!("{ns:.0}"));
+        println!(
+            "(each mean includes the stats' own accounting: {:.0} ns, an empty \
+             program's mean beside them)",
+            kernel.accounting_ns
+        );
+        if let Some(load) = kernel.cost["load"].as_object() {
+            for (name, value) in load {
+                let idle = &kernel.cost["idle"][name];
+                let show = |v: &Value| v.as_f64().map_or("-".to_string(), |ns| format!("{ns:.0}"));
+                println!(
+                    "{name:<16} {:>10} {:>12} {:>10} {:>12}",
+                    show(&idle["mean_ns"]),
+                    idle["runs"],
+                    show(&value["mean_ns"]),
+                    value["runs"]
+                );
+            }
+        }
+        // With the load CPU-bound, what the programs take is what throughput loses; stats
+        // accounting inflates it a little, so this errs high.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut kernel_share = serde_json::Map::new();
+        for (load, rps, label) in [
+            ("load", kernel.load_rps, "new connection each"),
+            ("keep_alive_load", kernel.keep_alive_rps, "keep-alive"),
+        ] {
+            let (program_ns, net_ns) = kernel.cost[load]
+                .as_object()
+                .into_iter()
+                .flat_map(|programs| programs.values())
+                .filter_map(|v| Some((v["mean_ns"].as_f64()?, v["runs"].as_f64()?)))
+                .fold((0.0, 0.0), |(all, net), (mean, runs)| {
+                    (
+                        all + mean * runs,
+                        net + (mean - kernel.accounting_ns).max(0.0) * runs,
+                    )
+                });
+            let requests = rps * LOAD_SECS as f64;
+            let (per_request, net_per_request) = (program_ns / requests, net_ns / requests);
+            let share = program_ns / (LOAD_SECS as f64 * 1e9 * cores);
             println!(
-                "{name:<16} {:>10} {:>12} {:>10} {:>12}",
-                show(&idle["mean_ns"]),
-                idle["runs"],
-                show(&value["mean_ns"]),
-                value["runs"]
+                "all programs, {label}: {per_request:.0} ns per request ({net_per_request:.0} net \
+                 of accounting), {:.2}% of {cores} cores' time",
+                100.0 * share
+            );
+            kernel_share.insert(
+                load.into(),
+                json!({"ns_per_request": per_request, "net_ns_per_request": net_per_request,
+                       "share_of_cpu": share, "cores": cores}),
             );
         }
+        results.insert("kernel_cost".into(), self.cost);
+        results.insert("kernel_share".into(), Value::Object(kernel_share));
     }
-    // With the load CPU-bound, what the programs take is what throughput loses; stats
-    // accounting inflates it a little, so this errs high.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let mut kernel_share = serde_json::Map::new();
-    for (load, rps, label) in [
-        ("load", load_rps, "new connection each"),
-        ("keep_alive_load", keep_alive_rps, "keep-alive"),
-    ] {
-        let (program_ns, net_ns) = kernel_cost[load]
-            .as_object()
-            .into_iter()
-            .flat_map(|programs| programs.values())
-            .filter_map(|v| Some((v["mean_ns"].as_f64()?, v["runs"].as_f64()?)))
-            .fold((0.0, 0.0), |(all, net), (mean, runs)| {
-                (
-                    all + mean * runs,
-                    net + (mean - accounting_ns).max(0.0) * runs,
-                )
-            });
-        let requests = rps * LOAD_SECS as f64;
-        let (per_request, net_per_request) = (program_ns / requests, net_ns / requests);
-        let share = program_ns / (LOAD_SECS as f64 * 1e9 * cores);
-        println!(
-            "all programs, {label}: {per_request:.0} ns per request ({net_per_request:.0} net \
-             of accounting), {:.2}% of {cores} cores' time",
-            100.0 * share
-        );
-        kernel_share.insert(
-            load.into(),
-            json!({"ns_per_request": per_request, "net_ns_per_request": net_per_request,
-                   "share_of_cpu": share, "cores": cores}),
-        );
-    }
-    results.insert("kernel_cost".into(), kernel_cost);
-    results.insert("kernel_share".into(), Value::Object(kernel_share));
-    let (cpu, rss) = own_cost.iter().fold((0.0f64, 0.0f64), |(c, r), (c2, r2)| {
-        (c.max(*c2), r.max(*r2))
-    });
-    results.insert(
-        "observer_under_wrk".into(),
-        json!({"cpu_percent_max": cpu, "peak_rss_mib": rss}),
-    );
-    drop(_nginx);
+}
 
-    // 3 and 4: loss and observer's own cost under bursts.
-    let running = Running::start(Tracer::Observer, &observer, &dir, &["--after-exit", "0"])?;
+/// Bursts of exits and of refused connects under observer: what it reported of them,
+/// lost, and its own cost.
+fn loss(observer: &Path, dir: &Path) -> Result<Value> {
+    let running = Running::start(Tracer::Observer, observer, dir, &["--after-exit", "0"])?;
     let observer_pid = running.pid().unwrap();
     let burst_start = Instant::now();
     let children = exit_burst(EXITS_PER_SEC, BURST_SECS);
@@ -850,23 +924,11 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
         "  observer: {cpu:.1}% of one core over the bursts ({:.0} events/s), peak RSS {rss:.1} MiB",
         events / busy
     );
-    results.insert(
-        "loss".into(),
-        json!({
-            "exits_generated": children.len(), "exits_per_sec": children.len() as f64 / exit_secs,
-            "exits_exact": exact, "sigterms_sent": terms, "sigterms_reported": term_signals,
-            "refused_connects": refused, "connects_per_sec": refused as f64 / tcp_secs,
-            "resets_expected": 2 * refused, "resets_reported": resets, "lost": lost,
-            "observer_cpu_percent": cpu, "events_per_sec": events / busy, "observer_peak_rss_mib": rss,
-        }),
-    );
-    let path = dir.join("results.json");
-    let mut file = fs::File::create(&path)?;
-    writeln!(
-        file,
-        "{}",
-        serde_json::to_string_pretty(&Value::Object(results))?
-    )?;
-    println!("\nwritten to {}", path.display());
-    Ok(())
+    Ok(json!({
+        "exits_generated": children.len(), "exits_per_sec": children.len() as f64 / exit_secs,
+        "exits_exact": exact, "sigterms_sent": terms, "sigterms_reported": term_signals,
+        "refused_connects": refused, "connects_per_sec": refused as f64 / tcp_secs,
+        "resets_expected": 2 * refused, "resets_reported": resets, "lost": lost,
+        "observer_cpu_percent": cpu, "events_per_sec": events / busy, "observer_peak_rss_mib": rss,
+    }))
 }
