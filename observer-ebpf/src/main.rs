@@ -3,23 +3,28 @@
 //! that userspace took from tracefs `format` files (or, raw and typed, its `TP_PROTO`
 //! arguments and struct members at BTF offsets), filters cheaply, and hands one
 //! fixed-size record to the ring buffer. Correlation happens in userspace.
+//!
+//! One file per tracepoint, named after it (`tcp_reset.rs` holds tcp_send_reset and
+//! tcp_receive_reset). One error convention: a program's body is a function returning
+//! `Option<()>`, where `None` (a failed read, nothing to report) ends it early; the
+//! program itself always returns 0.
 #![no_std]
 #![no_main]
 
 mod emit;
-mod exit_group;
 mod globals;
+mod inet_sock_set_state;
 mod owners;
-mod process_exit;
+mod sched_process_exit;
 mod scope;
 mod shutting;
 mod signal_deliver;
 mod signal_generate;
 mod sockets;
+mod sys_enter_exit_group;
+mod sys_exit_accept;
 mod task;
-mod tcp_accept;
 mod tcp_reset;
-mod tcp_state;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -31,14 +31,14 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
     0
 }
 
-fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_signal_deliver(ctx: &TracePointContext) -> Option<()> {
     if scope::current_out_of_scope() {
-        return Ok(());
+        return Some(());
     }
     let layout = SIGNAL_DELIVER_LAYOUT.load();
     let settings = SETTINGS.load();
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
-    let dequeued_sig: i32 = unsafe { ctx.read_at(layout.sig as usize)? };
+    let dequeued_sig: i32 = unsafe { ctx.read_at(layout.sig as usize).ok()? };
     let mut sig = dequeued_sig;
     let mut group_exit_code = -1;
     if dequeued_sig == SIGKILL
@@ -47,7 +47,7 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i32> {
         let signal = task::read::<u64>(task::current(), task_layout.task_signal).unwrap_or(0);
         if let Some(code) = task::read::<i32>(signal, task_layout.signal_group_exit_code) {
             if code & 0x7f == 0 {
-                return Ok(()); // exit_group() or exec tearing down the other threads
+                return Some(()); // exit_group() or exec tearing down the other threads
             }
             sig = code & 0x7f;
             group_exit_code = code;
@@ -55,15 +55,15 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let bit = signal_bit(sig);
     if settings.signal_mask & bit == 0 && settings.fatal_default_mask & bit == 0 {
-        return Ok(());
+        return Some(());
     }
-    let sa_handler: u64 = unsafe { ctx.read_at(layout.sa_handler as usize)? };
+    let sa_handler: u64 = unsafe { ctx.read_at(layout.sa_handler as usize).ok()? };
     if settings.signal_mask & bit == 0 && sa_handler != SIG_DFL {
         // Only wanted for exit-status inference, which needs default-action deliveries.
-        return Ok(());
+        return Some(());
     }
-    let si_code: i32 = unsafe { ctx.read_at(layout.code as usize)? };
-    let sa_flags: u64 = unsafe { ctx.read_at(layout.sa_flags as usize)? };
+    let si_code: i32 = unsafe { ctx.read_at(layout.code as usize).ok()? };
+    let sa_flags: u64 = unsafe { ctx.read_at(layout.sa_flags as usize).ok()? };
     let pid_tgid = bpf_get_current_pid_tgid();
     submit(SignalDeliverRecord {
         header: header(kind::SIGNAL_DELIVER),
@@ -77,5 +77,5 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i32> {
         sa_flags,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     });
-    Ok(())
+    Some(())
 }

@@ -45,25 +45,25 @@ pub fn sock_layout_known() -> bool {
 /// Inlined, as are the other readers here: a bpf-to-bpf call adds its whole frame to the
 /// caller's, and 6.1's verifier refuses a combined stack over 512 bytes.
 #[inline(always)]
-pub fn read_split(ctx: &TracePointContext, layout: &SplitAddrLayout) -> Result<TcpEndpoints, i32> {
+pub fn read_split(ctx: &TracePointContext, layout: &SplitAddrLayout) -> Option<TcpEndpoints> {
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
-    let family: u16 = unsafe { ctx.read_at(layout.family as usize)? };
+    let family: u16 = unsafe { ctx.read_at(layout.family as usize).ok()? };
     let mut endpoints = TcpEndpoints {
         family,
-        local_port: unsafe { ctx.read_at(layout.sport as usize)? },
-        remote_port: unsafe { ctx.read_at(layout.dport as usize)? },
+        local_port: unsafe { ctx.read_at(layout.sport as usize).ok()? },
+        remote_port: unsafe { ctx.read_at(layout.dport as usize).ok()? },
         ..Default::default()
     };
     if family == AF_INET {
-        let local: [u8; 4] = unsafe { ctx.read_at(layout.saddr as usize)? };
-        let remote: [u8; 4] = unsafe { ctx.read_at(layout.daddr as usize)? };
+        let local: [u8; 4] = unsafe { ctx.read_at(layout.saddr as usize).ok()? };
+        let remote: [u8; 4] = unsafe { ctx.read_at(layout.daddr as usize).ok()? };
         endpoints.local_addr[..4].copy_from_slice(&local);
         endpoints.remote_addr[..4].copy_from_slice(&remote);
     } else {
-        endpoints.local_addr = unsafe { ctx.read_at(layout.saddr_v6 as usize)? };
-        endpoints.remote_addr = unsafe { ctx.read_at(layout.daddr_v6 as usize)? };
+        endpoints.local_addr = unsafe { ctx.read_at(layout.saddr_v6 as usize).ok()? };
+        endpoints.remote_addr = unsafe { ctx.read_at(layout.daddr_v6 as usize).ok()? };
     }
-    Ok(endpoints)
+    Some(endpoints)
 }
 
 /// Reads two 28-byte sockaddr fields (sockaddr_in or sockaddr_in6: family, big-endian
@@ -73,26 +73,26 @@ pub fn read_sockaddrs(
     ctx: &TracePointContext,
     local_offset: u32,
     remote_offset: u32,
-) -> Result<TcpEndpoints, i32> {
+) -> Option<TcpEndpoints> {
     let (local, remote) = (local_offset as usize, remote_offset as usize);
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
-    let family: u16 = unsafe { ctx.read_at(local)? };
+    let family: u16 = unsafe { ctx.read_at(local).ok()? };
     let mut endpoints = TcpEndpoints {
         family,
-        local_port: u16::from_be(unsafe { ctx.read_at(local + 2)? }),
-        remote_port: u16::from_be(unsafe { ctx.read_at(remote + 2)? }),
+        local_port: u16::from_be(unsafe { ctx.read_at(local + 2).ok()? }),
+        remote_port: u16::from_be(unsafe { ctx.read_at(remote + 2).ok()? }),
         ..Default::default()
     };
     if family == AF_INET {
-        let local_addr: [u8; 4] = unsafe { ctx.read_at(local + 4)? };
-        let remote_addr: [u8; 4] = unsafe { ctx.read_at(remote + 4)? };
+        let local_addr: [u8; 4] = unsafe { ctx.read_at(local + 4).ok()? };
+        let remote_addr: [u8; 4] = unsafe { ctx.read_at(remote + 4).ok()? };
         endpoints.local_addr[..4].copy_from_slice(&local_addr);
         endpoints.remote_addr[..4].copy_from_slice(&remote_addr);
     } else {
-        endpoints.local_addr = unsafe { ctx.read_at(local + 8)? };
-        endpoints.remote_addr = unsafe { ctx.read_at(remote + 8)? };
+        endpoints.local_addr = unsafe { ctx.read_at(local + 8).ok()? };
+        endpoints.remote_addr = unsafe { ctx.read_at(remote + 8).ok()? };
     }
-    Ok(endpoints)
+    Some(endpoints)
 }
 
 /// Reads a socket's addresses from its `struct sock_common`, and the local port from

@@ -41,13 +41,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     0
 }
 
-fn report_reset(
-    ctx: &TracePointContext,
-    layout: &TcpResetLayout,
-    mut flags: u8,
-) -> Result<(), i32> {
+fn report_reset(ctx: &TracePointContext, layout: &TcpResetLayout, mut flags: u8) -> Option<()> {
     // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
-    let sk: u64 = unsafe { ctx.read_at(layout.skaddr as usize)? };
+    let sk: u64 = unsafe { ctx.read_at(layout.skaddr as usize).ok()? };
     let endpoints = if layout.addr_format == addr_format::SOCKADDR {
         sockets::read_sockaddrs(ctx, layout.sockaddr_local, layout.sockaddr_remote)?
     } else {
@@ -55,7 +51,7 @@ fn report_reset(
     };
     let mut state = 0u8;
     if layout.state != FIELD_ABSENT {
-        let value: i32 = unsafe { ctx.read_at(layout.state as usize)? };
+        let value: i32 = unsafe { ctx.read_at(layout.state as usize).ok()? };
         state = value as u8;
         flags |= reset_flags::STATE_KNOWN;
     } else if let Some(sock_layout) = sockets::sock_layout()
@@ -66,7 +62,7 @@ fn report_reset(
     }
     let mut reason = 0u32;
     if layout.reason != FIELD_ABSENT {
-        reason = unsafe { ctx.read_at(layout.reason as usize)? };
+        reason = unsafe { ctx.read_at(layout.reason as usize).ok()? };
         flags |= reset_flags::REASON_KNOWN;
     }
     if sk != 0 {
@@ -81,5 +77,5 @@ fn report_reset(
         flags,
         _pad: [0; 2],
     });
-    Ok(())
+    Some(())
 }

@@ -25,23 +25,23 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_accept_exit(ctx: &TracePointContext) -> Option<()> {
     if scope::current_out_of_scope() {
-        return Ok(());
+        return Some(());
     }
     // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
-    let fd: i64 = unsafe { ctx.read_at(ACCEPT_LAYOUT.load().ret as usize)? };
+    let fd: i64 = unsafe { ctx.read_at(ACCEPT_LAYOUT.load().ret as usize).ok()? };
     let Some(layout) = sockets::sock_layout() else {
-        return Ok(());
+        return Some(());
     };
     if fd < 0 {
-        return Ok(());
+        return Some(());
     }
     let Some(sk) = sockets::current_fd_sock(fd as u64, &layout) else {
-        return Ok(());
+        return Some(());
     };
     let Some(endpoints) = sockets::sock_endpoints(sk, &layout) else {
-        return Ok(());
+        return Some(());
     };
     let owner = owners::current(role::INBOUND);
     owners::remember_connection(sk, endpoints.remote_port, &owner);
@@ -53,5 +53,5 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
             owner,
         });
     }
-    Ok(())
+    Some(())
 }

@@ -31,17 +31,17 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-fn try_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_process_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     let task_layout = task::layout();
     if !is_group_dead(ctx, tgid, tid, task_layout)? {
-        return Ok(());
+        return Some(());
     }
     shutting::forget(tgid);
     if scope::current_out_of_scope() {
-        return Ok(());
+        return Some(());
     }
     let mut record = ProcessExitRecord {
         header: header(kind::PROCESS_EXIT),
@@ -63,7 +63,7 @@ fn try_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         submit(record);
     }
-    Ok(())
+    Some(())
 }
 
 /// Whether the current thread is the last of its group to exit.
@@ -72,16 +72,16 @@ fn is_group_dead(
     tgid: u32,
     tid: u32,
     task_layout: Option<TaskLayout>,
-) -> Result<bool, i32> {
+) -> Option<bool> {
     let offset = PROCESS_EXIT_LAYOUT.load().group_dead;
     if offset != FIELD_ABSENT {
         // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
-        let group_dead: u8 = unsafe { ctx.read_at(offset as usize)? };
-        return Ok(group_dead != 0);
+        let group_dead: u8 = unsafe { ctx.read_at(offset as usize).ok()? };
+        return Some(group_dead != 0);
     }
     // Older kernels: `signal->live` reached 0 in do_exit() before the tracepoint. Two
     // threads exiting at once may both see 0; userspace drops the duplicate by identity.
-    Ok(match task_layout {
+    Some(match task_layout {
         Some(layout) => {
             let signal = task::read::<u64>(task::current(), layout.task_signal).unwrap_or(0);
             task::read::<i32>(signal, layout.signal_live) == Some(0)

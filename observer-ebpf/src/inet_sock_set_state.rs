@@ -120,7 +120,7 @@ impl StateChange for ClassicRecord<'_> {
     }
     #[inline(always)]
     fn endpoints(&self) -> Option<TcpEndpoints> {
-        sockets::read_split(self.ctx, &self.layout.addrs).ok()
+        sockets::read_split(self.ctx, &self.layout.addrs)
     }
 }
 

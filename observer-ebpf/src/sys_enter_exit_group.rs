@@ -14,11 +14,14 @@ use crate::{
 
 #[tracepoint]
 pub fn exit_group_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_group_enter(&ctx);
+    0
+}
+
+fn try_exit_group_enter(ctx: &TracePointContext) -> Option<()> {
     let layout = EXIT_GROUP_LAYOUT.load();
     // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
-    let Ok(code) = (unsafe { ctx.read_at::<u64>(layout.error_code as usize) }) else {
-        return 0;
-    };
+    let code: u64 = unsafe { ctx.read_at(layout.error_code as usize).ok()? };
     let pid_tgid = bpf_get_current_pid_tgid();
     submit(ExitGroupCallRecord {
         header: header(kind::EXIT_GROUP_CALL),
@@ -27,5 +30,5 @@ pub fn exit_group_enter(ctx: TracePointContext) -> u32 {
         code: code as i32,
         _pad: 0,
     });
-    0
+    Some(())
 }
