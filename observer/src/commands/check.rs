@@ -176,17 +176,20 @@ fn program_rows(rows: &mut Rows, events: &Path, object: &[u8]) {
         Ok(layout) => layout,
         Err(e) => return rows.add(Level::Fail, "tracepoints", format!("{e:#}")),
     };
-    for (program, result) in loader::try_each(object, &layout, Settings::default()) {
-        match result {
-            Ok(tracepoints) => rows.add(Level::Ok, program, format!("attached to {tracepoints}")),
+    for tried in loader::try_each(object, &layout, Settings::default()) {
+        match tried.attached {
+            Ok(tracepoints) => rows.add(
+                Level::Ok,
+                tried.program,
+                format!("attached to {tracepoints}"),
+            ),
             Err(e) => {
-                // The signal and exit programs are what watch is for.
-                let core = matches!(
-                    program,
-                    "signal_generate" | "signal_deliver" | "process_exit"
-                );
-                let level = if core { Level::Fail } else { Level::Degraded };
-                rows.add(level, program, format!("{e:#}"))
+                let level = if tried.essential {
+                    Level::Fail
+                } else {
+                    Level::Degraded
+                };
+                rows.add(level, tried.program, format!("{e:#}"))
             }
         }
     }

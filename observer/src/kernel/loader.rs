@@ -20,7 +20,7 @@ use crate::{
     kernel::tracepoints::{
         INET_SOCK_SET_STATE, SCHED_PROCESS_EXIT, SIGNAL_DELIVER, SIGNAL_GENERATE,
         SYS_ENTER_EXIT_GROUP, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, TCP_SEND_RESET,
-        Tracepoint,
+        Tracepoint, Without,
     },
 };
 
@@ -40,18 +40,18 @@ enum Tracepoints {
     Classic(&'static [&'static Tracepoint]),
     /// A raw tracepoint: the program gets the tracepoint's `TP_PROTO` arguments and the
     /// kernel builds no record, so it is the cheaper attachment on hot paths.
-    Raw(&'static str),
+    Raw(&'static Tracepoint),
     /// A BTF-typed raw tracepoint (`tp_btf`): as `Raw`, and the verifier knows the
     /// arguments' types, so the program reads struct members with plain loads instead of
     /// a helper call each.
-    Typed(&'static str),
+    Typed(&'static Tracepoint),
 }
 
 const PROGRAMS: [ProgramSpec; 10] = [
     // Raw when BTF gave the task layout: the target task names its thread group exactly.
     ProgramSpec {
         program: "signal_generate",
-        tracepoints: Tracepoints::Raw(SIGNAL_GENERATE.name),
+        tracepoints: Tracepoints::Raw(&SIGNAL_GENERATE),
         wanted: |layout| layout.task.known != 0,
         shutdown_only: false,
     },
@@ -84,7 +84,7 @@ const PROGRAMS: [ProgramSpec; 10] = [
     // reads addresses with, else the classic tracepoint, whose record carries them.
     ProgramSpec {
         program: "tcp_state",
-        tracepoints: Tracepoints::Typed(INET_SOCK_SET_STATE.name),
+        tracepoints: Tracepoints::Typed(&INET_SOCK_SET_STATE),
         wanted: |layout| layout.tcp.is_some() && hot_path_typed(layout),
         shutdown_only: false,
     },
@@ -256,16 +256,27 @@ impl Probes {
     }
 }
 
+/// What `observer check` learns of one program.
+pub struct Tried {
+    pub program: &'static str,
+    /// Whether `watch` refuses to start without it (its tracepoints are what watch is for).
+    pub essential: bool,
+    /// Its tracepoints, or why it failed to load or attach.
+    pub attached: Result<String>,
+}
+
 /// Loads and attaches each program this kernel wants on its own, then detaches them all;
-/// for `observer check`: (program, its tracepoints or why it failed).
-pub fn try_each(
-    object: &[u8],
-    layout: &KernelLayout,
-    settings: Settings,
-) -> Vec<(&'static str, Result<String>)> {
+/// for `observer check`.
+pub fn try_each(object: &[u8], layout: &KernelLayout, settings: Settings) -> Vec<Tried> {
     let mut ebpf = match load_object(object, layout, settings, 4096) {
         Ok(ebpf) => ebpf,
-        Err(error) => return vec![("object", Err(error))],
+        Err(error) => {
+            return vec![Tried {
+                program: "object",
+                essential: true,
+                attached: Err(error),
+            }];
+        }
     };
     PROGRAMS
         .iter()
@@ -276,7 +287,11 @@ pub fn try_each(
                 described.push_str(" (while a process shuts down)");
             }
             let attached = load_program(&mut ebpf, spec).and_then(|()| attach(&mut ebpf, spec));
-            (spec.program, attached.map(|_| described))
+            Tried {
+                program: spec.program,
+                essential: spec.tracepoints.essential(),
+                attached: attached.map(|_| described),
+            }
         })
         .collect()
 }
@@ -320,6 +335,15 @@ fn load_object(
 }
 
 impl Tracepoints {
+    /// Whether `watch` refuses to start without these tracepoints.
+    fn essential(&self) -> bool {
+        let tracepoints = match self {
+            Self::Classic(tracepoints) => tracepoints,
+            Self::Raw(tracepoint) | Self::Typed(tracepoint) => std::slice::from_ref(tracepoint),
+        };
+        tracepoints.iter().all(|t| t.without == Without::Refuses)
+    }
+
     /// As `observer check` prints it: `sock:inet_sock_set_state`, `tp_btf inet_sock_set_state`.
     fn describe(&self) -> String {
         match self {
@@ -328,8 +352,8 @@ impl Tracepoints {
                 .map(|tracepoint| tracepoint.path())
                 .collect::<Vec<_>>()
                 .join(", "),
-            Self::Raw(name) => format!("raw_tp {name}"),
-            Self::Typed(name) => format!("tp_btf {name}"),
+            Self::Raw(tracepoint) => format!("raw_tp {}", tracepoint.name),
+            Self::Typed(tracepoint) => format!("tp_btf {}", tracepoint.name),
         }
     }
 }
@@ -347,7 +371,7 @@ fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
             // Parsed again, not kept from the object's load: this runs once, and the
             // parsed BTF is the largest thing observer ever holds.
             let btf = Btf::from_sys_fs().context("reading vmlinux BTF")?;
-            TryInto::<&mut BtfTracePoint>::try_into(program)?.load(tracepoint, &btf)?
+            TryInto::<&mut BtfTracePoint>::try_into(program)?.load(tracepoint.name, &btf)?
         }
     }
     Ok(())
@@ -369,8 +393,8 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
             let program: &mut RawTracePoint = program.try_into()?;
             Links::Raw(
                 program
-                    .attach(tracepoint)
-                    .with_context(|| format!("attaching to raw tracepoint {tracepoint}"))?,
+                    .attach(tracepoint.name)
+                    .with_context(|| format!("attaching to raw tracepoint {}", tracepoint.name))?,
             )
         }
         Tracepoints::Typed(tracepoint) => {
@@ -378,7 +402,7 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<Links> {
             Links::Typed(
                 program
                     .attach()
-                    .with_context(|| format!("attaching to tp_btf {tracepoint}"))?,
+                    .with_context(|| format!("attaching to tp_btf {}", tracepoint.name))?,
             )
         }
     })
