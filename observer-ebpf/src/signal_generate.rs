@@ -6,7 +6,7 @@
 //! - `signal_generate`, a raw tracepoint: `TP_PROTO(int sig, struct kernel_siginfo *info,
 //!   struct task_struct *task, int group, int result)`. The target task itself gives its
 //!   exact thread group and whether it is a namespace's init; needs BTF offsets.
-//! - `signal_generate_tp`, the classic tracepoint, for kernels without BTF. Record on 6.18
+//! - `signal_gen_tp`, the classic tracepoint, for kernels without BTF. Record on 6.18
 //!   (offsets come from the `format` file, never from here):
 //!   ```text
 //!   int sig; int errno; int code; char comm[16]; pid_t pid; int group; int result;
@@ -213,7 +213,7 @@ pub fn signal_generate(ctx: RawTracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
+pub fn signal_gen_tp(ctx: TracePointContext) -> u32 {
     // The classic record names the target thread only by pid: no disposition.
     on_generate(
         &ClassicRecord {

@@ -13,12 +13,12 @@ use crate::{
 };
 
 #[tracepoint]
-pub fn exit_group_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_group_enter(&ctx);
+pub fn exit_group_call(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_group_call(&ctx);
     0
 }
 
-fn try_exit_group_enter(ctx: &TracePointContext) -> Option<()> {
+fn try_exit_group_call(ctx: &TracePointContext) -> Option<()> {
     let layout = EXIT_GROUP_LAYOUT.load();
     // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
     let code: u64 = unsafe { ctx.read_at(layout.error_code as usize).ok()? };

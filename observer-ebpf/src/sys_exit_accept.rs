@@ -20,12 +20,12 @@ use crate::{
 };
 
 #[tracepoint]
-pub fn accept_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_accept_exit(&ctx);
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit_accept(&ctx);
     0
 }
 
-fn try_accept_exit(ctx: &TracePointContext) -> Option<()> {
+fn try_sys_exit_accept(ctx: &TracePointContext) -> Option<()> {
     if scope::current_out_of_scope() {
         return Some(());
     }

@@ -32,7 +32,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+pub fn tcp_recv_reset(ctx: TracePointContext) -> u32 {
     let _ = report_reset(
         &ctx,
         &TCP_RECEIVE_RESET_LAYOUT.load(),

@@ -351,14 +351,14 @@ fn accepts_after_sigterm_are_counted_exactly() {
 #[test]
 fn accepts_are_traced_only_while_a_process_shuts_down() {
     let observer = Observer::start(&[]);
-    // accept_exit's links: one per syscall, accept4() and accept(), when attached.
+    // sys_exit_accept's links: one per syscall, accept4() and accept(), when attached.
     let accept_links = || {
         let attached = linked_programs(observer.pid());
         assert!(
             attached.iter().any(|p| p == "tcp_state"),
             "the always-on programs are visible: {attached:?}"
         );
-        attached.iter().filter(|p| *p == "accept_exit").count()
+        attached.iter().filter(|p| *p == "sys_exit_accept").count()
     };
     assert_eq!(accept_links(), 0, "attached before any shutdown");
     let (mut server, port) = start_interactive(&["tcp-server", "127.0.0.1:0", "handler"]);

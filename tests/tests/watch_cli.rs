@@ -313,7 +313,7 @@ fn check_on_a_healthy_machine_attaches_every_program() {
         ("signal_deliver", "signal:signal_deliver"),
         ("process_exit", "sched:sched_process_exit"),
         ("tcp_state", "tp_btf inet_sock_set_state"),
-        ("accept_exit", "syscalls:sys_exit_accept4"),
+        ("sys_exit_accept", "syscalls:sys_exit_accept4"),
     ] {
         let line = stdout
             .lines()

@@ -284,7 +284,7 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
     let built = root
         .join("target")
         .join(EBPF_TARGET)
-        .join("release/observer");
+        .join("release/observer-ebpf");
     let dir = root.join("target/bpf");
     std::fs::create_dir_all(&dir)?;
     let object = dir.join("observer.bpf.o");

@@ -56,7 +56,7 @@ const PROGRAMS: [ProgramSpec; 10] = [
         shutdown_only: false,
     },
     ProgramSpec {
-        program: "signal_generate_tp",
+        program: "signal_gen_tp",
         tracepoints: Tracepoints::Classic(&[&SIGNAL_GENERATE]),
         wanted: |layout| layout.task.known == 0,
         shutdown_only: false,
@@ -75,7 +75,7 @@ const PROGRAMS: [ProgramSpec; 10] = [
     },
     // Exit codes for status inference, needed only when BTF is missing.
     ProgramSpec {
-        program: "exit_group_enter",
+        program: "exit_group_call",
         tracepoints: Tracepoints::Classic(&[&SYS_ENTER_EXIT_GROUP]),
         wanted: |layout| layout.btf_problem.is_some() && layout.exit_group.is_some(),
         shutdown_only: false,
@@ -101,7 +101,7 @@ const PROGRAMS: [ProgramSpec; 10] = [
         shutdown_only: false,
     },
     ProgramSpec {
-        program: "tcp_receive_reset",
+        program: "tcp_recv_reset",
         tracepoints: Tracepoints::Classic(&[&TCP_RECEIVE_RESET]),
         wanted: |layout| layout.tcp.is_some(),
         shutdown_only: false,
@@ -110,7 +110,7 @@ const PROGRAMS: [ProgramSpec; 10] = [
     // needs the fd → sock walk, so BTF. Syscall tracepoints tax every syscall on the
     // host, so only while some process is shutting down.
     ProgramSpec {
-        program: "accept_exit",
+        program: "sys_exit_accept",
         tracepoints: Tracepoints::Classic(&[&SYS_EXIT_ACCEPT4, &SYS_EXIT_ACCEPT]),
         wanted: |layout| {
             layout.sock.known != 0 && layout.tcp.as_ref().is_some_and(|tcp| tcp.accept.is_some())
@@ -430,4 +430,18 @@ fn take_links(ebpf: &mut Ebpf, spec: &ProgramSpec, links: Links) -> Result<Vec<B
         }
     };
     Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel keeps 15 bytes of a program's name (BPF_OBJ_NAME_LEN, with its NUL):
+    /// a longer one would show cut, and two programs could show as one.
+    #[test]
+    fn program_names_fit_the_kernels_fifteen_bytes() {
+        for spec in &PROGRAMS {
+            assert!(spec.program.len() <= 15, "{}", spec.program);
+        }
+    }
 }
