@@ -574,7 +574,7 @@ pub struct ShutdownReport {
     pub last_refused_after_exit_ms: Option<u64>,
     #[serde(default)]
     pub routing_lag_ms: Option<u64>,
-    /// The first [`crate::at_exit::LISTED`]; the counts below cover them all.
+    /// The first [`crate::reports::at_exit::LISTED`]; the counts below cover them all.
     pub open_at_exit: Vec<OpenConnection>,
     #[serde(default)]
     pub open_at_exit_total: u32,

@@ -7,8 +7,8 @@
 //!   kernel's layout (tracefs, BTF), loading and attaching the programs.
 //! - [`pipeline`]: kernel records in, events and reports out — decode, enrich, filter,
 //!   correlate.
-//! - [`host`]: facts about the host that the pipeline looks up (/proc, cgroups and
-//!   units, clocks, signal and wait-status conventions).
+//! - [`host`]: facts about the host that the pipeline looks up (/proc, cgroups, units
+//!   and containers, clocks, signal and wait-status conventions).
 //! - [`reports`]: shutdown and deploy reports, their verdicts and findings.
 //! - [`output`]: lines as people and programs read them (human, NDJSON, metrics) and
 //!   where they go.
@@ -18,10 +18,8 @@
 //! The rule: commands depend on the rest; `pipeline`, `reports` and `output` never
 //! import aya, tokio, [`kernel`] or [`commands`] (the CLI), so that they run the same on
 //! live records, on a replayed log and in tests.
-pub mod at_exit;
 pub mod bounded;
 pub mod commands;
-pub mod containers;
 pub mod event;
 pub mod host;
 pub mod kernel;

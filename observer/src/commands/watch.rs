@@ -50,7 +50,7 @@ pub fn run(args: WatchArgs) -> Result<Ended> {
     session
         .pipeline
         .host_mut()
-        .set_container_roots(crate::containers::Roots {
+        .set_container_roots(crate::host::containers::Roots {
             docker: args.docker_root.clone(),
             ..Default::default()
         });

@@ -8,8 +8,8 @@ use std::{
 };
 
 use crate::{
-    containers::{Resolver, Roots},
     event::ContainerInfo,
+    host::containers::{Resolver, Roots},
     pipeline::enrich::HostView,
 };
 

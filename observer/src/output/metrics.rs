@@ -14,8 +14,8 @@ use std::{
 
 use crate::{
     bounded::BoundedMap,
-    containers,
     event::{ContainerInfo, Event, FindingCode, Line, ShutdownReport, Verdict},
+    host::containers,
 };
 
 /// Metrics shared between the pipeline (which updates them) and the HTTP endpoint.

@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 
 use crate::{
     bounded::BoundedMap,
-    containers,
     event::{
         ContainerInfo, DeliveredEvent, Direction, Event, ExitEvent, ExitInfo, Handler, Line,
         ListenAction, OpenConnection, Origin, ProcessRef, Role, SCHEMA_VERSION, SigkillInfo,
@@ -18,6 +17,7 @@ use crate::{
         TcpResetEvent, port_of,
     },
     host::clock,
+    host::containers,
     host::identity,
     host::signals,
     reports::deploy::Deploy,

@@ -11,14 +11,14 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    at_exit::ClosedAtExit,
-    containers,
     event::{
         ContainerInfo, ExitInfo, Finding, FindingCode, Handler, ProcessRef, Severity,
         ShutdownReport, SigkillInfo, SignalResult, SignalStep, SigtermInfo, Verdict, port_of,
     },
+    host::containers,
     host::identity,
     host::signals,
+    reports::at_exit::ClosedAtExit,
 };
 
 /// Children a finding names; the rest are counted.
