@@ -4,6 +4,8 @@
 //! one report line of bounded size. Pure.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use observer_common::tcp_state;
+
 use crate::event::{Activity, OpenConnection, Role};
 
 /// Connections a report lists; the rest are counted.
@@ -40,7 +42,7 @@ impl ClosedAtExit {
             }
             (Role::Outbound, _) => {
                 self.outbound += 1;
-                if connection.state == "CLOSE_WAIT" {
+                if connection.state == tcp_state::name(tcp_state::CLOSE_WAIT) {
                     self.outbound_peer_closed += 1;
                 }
             }
