@@ -12,7 +12,8 @@
 //! - [`reports`]: shutdown and deploy reports, their verdicts and findings.
 //! - [`output`]: lines as people and programs read them (human, NDJSON, metrics) and
 //!   where they go.
-//! - [`commands`]: `watch`, `report`, `rehearse` and `check`, and the CLI that names them.
+//! - [`commands`]: `watch`, `report`, `advise`, `rehearse` and `check`, and the CLI that
+//!   names them.
 //! - [`event`]: the events-v1 contract every part speaks.
 //!
 //! The rule: commands depend on the rest; `pipeline`, `reports` and `output` never
