@@ -420,14 +420,15 @@ fn test(root: &Path) -> Result<()> {
 
 /// Debian packages of the real servers that tests/tests/real_servers.rs stops (the JDK
 /// runs tests/servers/real/SlowServer.java, Node.js and npm the npm packages below).
-const REAL_SERVER_APT_PACKAGES: [&str; 6] = [
+const REAL_SERVER_APT_PACKAGES: [&str; 4] = [
     "nginx",
     "redis-server",
     "python3-venv",
-    "nodejs",
-    "npm",
     "openjdk-17-jdk-headless",
 ];
+/// Node.js and npm, from Debian only where no `node` and `npm` are on the PATH: a
+/// Node.js from elsewhere (NodeSource's bundles npm) conflicts with Debian's npm.
+const NODE_APT_PACKAGES: [&str; 2] = ["nodejs", "npm"];
 /// PyPI packages, into the venv target/real-servers/venv.
 const REAL_SERVER_PIP_PACKAGES: [&str; 2] = ["gunicorn==27.0.1", "uvicorn==0.54.0"];
 /// npm packages, into target/real-servers/node.
@@ -438,6 +439,10 @@ const REAL_SERVER_NPM_PACKAGES: [&str; 2] = ["http-server@14.1.1", "express@5.3.
 /// skipped when the versions recorded there are the ones wanted.
 fn install_real_servers(root: &Path) -> Result<()> {
     install_apt(&REAL_SERVER_APT_PACKAGES)?;
+    let has = |tool: &str| output_of(Command::new(tool).arg("--version")).is_some();
+    if !(has("node") && has("npm")) {
+        install_apt(&NODE_APT_PACKAGES)?;
+    }
     let dir = root.join("target/real-servers");
     let venv = dir.join("venv");
     let pip_stamp = venv.join("observer-packages.txt");

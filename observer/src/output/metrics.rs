@@ -58,6 +58,8 @@ struct ServiceMetrics {
     resets_sent: u64,
     findings: BTreeMap<FindingCode, u64>,
     drain_seconds: Histogram,
+    /// Signal to the last client routed to it (`observer advise`'s routing lag).
+    routing_lag_seconds: Histogram,
     open_at_exit: Histogram,
 }
 
@@ -138,6 +140,11 @@ impl Metrics {
             metrics
                 .drain_seconds
                 .observe(&DRAIN_BUCKETS, drain_ms as f64 / 1000.0);
+        }
+        if let Some(lag_ms) = report.routing_lag_ms {
+            metrics
+                .routing_lag_seconds
+                .observe(&DRAIN_BUCKETS, lag_ms as f64 / 1000.0);
         }
         if report.exit.is_some() {
             metrics.open_at_exit.observe(
@@ -270,6 +277,18 @@ impl Metrics {
         }
         family(
             out,
+            "observer_shutdown_routing_lag_seconds",
+            "histogram",
+            "Time from the first termination signal to the last client still routed to the \
+             process (accepted after the signal, or refused after its exit).",
+        );
+        for (service, metrics) in &self.services {
+            let name = "observer_shutdown_routing_lag_seconds";
+            let lag = &metrics.routing_lag_seconds;
+            histogram(out, name, service, &DRAIN_BUCKETS, lag);
+        }
+        family(
+            out,
             "observer_shutdown_open_connections",
             "histogram",
             "TCP connections still open when a process exited.",
@@ -399,6 +418,7 @@ mod tests {
         report.unit = Some("app.service".into());
         report.verdict = Verdict::Killed;
         report.drain_ms = Some(30_000);
+        report.routing_lag_ms = Some(1_500);
         report.sigkill = Some(SigkillInfo {
             time: "t".into(),
             from: ProcessRef {
@@ -471,6 +491,8 @@ mod tests {
             r#"observer_shutdown_drain_seconds_bucket{service="app.service",le="20"} 0"#,
             r#"observer_shutdown_drain_seconds_bucket{service="app.service",le="30"} 1"#,
             r#"observer_shutdown_drain_seconds_sum{service="app.service"} 30"#,
+            r#"observer_shutdown_routing_lag_seconds_bucket{service="app.service",le="1"} 0"#,
+            r#"observer_shutdown_routing_lag_seconds_bucket{service="app.service",le="2.5"} 1"#,
             r#"observer_shutdown_open_connections_bucket{service="app.service",le="1"} 0"#,
             r#"observer_shutdown_open_connections_bucket{service="app.service",le="5"} 1"#,
             r#"observer_shutdown_open_connections_count{service="app.service"} 1"#,
