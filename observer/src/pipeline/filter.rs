@@ -3,7 +3,10 @@
 //! an exit's process, a socket's owner or former owner), TCP events a local port, and
 //! signals, exits and listeners a cgroup; `lost` always passes. Events that carry no
 //! port (or no cgroup) pass for the processes seen with a chosen one.
-use std::{collections::HashSet, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+};
 
 use crate::{
     event::{Event, ProcessRef},
@@ -22,7 +25,16 @@ pub struct Filter {
     pub scope: Scope,
     /// Processes seen in a chosen unit, container or cgroup.
     pids_in_scope: HashSet<u32>,
+    /// With `--comm`: signals to processes whose command did not match yet, held in
+    /// case it does later (a process told to stop just before it exec'd the chosen
+    /// program still had its parent's command), and written before that event.
+    held: HashMap<u32, Vec<(u64, Event)>>,
+    held_order: VecDeque<u32>,
 }
+
+/// Processes whose signals are held at once, and signals held per process.
+const HELD_PROCESSES: usize = 1024;
+const HELD_PER_PROCESS: usize = 8;
 
 /// `--unit`, `--container`, `--cgroup`: processes chosen by who they are.
 #[derive(Clone, Debug, Default)]
@@ -130,6 +142,8 @@ impl Filter {
             own_pid: None,
             scope: Scope::default(),
             pids_in_scope: HashSet::new(),
+            held: HashMap::new(),
+            held_order: VecDeque::new(),
         }
     }
 
@@ -156,6 +170,65 @@ impl Filter {
 
     /// True when the event concerns a chosen process or port. Values of one flag are
     /// alternatives; different flags must all match.
+    /// The events to write for `event`, in order: none, or it after the signals held for
+    /// its process (see `held`).
+    pub fn admit(&mut self, mono_ns: u64, event: Event) -> Vec<(u64, Event)> {
+        if self.matches(&event) {
+            let mut out = self.release(&event);
+            out.push((mono_ns, event));
+            return out;
+        }
+        self.hold(mono_ns, event);
+        Vec::new()
+    }
+
+    fn hold(&mut self, mono_ns: u64, event: Event) {
+        let pid = match &event {
+            Event::Signal(e) => e.target.pid,
+            Event::SignalDelivered(e) => e.target.pid,
+            Event::Exit(e) => {
+                // It ended without ever matching: forget what was held for it.
+                self.held.remove(&e.pid);
+                return;
+            }
+            _ => return,
+        };
+        let other_criteria =
+            self.ports.is_empty() && self.scope.is_empty() && self.own_pid != Some(pid);
+        if self.comms.is_empty() || !other_criteria {
+            return;
+        }
+        if !self.held.contains_key(&pid) {
+            self.held_order.push_back(pid);
+        }
+        let held = self.held.entry(pid).or_default();
+        if held.len() < HELD_PER_PROCESS {
+            held.push((mono_ns, event));
+        }
+        // The order may name processes already released: bounded all the same.
+        while self.held.len() > HELD_PROCESSES || self.held_order.len() > 4 * HELD_PROCESSES {
+            let Some(oldest) = self.held_order.pop_front() else {
+                break;
+            };
+            self.held.remove(&oldest);
+        }
+    }
+
+    fn release(&mut self, event: &Event) -> Vec<(u64, Event)> {
+        if self.held.is_empty() {
+            return Vec::new();
+        }
+        let Some(subject) = subject(event) else {
+            return Vec::new();
+        };
+        subject
+            .processes
+            .iter()
+            .filter_map(|(pid, _)| self.held.remove(pid))
+            .flatten()
+            .collect()
+    }
+
     pub fn matches(&mut self, event: &Event) -> bool {
         let Some(subject) = subject(event) else {
             return true;
@@ -252,6 +325,43 @@ mod tests {
         assert!(!both.matches(&exit(1, "sh")));
         assert!(!both.matches(&exit(2, "node")));
         assert!(both.matches(&Event::Lost(LostEvent { count: 3 })));
+    }
+
+    /// `--comm app`: SIGTERM reached pid 5 while it was still `sh` (just before it
+    /// exec'd `app`); its exit as `app` brings the signal with it.
+    #[test]
+    fn a_signal_before_exec_follows_the_process_into_the_comm_filter() {
+        let mut filter = Filter {
+            comms: vec!["app".into()],
+            ..Default::default()
+        };
+        let signal = Event::Signal(crate::event::SignalEvent {
+            sig: 15,
+            sig_name: "SIGTERM".into(),
+            sender: ProcessRef::new(1, "init"),
+            target: crate::event::ThreadRef::thread(5, 5, "sh".into()),
+            group: true,
+            si_code: 0,
+            origin: crate::event::Origin::User,
+            result: crate::event::SignalResult::Delivered,
+            disposition: None,
+            blocked: None,
+        });
+        assert!(filter.admit(10, signal).is_empty(), "held, not written");
+        let written = filter.admit(20, exit(5, "app"));
+        let kinds: Vec<(u64, &str)> = written.iter().map(|(at, e)| (*at, e.type_name())).collect();
+        assert_eq!(kinds, [(10, "signal"), (20, "exit")]);
+        // A process that never became `app` takes its held signals with it.
+        let other = Event::Signal(match &written[0].1 {
+            Event::Signal(s) => crate::event::SignalEvent {
+                target: crate::event::ThreadRef::thread(6, 6, "sh".into()),
+                ..s.clone()
+            },
+            _ => unreachable!(),
+        });
+        assert!(filter.admit(30, other).is_empty());
+        assert!(filter.admit(40, exit(6, "sh")).is_empty());
+        assert!(filter.held.is_empty());
     }
 
     #[test]

@@ -96,9 +96,13 @@ impl<H: HostView> Pipeline<H> {
     }
 
     fn emit(&mut self, mono_ns: u64, event: Event) -> Result<()> {
-        if !self.filter.matches(&event) {
-            return Ok(());
+        for (mono_ns, event) in self.filter.admit(mono_ns, event) {
+            self.write_event(mono_ns, event)?;
         }
+        Ok(())
+    }
+
+    fn write_event(&mut self, mono_ns: u64, event: Event) -> Result<()> {
         let container_info = self.enricher.container_of(&event);
         let line = Line {
             v: SCHEMA_VERSION,

@@ -483,10 +483,14 @@ impl ProcessShutdown {
     }
 
     /// Children killed without a termination signal of their own, by a parent that
-    /// shows no sign of telling its children anything (none exited by itself, it
-    /// signalled none).
+    /// could not have told them: it ran no handler of its own for the signal (a shell
+    /// that died of it, an init that dropped it). A parent whose handler ran may tell
+    /// its children over a channel the kernel does not show (nginx, Node cluster's
+    /// IPC), as one whose children exited by themselves, or that signalled them, did.
     fn signal_not_forwarded(&self) -> Option<Finding> {
-        let tells_children = self.children_stopped_by_themselves > 0 || self.signalled_others;
+        let tells_children = self.children_stopped_by_themselves > 0
+            || self.signalled_others
+            || self.handled_ns.is_some();
         if self.unsignalled_children.is_empty() || tells_children {
             return None;
         }
