@@ -186,7 +186,8 @@ fn prometheus_scrapes_what_the_shutdown_reports_say() {
         "--after-exit",
         "0.3",
         "--deploy-window",
-        "1",
+        // The three stops are one deploy however slowly each server starts.
+        "4",
     ]);
     let prometheus = Prometheus::start(metrics_port);
     prometheus.wait_for(
@@ -250,6 +251,19 @@ fn prometheus_scrapes_what_the_shutdown_reports_say() {
         );
     }
     assert_eq!(verdict_count("killed"), 1, "{reports:#?}");
+    // The deploy line comes a deploy window after the last stop: wait for a scrape
+    // that has counted it.
+    prometheus.wait_for(
+        || {
+            !prometheus
+                .query(
+                    &format!("observer_deploys_total{{{service}}} > 0"),
+                    "verdict",
+                )
+                .is_empty()
+        },
+        "the deploy counted",
+    );
     let deploys = prometheus.query(
         &format!("observer_deploys_total{{{service}}} > 0"),
         "verdict",
