@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use observer_common::RecordHeader;
 
-use crate::globals::SETTINGS;
+use crate::globals::{SETTINGS, field};
 
 /// Resized by userspace (`--ring-buffer-kib`); this is only the default.
 #[map]
@@ -33,7 +33,7 @@ pub fn header(kind: u32) -> RecordHeader {
 /// it unless the ring has filled to `wakeup_bytes`: it polls the ring every few
 /// milliseconds, so a busy host costs it one wake-up per batch instead of one per record.
 pub fn submit<T: 'static>(record: T) {
-    let filled = EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= SETTINGS.load().wakeup_bytes;
+    let filled = EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= field!(SETTINGS.wakeup_bytes);
     commit(
         record,
         if filled {

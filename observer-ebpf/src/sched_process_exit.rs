@@ -1,45 +1,150 @@
-//! `sched:sched_process_exit`: a thread is exiting; fires in the exiting thread's context,
+//! `sched_process_exit`: a thread is exiting; fires in the exiting thread's context,
 //! after do_exit() stored `task->exit_code`. Only the last thread of a group (the whole
-//! process) is reported.
+//! process) is reported; every other thread returns at once.
 //!
-//! Tracepoint record on 6.18:
-//! ```text
-//! char comm[16]; pid_t pid; int prio; bool group_dead;
-//! ```
-//! (`group_dead` is missing on older kernels.)
+//! Two attachments, one logic (`on_exit`):
+//! - `process_exit`, a BTF-typed raw tracepoint (`tp_btf`): `TP_PROTO(struct task_struct
+//!   *p, bool group_dead)` on 6.16+, `TP_PROTO(struct task_struct *p)` before. The kernel
+//!   builds no record, and `p` (the exiting task) is typed for the verifier, so its
+//!   members, its leader's, its parent's and its `signal_struct`'s are plain loads at BTF
+//!   offsets (`.rodata` constants, checked at load time). Needs the kernel's own BTF.
+//! - `process_exit_tp`, the classic tracepoint, without it. Record on 6.18:
+//!   ```text
+//!   char comm[16]; pid_t pid; int prio; bool group_dead;
+//!   ```
+//!   (`group_dead` is missing on older kernels), and helper reads at offsets from a BTF
+//!   file when there is one.
+//!
+//! Whether the second argument exists is the format file's `group_dead`: the kernel added
+//! both in one change. Without it, the group is dead when `signal->live` reached 0 in
+//! do_exit() before the tracepoint; two threads exiting at once may both see 0, and
+//! userspace drops the duplicate by identity.
 //!
 //! The status is computed as wait_task_zombie() does for the parent's waitpid():
 //! `signal->flags & SIGNAL_GROUP_EXIT ? signal->group_exit_code : leader->exit_code`.
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    COMM_LEN, FIELD_ABSENT, ProcessExitRecord, SIGNAL_GROUP_EXIT, TaskLayout, exit_flags, kind,
+    COMM_LEN, FIELD_ABSENT, ProcessExitRecord, SIGNAL_GROUP_EXIT, exit_flags, kind,
 };
 
 use crate::{
     emit::{header, submit, submit_now},
-    globals::{PROCESS_EXIT_LAYOUT, SETTINGS},
+    globals::{PROCESS_EXIT_LAYOUT, SETTINGS, TASK_LAYOUT, field},
     scope, shutting, task,
 };
 
-#[tracepoint]
-pub fn process_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_process_exit(&ctx);
+/// How one attachment reads `task_struct` and `signal_struct` members: plain loads
+/// through typed pointers, or helper reads.
+trait Members {
+    /// A `T` at `base + offset`; `None` when a helper read fails.
+    fn get<T: Copy>(&self, base: u64, offset: u32) -> Option<T>;
+}
+
+/// Plain loads: `base` is `p` or a pointer member loaded through it.
+struct Loads;
+
+impl Members for Loads {
+    #[inline(always)]
+    fn get<T: Copy>(&self, base: u64, offset: u32) -> Option<T> {
+        // SAFETY: typed pointers (the tracepoint's `p` and members loaded through it).
+        Some(unsafe { task::load(base, offset) })
+    }
+}
+
+/// bpf_probe_read_kernel, from any address.
+struct HelperReads;
+
+impl Members for HelperReads {
+    #[inline(always)]
+    fn get<T: Copy>(&self, base: u64, offset: u32) -> Option<T> {
+        task::read(base, offset)
+    }
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn process_exit(ctx: BtfTracePointContext) -> u32 {
+    // Attached only with the kernel's own BTF, which the check lets the verifier see.
+    if !task::typed() {
+        return 0;
+    }
+    let task: u64 = ctx.arg(0);
+    let group_dead = if field!(PROCESS_EXIT_LAYOUT.group_dead) != FIELD_ABSENT {
+        // 6.16+: `bool group_dead`, the second argument (a load-time constant branch: the
+        // verifier never sees this access on kernels whose tracepoint has one argument).
+        ctx.arg::<u64>(1) as u8 != 0
+    } else {
+        signal_live_is_zero(&Loads, task)
+    };
+    if group_dead {
+        let (tgid_offset, pid_offset) =
+            (field!(TASK_LAYOUT.task_tgid), field!(TASK_LAYOUT.task_pid));
+        // SAFETY: a typed pointer.
+        let (tgid, tid) = unsafe {
+            (
+                task::load::<u32>(task, tgid_offset),
+                task::load::<u32>(task, pid_offset),
+            )
+        };
+        let _ = on_exit(&Loads, task, tgid, tid);
+    }
     0
 }
 
-fn try_process_exit(ctx: &TracePointContext) -> Option<()> {
+#[tracepoint]
+pub fn process_exit_tp(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let tid = pid_tgid as u32;
-    let task_layout = task::layout();
-    if !is_group_dead(ctx, tgid, tid, task_layout)? {
-        return Some(());
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let known = field!(TASK_LAYOUT.known) != 0;
+    let offset = field!(PROCESS_EXIT_LAYOUT.group_dead);
+    let group_dead = if offset != FIELD_ABSENT {
+        // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
+        unsafe { ctx.read_at::<u8>(offset as usize) }.is_ok_and(|dead| dead != 0)
+    } else if known {
+        signal_live_is_zero(&HelperReads, task::current())
+    } else {
+        tid == tgid
+    };
+    if !group_dead {
+        return 0;
     }
-    shutting::forget(tgid);
+    if known {
+        let _ = on_exit(&HelperReads, task::current(), tgid, tid);
+    } else {
+        // No offsets: the current thread's comm, and no status.
+        report(ProcessExitRecord {
+            header: header(kind::PROCESS_EXIT),
+            tgid,
+            tid,
+            // SAFETY: no arguments.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            ..Default::default()
+        });
+    }
+    0
+}
+
+#[inline(always)]
+fn signal_live_is_zero(members: &impl Members, task: u64) -> bool {
+    members
+        .get::<u64>(task, field!(TASK_LAYOUT.task_signal))
+        .and_then(|signal| members.get::<i32>(signal, field!(TASK_LAYOUT.signal_live)))
+        == Some(0)
+}
+
+/// The last thread of `tgid` exits: `task` is it, read through `members`.
+#[inline(always)]
+fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()> {
+    // Only a process some termination signal reached is in the map: most exits skip
+    // the delete (a locked LRU operation) for a lookup.
+    let shutting = shutting::is_shutting_down(tgid);
+    if shutting {
+        shutting::forget(tgid);
+    }
     if scope::current_out_of_scope() {
         return Some(());
     }
@@ -51,90 +156,87 @@ fn try_process_exit(ctx: &TracePointContext) -> Option<()> {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         ..Default::default()
     };
-    match task_layout {
-        Some(layout) => read_status(&mut record, layout),
-        None => record.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    }
-    // In a scoped run, the exits that get here come from the scope or from a cgroup
-    // userspace has not seen yet, which it rescans for and shuts out in the kernel: it
-    // should hear of those at once. Scoped runs send few records, so waking costs little.
-    if SETTINGS.load().scope_filtered != 0 {
-        submit_now(record);
-    } else {
-        submit(record);
-    }
-    Some(())
-}
-
-/// Whether the current thread is the last of its group to exit.
-fn is_group_dead(
-    ctx: &TracePointContext,
-    tgid: u32,
-    tid: u32,
-    task_layout: Option<TaskLayout>,
-) -> Option<bool> {
-    let offset = PROCESS_EXIT_LAYOUT.load().group_dead;
-    if offset != FIELD_ABSENT {
-        // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
-        let group_dead: u8 = unsafe { ctx.read_at(offset as usize).ok()? };
-        return Some(group_dead != 0);
-    }
-    // Older kernels: `signal->live` reached 0 in do_exit() before the tracepoint. Two
-    // threads exiting at once may both see 0; userspace drops the duplicate by identity.
-    Some(match task_layout {
-        Some(layout) => {
-            let signal = task::read::<u64>(task::current(), layout.task_signal).unwrap_or(0);
-            task::read::<i32>(signal, layout.signal_live) == Some(0)
+    let leader = members
+        .get::<u64>(task, field!(TASK_LAYOUT.task_group_leader))
+        .unwrap_or(task);
+    let signal = members.get::<u64>(task, field!(TASK_LAYOUT.task_signal))?;
+    if let Some(signal_flags) = members.get::<u32>(signal, field!(TASK_LAYOUT.signal_flags)) {
+        let status = if signal_flags & SIGNAL_GROUP_EXIT != 0 {
+            members.get::<i32>(signal, field!(TASK_LAYOUT.signal_group_exit_code))
+        } else {
+            members.get::<i32>(leader, field!(TASK_LAYOUT.task_exit_code))
+        };
+        if let Some(status) = status {
+            record.wait_status = status as u32;
+            record.flags |= exit_flags::WAIT_STATUS_EXACT;
         }
-        None => tid == tgid,
-    })
-}
-
-fn read_status(record: &mut ProcessExitRecord, layout: TaskLayout) {
-    let current = task::current();
-    let leader = task::read::<u64>(current, layout.task_group_leader).unwrap_or(current);
-    let signal = task::read::<u64>(current, layout.task_signal).unwrap_or(0);
-    let Some(signal_flags) = task::read::<u32>(signal, layout.signal_flags) else {
-        return;
-    };
-    let status = if signal_flags & SIGNAL_GROUP_EXIT != 0 {
-        task::read::<i32>(signal, layout.signal_group_exit_code)
-    } else {
-        task::read::<i32>(leader, layout.task_exit_code)
-    };
-    if let Some(status) = status {
-        record.wait_status = status as u32;
-        record.flags |= exit_flags::WAIT_STATUS_EXACT;
     }
-    let parent = task::read::<u64>(leader, layout.task_real_parent).unwrap_or(0);
+    let parent = members.get::<u64>(leader, field!(TASK_LAYOUT.task_real_parent));
     if let (Some(ppid), Some(start_time)) = (
-        task::read::<u32>(parent, layout.task_tgid),
-        task::read::<u64>(leader, layout.task_start_time),
+        parent.and_then(|parent| members.get::<u32>(parent, field!(TASK_LAYOUT.task_tgid))),
+        members.get::<u64>(leader, field!(TASK_LAYOUT.task_start_time)),
     ) {
         record.ppid = ppid;
         record.start_time_ns = start_time;
         record.flags |= exit_flags::PARENT_KNOWN;
     }
-    record.comm = task::read::<[u8; COMM_LEN]>(leader, layout.task_comm)
-        .unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0; COMM_LEN]));
-    read_children(record, current, layout);
+    let comm_offset = field!(TASK_LAYOUT.task_comm);
+    // Two u64s are sixteen bytes: as loads, two instructions.
+    record.comm = match (
+        members.get::<u64>(leader, comm_offset),
+        members.get::<u64>(leader, comm_offset + 8),
+    ) {
+        // SAFETY: [u64; 2] and [u8; 16] have the same size.
+        (Some(low), Some(high)) => unsafe {
+            core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>([low, high])
+        },
+        _ => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    // The children serve the correlation of a stop (a wrapper that never forwarded the
+    // signal to them, a pre-fork server's workers): only for processes that got a
+    // termination signal, or that a signal ended.
+    if shutting
+        || (record.flags & exit_flags::WAIT_STATUS_EXACT != 0 && record.wait_status & 0x7f != 0)
+    {
+        read_children(&mut record, task);
+    }
+    report(record);
+    Some(())
+}
+
+#[inline(always)]
+fn report(record: ProcessExitRecord) {
+    // In a scoped run, the exits that get here come from the scope or from a cgroup
+    // userspace has not seen yet, which it rescans for and shuts out in the kernel: it
+    // should hear of those at once. Scoped runs send few records, so waking costs little.
+    if field!(SETTINGS.scope_filtered) != 0 {
+        submit_now(record);
+    } else {
+        submit(record);
+    }
 }
 
 /// The exiting task's children, before exit_notify() reparents them (so that a child a
 /// dying wrapper never signalled can still be tied to it). At group_dead the last thread
 /// holds every child of the group: find_new_reaper() moved the others' to it.
-/// `children` is a list_head of the children's `sibling` list_heads. At most
+/// `children` is a list_head of the children's `sibling` list_heads, walked with helper
+/// reads (a `list_head` pointer minus an offset is no typed pointer). At most
 /// EXIT_CHILDREN are read: a longer walk costs the verifier more than it is worth.
-fn read_children(record: &mut ProcessExitRecord, task: u64, layout: TaskLayout) {
-    let head = task + layout.task_children as u64;
+fn read_children(record: &mut ProcessExitRecord, task: u64) {
+    let (children, sibling, tgid) = (
+        field!(TASK_LAYOUT.task_children),
+        field!(TASK_LAYOUT.task_sibling),
+        field!(TASK_LAYOUT.task_tgid),
+    );
+    let head = task + children as u64;
     let mut node = task::read::<u64>(head, 0).unwrap_or(head);
     let mut count = 0u32;
     for slot in record.children.iter_mut() {
         if node == head || node == 0 {
             break;
         }
-        let child = node - layout.task_sibling as u64;
-        *slot = task::read::<u32>(child, layout.task_tgid).unwrap_or(0);
+        let child = node - sibling as u64;
+        *slot = task::read::<u32>(child, tgid).unwrap_or(0);
         count += 1;
         node = task::read::<u64>(node, 0).unwrap_or(head);
     }

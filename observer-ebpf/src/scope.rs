@@ -6,7 +6,7 @@
 //! userspace the filtering again.
 use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::map, maps::LruHashMap};
 
-use crate::globals::SETTINGS;
+use crate::globals::{SETTINGS, field};
 
 /// cgroup v2 id (its directory's inode) → 1. Filled by userspace only.
 #[map]
@@ -16,7 +16,7 @@ static OUT_OF_SCOPE_CGROUPS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(
 /// Without those flags the check folds away: `scope_filtered` is a load-time constant.
 #[inline(always)]
 pub fn current_out_of_scope() -> bool {
-    if SETTINGS.load().scope_filtered == 0 {
+    if field!(SETTINGS.scope_filtered) == 0 {
         return false;
     }
     // SAFETY: no arguments.

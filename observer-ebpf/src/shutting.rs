@@ -12,6 +12,11 @@ static SHUTTING_DOWN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384
 const BPF_NOEXIST: u64 = 1;
 
 pub fn mark(tgid: u32) {
+    // A lookup first: an LRU insert takes a free node (and may evict) before it finds
+    // the key present, and a signal storm marks the same process again and again.
+    if is_shutting_down(tgid) {
+        return;
+    }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = SHUTTING_DOWN.insert(tgid, now, BPF_NOEXIST);

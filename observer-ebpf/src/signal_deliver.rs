@@ -21,7 +21,7 @@ use observer_common::{COMM_LEN, SIG_DFL, SIGKILL, SignalDeliverRecord, kind, sig
 
 use crate::{
     emit::{header, submit},
-    globals::{SETTINGS, SIGNAL_DELIVER_LAYOUT},
+    globals::{SETTINGS, SIGNAL_DELIVER_LAYOUT, TASK_LAYOUT, field},
     scope, task,
 };
 
@@ -32,20 +32,31 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
 }
 
 fn try_signal_deliver(ctx: &TracePointContext) -> Option<()> {
+    // Most deliveries are SIGCHLD, which no mask holds: the signal number first, then
+    // the two masks (`.rodata` fields, no copy), before any other read.
+    let sig_offset = field!(SIGNAL_DELIVER_LAYOUT.sig) as usize;
+    // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
+    let dequeued_sig: i32 = unsafe { ctx.read_at(sig_offset).ok()? };
+    let (signal_mask, fatal_default_mask) = (
+        field!(SETTINGS.signal_mask),
+        field!(SETTINGS.fatal_default_mask),
+    );
+    let task_known = field!(TASK_LAYOUT.known) != 0;
+    // A SIGKILL delivery may stand for a group exit by another signal (below).
+    let may_be_group_exit = dequeued_sig == SIGKILL && task_known;
+    if !may_be_group_exit && (signal_mask | fatal_default_mask) & signal_bit(dequeued_sig) == 0 {
+        return Some(());
+    }
     if scope::current_out_of_scope() {
         return Some(());
     }
-    let layout = SIGNAL_DELIVER_LAYOUT.load();
-    let settings = SETTINGS.load();
-    // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
-    let dequeued_sig: i32 = unsafe { ctx.read_at(layout.sig as usize).ok()? };
     let mut sig = dequeued_sig;
     let mut group_exit_code = -1;
-    if dequeued_sig == SIGKILL
-        && let Some(task_layout) = task::layout()
-    {
-        let signal = task::read::<u64>(task::current(), task_layout.task_signal).unwrap_or(0);
-        if let Some(code) = task::read::<i32>(signal, task_layout.signal_group_exit_code) {
+    if may_be_group_exit {
+        let code = task::read::<u64>(task::current(), field!(TASK_LAYOUT.task_signal)).and_then(
+            |signal| task::read::<i32>(signal, field!(TASK_LAYOUT.signal_group_exit_code)),
+        );
+        if let Some(code) = code {
             if code & 0x7f == 0 {
                 return Some(()); // exit_group() or exec tearing down the other threads
             }
@@ -54,16 +65,19 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Option<()> {
         }
     }
     let bit = signal_bit(sig);
-    if settings.signal_mask & bit == 0 && settings.fatal_default_mask & bit == 0 {
+    if signal_mask & bit == 0 && fatal_default_mask & bit == 0 {
         return Some(());
     }
-    let sa_handler: u64 = unsafe { ctx.read_at(layout.sa_handler as usize).ok()? };
-    if settings.signal_mask & bit == 0 && sa_handler != SIG_DFL {
+    let sa_handler_offset = field!(SIGNAL_DELIVER_LAYOUT.sa_handler) as usize;
+    let sa_handler: u64 = unsafe { ctx.read_at(sa_handler_offset).ok()? };
+    if signal_mask & bit == 0 && sa_handler != SIG_DFL {
         // Only wanted for exit-status inference, which needs default-action deliveries.
         return Some(());
     }
-    let si_code: i32 = unsafe { ctx.read_at(layout.code as usize).ok()? };
-    let sa_flags: u64 = unsafe { ctx.read_at(layout.sa_flags as usize).ok()? };
+    let si_code_offset = field!(SIGNAL_DELIVER_LAYOUT.code) as usize;
+    let si_code: i32 = unsafe { ctx.read_at(si_code_offset).ok()? };
+    let sa_flags_offset = field!(SIGNAL_DELIVER_LAYOUT.sa_flags) as usize;
+    let sa_flags: u64 = unsafe { ctx.read_at(sa_flags_offset).ok()? };
     let pid_tgid = bpf_get_current_pid_tgid();
     submit(SignalDeliverRecord {
         header: header(kind::SIGNAL_DELIVER),

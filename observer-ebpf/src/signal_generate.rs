@@ -27,7 +27,7 @@ use observer_common::{
 
 use crate::{
     emit::{header, submit_now},
-    globals::{SETTINGS, SIGNAL_GENERATE_LAYOUT},
+    globals::{SETTINGS, SIGNAL_GENERATE_LAYOUT, field},
     shutting, task,
 };
 
@@ -204,8 +204,11 @@ impl Generation for ClassicRecord<'_> {
 
 #[raw_tracepoint(tracepoint = "signal_generate")]
 pub fn signal_generate(ctx: RawTracePointContext) -> u32 {
+    // Most signals (SIGCHLD) are in no mask: checked before the layout is copied.
     // Attached only when BTF gave the task layout.
-    if let Some(task) = task::layout() {
+    if wanted(ctx.arg(0))
+        && let Some(task) = task::layout()
+    {
         let args = RawArgs { ctx: &ctx, task };
         on_generate(&args, |sig| args.disposition(sig));
     }
@@ -214,6 +217,12 @@ pub fn signal_generate(ctx: RawTracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn signal_gen_tp(ctx: TracePointContext) -> u32 {
+    let offset = field!(SIGNAL_GENERATE_LAYOUT.sig) as usize;
+    // SAFETY: offset from the format file; bpf_probe_read_kernel underneath.
+    let sig = unsafe { ctx.read_at::<i32>(offset) };
+    if !sig.is_ok_and(wanted) {
+        return 0;
+    }
     // The classic record names the target thread only by pid: no disposition.
     on_generate(
         &ClassicRecord {
@@ -225,14 +234,23 @@ pub fn signal_gen_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Whether `sig` is reported or terminating: three `.rodata` fields, no copy.
+#[inline(always)]
+fn wanted(sig: i32) -> bool {
+    (field!(SETTINGS.signal_mask)
+        | field!(SETTINGS.fatal_default_mask)
+        | field!(SETTINGS.termination_mask))
+        & signal_bit(sig)
+        != 0
+}
+
 /// `disposition` gives extra [`target_flags`] for a reported signal.
 #[inline(always)]
 fn on_generate(generation: &impl Generation, disposition: impl Fn(i32) -> u32) -> Option<()> {
     let sig = generation.sig()?;
-    let settings = SETTINGS.load();
     let bit = signal_bit(sig);
-    let reported = (settings.signal_mask | settings.fatal_default_mask) & bit != 0;
-    let terminating = settings.termination_mask & bit != 0;
+    let reported = (field!(SETTINGS.signal_mask) | field!(SETTINGS.fatal_default_mask)) & bit != 0;
+    let terminating = field!(SETTINGS.termination_mask) & bit != 0;
     if !reported && !terminating {
         return None;
     }

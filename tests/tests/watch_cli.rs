@@ -313,7 +313,7 @@ fn check_on_a_healthy_machine_attaches_every_program() {
     for (program, attachment) in [
         ("signal_generate", "raw_tp signal_generate"),
         ("signal_deliver", "signal:signal_deliver"),
-        ("process_exit", "sched:sched_process_exit"),
+        ("process_exit", "tp_btf sched_process_exit"),
         ("tcp_state", "tp_btf inet_sock_set_state"),
         ("sys_exit_accept", "syscalls:sys_exit_accept4"),
     ] {

@@ -316,11 +316,12 @@ fn cost(
     after: &BTreeMap<String, (u64, u64)>,
 ) -> BTreeMap<String, Value> {
     // The kernel keeps 15 bytes of a name; observer's programs' names fit.
-    const OURS: [&str; 10] = [
+    const OURS: [&str; 11] = [
         "signal_generate",
         "signal_gen_tp",
         "signal_deliver",
         "process_exit",
+        "process_exit_tp",
         "tcp_state",
         "tcp_state_tp",
         "tcp_send_reset",

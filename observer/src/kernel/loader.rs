@@ -47,7 +47,7 @@ enum Tracepoints {
     Typed(&'static Tracepoint),
 }
 
-const PROGRAMS: [ProgramSpec; 10] = [
+const PROGRAMS: [ProgramSpec; 11] = [
     // Raw when BTF gave the task layout: the target task names its thread group exactly.
     ProgramSpec {
         program: "signal_generate",
@@ -67,10 +67,18 @@ const PROGRAMS: [ProgramSpec; 10] = [
         wanted: |_| true,
         shutdown_only: false,
     },
+    // Every exit on the host: typed with the kernel's own BTF, so that the exiting task's
+    // members are plain loads, else the classic tracepoint.
     ProgramSpec {
         program: "process_exit",
+        tracepoints: Tracepoints::Typed(&SCHED_PROCESS_EXIT),
+        wanted: |layout| layout.task.typed != 0,
+        shutdown_only: false,
+    },
+    ProgramSpec {
+        program: "process_exit_tp",
         tracepoints: Tracepoints::Classic(&[&SCHED_PROCESS_EXIT]),
-        wanted: |_| true,
+        wanted: |layout| layout.task.typed == 0,
         shutdown_only: false,
     },
     // Exit codes for status inference, needed only when BTF is missing.
