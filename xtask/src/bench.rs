@@ -21,6 +21,10 @@
 //! 3. Loss: a burst of process exits with SIGTERMs mixed in, and a burst of refused
 //!    connections (two RSTs each), against what observer reported.
 //! 4. observer's own CPU (% of one core) and peak RSS in each of those.
+//! 5. Storm cost: mean ns per run of every program, observer's and the bpftrace peer's
+//!    (which reads the same facts: an exit's status as waitpid() sees it and its parent,
+//!    a signal's number and target), under an exit storm and a signal storm, with stats
+//!    on, and the ratio of their total BPF time.
 use std::{
     collections::BTreeMap,
     fs,
@@ -57,7 +61,7 @@ const FLOOR_PAIRS: usize = 40;
 const BPFTRACE_SCRIPT: &str = r#"
 tracepoint:signal:signal_generate /args->sig == 1 || args->sig == 2 || args->sig == 3 || args->sig == 9 || args->sig == 15/ { printf("signal %d %d %d %d %s\n", pid, args->pid, args->sig, args->result, comm); }
 tracepoint:signal:signal_deliver /args->sig == 1 || args->sig == 2 || args->sig == 3 || args->sig == 9 || args->sig == 15/ { printf("deliver %d %d %d\n", pid, tid, args->sig); }
-tracepoint:sched:sched_process_exit /args->group_dead/ { printf("exit %d %s\n", pid, comm); }
+tracepoint:sched:sched_process_exit /args->group_dead/ { $s = curtask->signal; printf("exit %d %d %d %s\n", pid, curtask->real_parent->tgid, ($s->flags & 4) ? $s->group_exit_code : curtask->group_leader->exit_code, comm); }
 tracepoint:sock:inet_sock_set_state /args->protocol == 6 && (args->newstate == 10 || args->oldstate == 10)/ { printf("listen %d %d\n", pid, args->sport); }
 tracepoint:tcp:tcp_send_reset { printf("rst sent %d %d\n", pid, args->reason); }
 tracepoint:tcp:tcp_receive_reset { printf("rst received %d %d\n", pid, args->sport); }
@@ -270,6 +274,27 @@ fn wrk_rps(secs: u64, connections: Connections) -> Result<f64> {
 
 /// Per program (bpftool names, ≤ 15 characters): (run_time_ns, run_cnt).
 fn bpf_stats() -> Result<BTreeMap<String, (u64, u64)>> {
+    bpf_stats_where(|_| true)
+}
+
+/// The ids of the BPF programs process `pid` holds (its fdinfo's `prog_id`): another
+/// tracer on the host may load programs of the same names.
+fn programs_of(pid: u32) -> std::collections::BTreeSet<u64> {
+    fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// As `bpf_stats`, for the programs whose id `wanted` accepts.
+fn bpf_stats_where(wanted: impl Fn(u64) -> bool) -> Result<BTreeMap<String, (u64, u64)>> {
     let output = Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()?;
@@ -282,7 +307,7 @@ fn bpf_stats() -> Result<BTreeMap<String, (u64, u64)>> {
                     matches!(
                         p["type"].as_str(),
                         Some("tracepoint" | "raw_tracepoint" | "tracing")
-                    )
+                    ) && p["id"].as_u64().is_some_and(&wanted)
                 })
                 .filter_map(|p| {
                     Some((
@@ -653,6 +678,11 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
 
     // 3 and 4: loss and observer's own cost under bursts.
     results.insert("loss".into(), loss(&observer, &dir)?);
+    // 5: the exit and signal paths' cost, observer beside bpftrace.
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    let storms = storm_cost(&observer, &dir);
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", bpf_stats_was.trim())?;
+    results.insert("storm_cost".into(), storms?);
     let path = dir.join("results.json");
     let mut file = fs::File::create(&path)?;
     writeln!(
@@ -933,4 +963,100 @@ fn loss(observer: &Path, dir: &Path) -> Result<Value> {
         "resets_expected": 2 * refused, "resets_reported": resets, "lost": lost,
         "observer_cpu_percent": cpu, "events_per_sec": events / busy, "observer_peak_rss_mib": rss,
     }))
+}
+
+/// Exits in the exit storm, and SIGTERMs in the signal storm.
+const STORM_EXITS: u64 = 3_000;
+const STORM_SIGNALS: u32 = 3_000;
+
+/// The exit and signal paths' BPF time under each tracer (stats on): every program that
+/// ran, its mean ns per run, and the total, per storm; then observer's total over
+/// bpftrace's.
+fn storm_cost(observer: &Path, dir: &Path) -> Result<Value> {
+    let mut totals: BTreeMap<(&str, Tracer), f64> = BTreeMap::new();
+    let mut per_tracer = serde_json::Map::new();
+    println!("\nStorm cost: mean ns per run of each program, with stats on");
+    for tracer in [Tracer::Observer, Tracer::Bpftrace] {
+        let running = Running::start(tracer, observer, dir, &[])?;
+        let ours = programs_of(running.pid().context("the tracer has no process")?);
+        let stats = || bpf_stats_where(|id| ours.contains(&id));
+        let mut storms = serde_json::Map::new();
+        for storm in ["exit_storm", "signal_storm"] {
+            let before = stats()?;
+            match storm {
+                "exit_storm" => drop(exit_burst(STORM_EXITS, 1)),
+                _ => signal_storm(STORM_SIGNALS)?,
+            }
+            let after = stats()?;
+            let mut programs = serde_json::Map::new();
+            let mut total = 0.0;
+            for name in after.keys() {
+                if let Some((runs, Some(mean))) = runs_and_mean(&before, &after, name) {
+                    println!(
+                        "  {:<9} {:<13} {name:<16} {mean:>8.0} ns/run {runs:>8} runs",
+                        tracer.name(),
+                        storm.replace('_', " ")
+                    );
+                    total += mean * runs as f64;
+                    programs.insert(name.clone(), json!({"runs": runs, "mean_ns": mean}));
+                }
+            }
+            totals.insert((storm, tracer), total);
+            storms.insert(
+                storm.into(),
+                json!({"programs": programs, "total_ns": total}),
+            );
+        }
+        running.stop()?;
+        per_tracer.insert(tracer.name().into(), Value::Object(storms));
+    }
+    let mut ratios = serde_json::Map::new();
+    for storm in ["exit_storm", "signal_storm"] {
+        let (ours, peer) = (
+            totals[&(storm, Tracer::Observer)],
+            totals[&(storm, Tracer::Bpftrace)],
+        );
+        let ratio = ours / peer;
+        println!(
+            "  {}: observer {:.0} µs of BPF, bpftrace {:.0} µs: {ratio:.2}×",
+            storm.replace('_', " "),
+            ours / 1e3,
+            peer / 1e3
+        );
+        ratios.insert(storm.into(), json!(ratio));
+    }
+    per_tracer.insert("observer_over_bpftrace".into(), Value::Object(ratios));
+    Ok(Value::Object(per_tracer))
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// `count` SIGTERMs as fast as kill(2) goes to a child that handles them, then SIGKILL.
+fn signal_storm(count: u32) -> Result<()> {
+    // SAFETY: the child installs a handler and pauses; both are async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            libc::signal(
+                libc::SIGTERM,
+                ignore_signal as *const () as libc::sighandler_t,
+            );
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    ensure!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    // Its handler is installed before the first SIGTERM (else the default action ends it).
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..count {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    Ok(())
 }
