@@ -275,28 +275,27 @@ mod tests {
         let mut sink = Sink::file(&path).unwrap();
         sink.write_line("one").unwrap();
         sink.flush().unwrap();
-        std::fs::copy(&path, dir.join("events.ndjson.1")).unwrap();
-        sink.write_line("two").unwrap();
-        sink.flush().unwrap();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        let copy_then = |between: &mut dyn FnMut()| {
+            std::fs::copy(&path, dir.join("events.ndjson.1")).unwrap();
+            between();
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        };
+        copy_then(&mut || {
+            sink.write_line("two").unwrap();
+            sink.flush().unwrap();
+        });
         sink.write_line("three").unwrap();
         sink.finish().unwrap();
         let copy = std::fs::read_to_string(dir.join("events.ndjson.1")).unwrap();
         let current = std::fs::read_to_string(&path).unwrap();
         assert_eq!((copy.as_str(), current.as_str()), ("one\n", "two\nthree\n"));
         // Truncated again just before a write: nothing is written twice.
-        std::fs::copy(&path, dir.join("events.ndjson.1")).unwrap();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        copy_then(&mut || {});
         sink.write_line("four").unwrap();
         sink.flush().unwrap();
         sink.write_line("five").unwrap();
