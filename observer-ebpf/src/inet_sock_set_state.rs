@@ -239,7 +239,7 @@ fn on_state_change(
                 }
             };
             let (traffic_flags, unread, unsent) = traffic(sk);
-            report_closed_at_exit(
+            report_with_traffic(
                 endpoints,
                 (old_state, new_state),
                 owner,
@@ -324,8 +324,10 @@ fn still_writing(sk: u64) -> bool {
         .is_some_and(|flags| flags & SOCK_NOSPACE != 0)
 }
 
+/// A state-change record; `traffic` (unread, unacknowledged bytes) only for a close at
+/// exit whose socket was read (see `traffic`), else zeros.
 #[inline(always)]
-fn report_closed_at_exit(
+fn report_with_traffic(
     endpoints: TcpEndpoints,
     (old_state, new_state): (i32, i32),
     owner: SocketOwner,
@@ -356,16 +358,5 @@ fn report(
     owner: SocketOwner,
     flags: u8,
 ) -> Option<()> {
-    submit(TcpStateRecord {
-        header: header(kind::TCP_STATE),
-        endpoints,
-        owner,
-        old_state: old_state as u8,
-        new_state: new_state as u8,
-        flags,
-        _pad: [0; 5],
-        unread_bytes: 0,
-        unsent_bytes: 0,
-    });
-    Some(())
+    report_with_traffic(endpoints, (old_state, new_state), owner, flags, (0, 0))
 }
