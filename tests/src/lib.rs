@@ -414,6 +414,18 @@ impl Drop for UnitCgroup {
     }
 }
 
+/// tests/servers/storm.py's "PID STATUS" lines: every child it reaped, with the status
+/// waitpid() returned.
+pub fn storm_reaped(stdout: &str) -> std::collections::HashMap<u32, i32> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let (pid, status) = line.split_once(' ')?;
+            Some((pid.parse().ok()?, status.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The finding codes of a shutdown or deploy report, in order.
 pub fn finding_codes(report: &Value) -> Vec<&str> {
     report["findings"]

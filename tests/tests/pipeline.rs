@@ -14,17 +14,6 @@ use std::{
 use observer_tests::{Observer, TIMEOUT, read_line, servers_dir, temp_path, wait_timeout};
 use serde_json::Value;
 
-/// storm.py's "PID STATUS" lines: every child it reaped.
-fn reaped(stdout: &str) -> HashMap<u64, i64> {
-    stdout
-        .lines()
-        .filter_map(|line| {
-            let (pid, status) = line.split_once(' ')?;
-            Some((pid.parse().ok()?, status.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Every line of `files`, in order, each a whole JSON object.
 fn lines_of(files: &[PathBuf]) -> Vec<Value> {
     let mut lines = Vec::new();
@@ -119,7 +108,7 @@ fn rotation_keeps_every_exit_once(rule: &str) {
         let _ = std::fs::remove_file(file);
     }
     assert!(files.len() >= 3, "logrotate rotated: {files:?}");
-    let truth = reaped(&stdout);
+    let truth = observer_tests::storm_reaped(&stdout);
     assert_eq!(truth.len(), 10_000);
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for exit in lines.iter().filter(|l| l["type"] == "exit") {
@@ -130,10 +119,13 @@ fn rotation_keeps_every_exit_once(rule: &str) {
         .filter(|l| l["type"] == "lost")
         .map(|l| l["count"].as_u64().unwrap())
         .sum();
-    let missing = truth.keys().filter(|pid| !seen.contains_key(pid)).count();
+    let missing = truth
+        .keys()
+        .filter(|pid| !seen.contains_key(&u64::from(**pid)))
+        .count();
     let twice: Vec<_> = truth
         .keys()
-        .filter(|pid| seen.get(pid).is_some_and(|&n| n > 1))
+        .filter(|pid| seen.get(&u64::from(**pid)).is_some_and(|&n| n > 1))
         .collect();
     assert!(twice.is_empty(), "{rule}: exits written twice: {twice:?}");
     assert_eq!(

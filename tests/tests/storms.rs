@@ -27,18 +27,7 @@ fn run_storm(command: &mut Command) -> (HashMap<u32, i32>, String) {
     let output = command.output().expect("running storm.py");
     assert!(output.status.success(), "storm.py failed: {output:?}");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    (reaped_children(&stdout), stdout)
-}
-
-/// storm.py's "PID STATUS" lines.
-fn reaped_children(stdout: &str) -> HashMap<u32, i32> {
-    stdout
-        .lines()
-        .filter_map(|line| {
-            let (pid, status) = line.split_once(' ')?;
-            Some((pid.parse().ok()?, status.parse().ok()?))
-        })
-        .collect()
+    (observer_tests::storm_reaped(&stdout), stdout)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -165,7 +154,7 @@ fn a_fork_bomb_held_by_a_pids_cgroup() {
     let bomb = cgroup.spawn(&mut storm(&["bomb", "3"]));
     let output = bomb.wait_with_output().unwrap();
     assert!(output.status.success());
-    let reaped = reaped_children(&String::from_utf8(output.stdout).unwrap());
+    let reaped = observer_tests::storm_reaped(&String::from_utf8(output.stdout).unwrap());
     assert!(cgroup.refused() > 0, "pids.max never refused a fork");
     assert!(reaped.len() > 1000, "only {} processes", reaped.len());
     let events = stop_bounded(observer);
