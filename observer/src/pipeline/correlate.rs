@@ -165,15 +165,12 @@ impl Correlator {
     }
 
     fn report_shutdown(&mut self, mono_ns: u64, shutdown: ProcessShutdown) {
-        let container = shutdown.container_info.clone();
-        self.push_about(
-            mono_ns,
-            Event::Shutdown(Box::new(shutdown.report())),
-            container,
-        );
+        let report = shutdown.report();
         if let Some(deploy) = self.deploys.iter_mut().find(|d| d.awaits(shutdown.pid)) {
-            deploy.shutdown_reported(&shutdown);
+            deploy.shutdown_reported(&shutdown, &report);
         }
+        let container = shutdown.container_info;
+        self.push_about(mono_ns, Event::Shutdown(Box::new(report)), container);
     }
 
     fn push(&mut self, mono_ns: u64, event: Event) {

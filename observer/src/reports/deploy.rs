@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    event::{DeployReport, Finding, FindingCode, Severity, Verdict, port_of},
+    event::{DeployReport, Finding, FindingCode, Severity, ShutdownReport, Verdict, port_of},
     reports::shutdown::ProcessShutdown,
 };
 
@@ -160,8 +160,9 @@ impl Deploy {
         }
     }
 
-    /// A stopped process's report is out: what it adds to the deploy.
-    pub fn shutdown_reported(&mut self, shutdown: &ProcessShutdown) {
+    /// A stopped process's report is out: what it adds to the deploy (`report` is the
+    /// one just written for `shutdown`, its findings and verdict computed once).
+    pub fn shutdown_reported(&mut self, shutdown: &ProcessShutdown, report: &ShutdownReport) {
         self.pending.remove(&shutdown.pid);
         self.ended = match (self.ended.take(), &shutdown.exit, shutdown.exit_ns) {
             (Some((ns, time)), _, Some(exit_ns)) if ns >= exit_ns => Some((ns, time)),
@@ -169,14 +170,13 @@ impl Deploy {
             (ended, _, _) => ended,
         };
         self.stopped.push(shutdown.pid);
-        self.worst = self.worst.max(shutdown.verdict());
+        self.worst = self.worst.max(report.verdict);
         self.dropped_connections += shutdown.dropped_connections();
         self.refused_after_exit += shutdown.refused_after_exit;
-        let report = shutdown.report();
         self.drain_ms_max = self.drain_ms_max.max(report.drain_ms);
         self.routing_lag_ms = self.routing_lag_ms.max(report.routing_lag_ms);
-        for finding in shutdown.findings() {
-            self.add_finding(finding);
+        for finding in &report.findings {
+            self.add_finding(finding.clone());
         }
         if !shutdown.listening_at_signal.is_empty() {
             let gone = shutdown.listeners_closed_ns.or(shutdown.exit_ns);
