@@ -170,6 +170,40 @@ pub struct Death {
     pub before_signal_ms: u64,
 }
 
+impl Death {
+    /// The death as a reason the rehearsal failed.
+    fn problem(&self, stop_signal: i32, signalled: bool) -> String {
+        let how = match (self.code, self.signal) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(sig)) => format!("killed by {}", signals::name(sig)),
+            _ => "status unknown".to_string(),
+        };
+        let status = self
+            .status
+            .map(|s| format!(" (status {s})"))
+            .unwrap_or_default();
+        let after_signal = self
+            .after_signal
+            .as_ref()
+            .map(|s| format!(" after {} from {}[{}]", s.sig_name, s.from.comm, s.from.pid))
+            .unwrap_or_default();
+        format!(
+            "{}[{}] died before {}: {how}{status}{after_signal}, {:.3} s after the start and \
+             {:.3} s before {}",
+            self.comm,
+            self.pid,
+            signals::name(stop_signal),
+            self.after_start_ms as f64 / 1000.0,
+            self.before_signal_ms as f64 / 1000.0,
+            if signalled {
+                "the signal"
+            } else {
+                "the rehearsal stopped"
+            },
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct SentSignal {
     pub sig: i32,
@@ -248,6 +282,27 @@ struct Started {
 }
 
 impl Started {
+    /// Starts CMD in a cgroup of its own (when cgroup2 is mounted), its output in
+    /// `output_dir`, which is removed if CMD cannot start.
+    fn spawn(command: &[String], output_dir: PathBuf) -> Result<Self> {
+        let spawned = Cgroup::create().and_then(|cgroup| {
+            let child = spawn_in(command, cgroup.as_ref(), &output_dir)?;
+            Ok((cgroup, child))
+        });
+        match spawned {
+            Ok((cgroup, child)) => Ok(Self {
+                child,
+                status: None,
+                cgroup,
+                output_dir,
+            }),
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&output_dir);
+                Err(error)
+            }
+        }
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -303,6 +358,14 @@ struct Rehearsed {
 }
 
 impl Rehearsed {
+    /// Deaths before this count (CLOCK_MONOTONIC ns): the signal, or when the rehearsal
+    /// gave up sending it.
+    fn cutoff(&self) -> Option<u64> {
+        self.signalled
+            .map(|(mono, _)| mono)
+            .or(self.gave_up_before_signal)
+    }
+
     fn timed_out(mut self, waiting_for: &'static str) -> Self {
         self.timed_out = Some(waiting_for);
         if self.signalled.is_none() {
@@ -313,14 +376,7 @@ impl Rehearsed {
 }
 
 pub fn run(args: &RehearseArgs) -> Result<bool> {
-    let allowed: Vec<FindingCode> = args
-        .allow
-        .iter()
-        .map(|code| {
-            serde_json::from_value(serde_json::Value::String(code.to_uppercase()))
-                .map_err(|_| anyhow::anyhow!("--allow {code}: not a finding code"))
-        })
-        .collect::<Result<_>>()?;
+    let allowed = allowed_findings(&args.allow)?;
     let output_dir =
         std::env::temp_dir().join(format!("observer-rehearsal-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&output_dir);
@@ -329,47 +385,16 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
     // Every line the session writes goes to a file: the exits of CMD's processes are read
     // from it afterwards.
     let events_path = output_dir.join("events.ndjson");
-    let session = Session::start(Options {
-        signals: watched_signals(),
-        filter: Filter::default(),
-        output: Output {
-            format: OutputFormat::Json,
-            sink: Sink::file(&events_path)?,
-        },
-        reports: Config {
-            after_exit_ns: args.after_exit.as_nanos() as u64,
-            deploy_window_ns: 0,
-        },
-        ring_buffer_kib: 1024,
-    });
-    let mut session = match session {
+    let mut session = match start_session(args, &events_path) {
         Ok(session) => session,
         Err(error) => {
             let _ = std::fs::remove_dir_all(&output_dir);
             return Err(error);
         }
     };
-    session.pipeline.collect_reports();
-    let max_duration = args.max_duration();
     let start_mono = clock::monotonic_ns();
-    let deadline = tokio::time::Instant::now() + max_duration;
-    let spawned = Cgroup::create().and_then(|cgroup| {
-        let child = spawn(&args.command, cgroup.as_ref(), &output_dir)?;
-        Ok((cgroup, child))
-    });
-    let (cgroup, child) = match spawned {
-        Ok(spawned) => spawned,
-        Err(error) => {
-            let _ = std::fs::remove_dir_all(&output_dir);
-            return Err(error);
-        }
-    };
-    let mut started = Started {
-        child,
-        status: None,
-        cgroup,
-        output_dir,
-    };
+    let deadline = tokio::time::Instant::now() + args.max_duration();
+    let mut started = Started::spawn(&args.command, output_dir)?;
     let pid = started.pid();
     // The cgroup as the kernel's events name it.
     let cgroup_name = started
@@ -381,37 +406,14 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
         "observer: rehearsing `{}` (pid {pid})",
         args.command.join(" ")
     );
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let outcome = runtime.block_on(async {
-        let rehearsal = timeout_at(deadline + BACKSTOP, rehearse(args, &mut started, deadline));
-        session.run_until(rehearsal, |_| false).await
-    });
-    // Whatever happened, nothing the rehearsal started outlives it.
-    started.kill();
-    let rehearsed = match outcome?.context("output closed")? {
-        Ok(rehearsed) => rehearsed?,
-        // The backstop: when the signal went out is not known, so neither is what died
-        // before it.
-        Err(_) => Rehearsed {
-            timed_out: Some("the rehearsal to wind down"),
-            ..Rehearsed::default()
-        },
-    };
-    drop(runtime);
+    let rehearsed = drive(&mut session, args, &mut started, deadline)?;
     session.finish()?;
     let reports = session.pipeline.take_collected();
     let report = reports.iter().find_map(|line| match &line.event {
         Event::Shutdown(report) if report.pid == pid => Some((line, report.as_ref())),
         _ => None,
     });
-    let cutoff = rehearsed
-        .signalled
-        .map(|(mono, _)| mono)
-        .or(rehearsed.gave_up_before_signal);
-    let deaths = cutoff.map_or_else(Vec::new, |cutoff| {
+    let deaths = rehearsed.cutoff().map_or_else(Vec::new, |cutoff| {
         let window = rehearsed.ready_mono..cutoff;
         deaths_in(
             &events_path,
@@ -421,13 +423,89 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
             window,
         )
     });
+    let verdict = report.map(|(_, report)| report);
+    let problems = problems(args, &rehearsed, &deaths, verdict, &allowed, pid)?;
+    print_notes(args, &rehearsed);
+    let passed = problems.is_empty();
+    print(args, report, &rehearsed, &deaths, pid, passed, &problems);
+    if !passed || args.show_output {
+        eprint!("{}", output_of(&started.output_dir));
+    }
+    Ok(passed)
+}
 
+/// The finding codes `--allow` names.
+fn allowed_findings(names: &[String]) -> Result<Vec<FindingCode>> {
+    names
+        .iter()
+        .map(|code| {
+            serde_json::from_value(serde_json::Value::String(code.to_uppercase()))
+                .map_err(|_| anyhow::anyhow!("--allow {code}: not a finding code"))
+        })
+        .collect()
+}
+
+/// The watching session, writing every line to `events_path` and collecting reports.
+fn start_session(args: &RehearseArgs, events_path: &Path) -> Result<Session> {
+    let mut session = Session::start(Options {
+        signals: watched_signals(),
+        filter: Filter::default(),
+        output: Output {
+            format: OutputFormat::Json,
+            sink: Sink::file(events_path)?,
+        },
+        reports: Config {
+            after_exit_ns: args.after_exit.as_nanos() as u64,
+            deploy_window_ns: 0,
+        },
+        ring_buffer_kib: 1024,
+    })?;
+    session.pipeline.collect_reports();
+    Ok(session)
+}
+
+/// Runs the rehearsal while the session watches, within `deadline` (and a backstop past
+/// it); whatever happens, nothing the rehearsal started outlives it.
+fn drive(
+    session: &mut Session,
+    args: &RehearseArgs,
+    started: &mut Started,
+    deadline: tokio::time::Instant,
+) -> Result<Rehearsed> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async {
+        let rehearsal = timeout_at(deadline + BACKSTOP, rehearse(args, started, deadline));
+        session.run_until(rehearsal, |_| false).await
+    });
+    started.kill();
+    match outcome?.context("output closed")? {
+        Ok(rehearsed) => rehearsed,
+        // The backstop: when the signal went out is not known, so neither is what died
+        // before it.
+        Err(_) => Ok(Rehearsed {
+            timed_out: Some("the rehearsal to wind down"),
+            ..Rehearsed::default()
+        }),
+    }
+}
+
+/// Why the rehearsal failed, if it did.
+fn problems(
+    args: &RehearseArgs,
+    rehearsed: &Rehearsed,
+    deaths: &[Death],
+    report: Option<&ShutdownReport>,
+    allowed: &[FindingCode],
+    pid: u32,
+) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     if let Some(waiting_for) = rehearsed.timed_out {
         problems.push(format!(
             "--max-duration ({} s) ran out while waiting for {waiting_for}: everything the \
              rehearsal started was killed",
-            max_duration.as_secs_f64()
+            args.max_duration().as_secs_f64()
         ));
     }
     if let Some(status) = rehearsed.ended_before_signal {
@@ -438,51 +516,11 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
             signals::name(args.signal.0)
         ));
     }
-    for death in &deaths {
-        problems.push(format!(
-            "{}[{}] died before {}: {}{}{}, {:.3} s after the start and {:.3} s before {}",
-            death.comm,
-            death.pid,
-            signals::name(args.signal.0),
-            match (death.code, death.signal) {
-                (Some(code), _) => format!("exit {code}"),
-                (None, Some(sig)) => format!("killed by {}", signals::name(sig)),
-                _ => "status unknown".to_string(),
-            },
-            death
-                .status
-                .map(|s| format!(" (status {s})"))
-                .unwrap_or_default(),
-            death
-                .after_signal
-                .as_ref()
-                .map(|s| format!(" after {} from {}[{}]", s.sig_name, s.from.comm, s.from.pid))
-                .unwrap_or_default(),
-            death.after_start_ms as f64 / 1000.0,
-            death.before_signal_ms as f64 / 1000.0,
-            if rehearsed.signalled.is_some() {
-                "the signal"
-            } else {
-                "the rehearsal stopped"
-            },
-        ));
-    }
-    let held = [
-        ("in flight", &rehearsed.clients.in_flight),
-        ("on idle keep-alive connections", &rehearsed.clients.idle),
-    ];
-    for (name, outcomes) in held {
-        if outcomes.failed > 0 {
-            let statuses: Vec<String> = outcomes.statuses.iter().map(u16::to_string).collect();
-            problems.push(format!(
-                "{} request(s) {name} were answered with an error status (HTTP {})",
-                outcomes.failed,
-                statuses.join(", ")
-            ));
-        }
-    }
+    let signalled = rehearsed.signalled.is_some();
+    problems.extend(deaths.iter().map(|d| d.problem(args.signal.0, signalled)));
+    problems.extend(error_statuses(&rehearsed.clients));
     match report {
-        Some((_, report))
+        Some(report)
             if report.verdict != Verdict::Clean
                 || !report.findings.iter().all(|f| allowed.contains(&f.code)) =>
         {
@@ -494,6 +532,31 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
         }
         None => {}
     }
+    Ok(problems)
+}
+
+/// Requests held before the signal (in flight, or on idle keep-alive connections) that
+/// were answered with an error status.
+fn error_statuses(clients: &Clients) -> Vec<String> {
+    let held = [
+        ("in flight", &clients.in_flight),
+        ("on idle keep-alive connections", &clients.idle),
+    ];
+    held.into_iter()
+        .filter(|(_, outcomes)| outcomes.failed > 0)
+        .map(|(name, outcomes)| {
+            let statuses: Vec<String> = outcomes.statuses.iter().map(u16::to_string).collect();
+            format!(
+                "{} request(s) {name} were answered with an error status (HTTP {})",
+                outcomes.failed,
+                statuses.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// What made the load weaker than asked, for whoever reads the result.
+fn print_notes(args: &RehearseArgs, rehearsed: &Rehearsed) {
     if rehearsed.answered_before_signal > 0 {
         eprintln!(
             "observer: note: {} of the requests meant to be in flight were answered before {}: \
@@ -520,12 +583,6 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
             rehearsed.not_kept_alive
         );
     }
-    let passed = problems.is_empty();
-    print(args, report, &rehearsed, &deaths, pid, passed, &problems);
-    if !passed || args.show_output {
-        eprint!("{}", output_of(&started.output_dir));
-    }
-    Ok(passed)
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -601,7 +658,7 @@ fn belongs(exit: &ExitEvent, cgroup: Option<&str>, main_pid: u32) -> bool {
         .unwrap_or(exit.pid == main_pid || exit.ppid == Some(main_pid))
 }
 
-fn spawn(command: &[String], cgroup: Option<&Cgroup>, output_dir: &Path) -> Result<Child> {
+fn spawn_in(command: &[String], cgroup: Option<&Cgroup>, output_dir: &Path) -> Result<Child> {
     let (program, rest) = command.split_first().context("no command to rehearse")?;
     let mut cmd = Command::new(program);
     cmd.args(rest)
@@ -689,123 +746,180 @@ async fn rehearse(
     started: &mut Started,
     deadline: tokio::time::Instant,
 ) -> Result<Rehearsed> {
-    let pid = started.pid();
     let mut rehearsed = Rehearsed::default();
     let target = wait_until_listening(args, started, deadline).await?;
     rehearsed.ready_mono = clock::monotonic_ns();
-    let connections = args.connections as usize;
     let request = Arc::new(request(&args.path));
-    let clients = &mut rehearsed.clients;
-
-    // Idle keep-alive connections: each completes a request, then stays idle, watched as
-    // a real client's pool watches it (a server that closes it is answered with a close
-    // at once: gunicorn's sync workers linger until the client closes).
-    let mut idle_tasks = Vec::new();
-    if args.http {
-        let opening: Vec<_> = (0..connections)
-            .map(|_| tokio::spawn(open_idle_keepalive(target, Arc::clone(&request))))
-            .collect();
-        for task in opening {
-            match within(deadline, task).await {
-                None => {
-                    return Ok(rehearsed
-                        .timed_out("the first requests of the idle keep-alive connections"));
-                }
-                Some(result) => match result? {
-                    Ok((stream, kept_alive)) => {
-                        rehearsed.not_kept_alive += u32::from(!kept_alive);
-                        idle_tasks.push(tokio::spawn(watch_idle(stream)));
-                    }
-                    Err(outcome) => clients.idle.record(outcome),
-                },
-            }
-        }
-    }
-    // Then the connections or requests to be in flight when the signal comes.
-    let mut in_flight = Vec::new();
-    for _ in 0..connections {
-        let opened = within(deadline, async {
-            let mut stream = TcpStream::connect(target).await?;
-            if args.http {
-                stream.write_all(&request).await?;
-            }
-            Ok::<_, std::io::Error>(stream)
-        });
-        match opened.await {
-            None => return Ok(rehearsed.timed_out("the in-flight requests to be sent")),
-            Some(Ok(stream)) => in_flight.push(stream),
-            Some(Err(error)) => clients.in_flight.record(classify(&error)),
-        }
-    }
     let http = args.http;
+    let mut idle = Vec::new();
+    if http {
+        let Some(tasks) = open_idle(target, &request, args, deadline, &mut rehearsed).await? else {
+            return Ok(rehearsed.timed_out("the first requests of the idle keep-alive connections"));
+        };
+        idle = tasks;
+    }
+    let Some(in_flight) = send_in_flight(target, &request, args, deadline, &mut rehearsed).await
+    else {
+        return Ok(rehearsed.timed_out("the in-flight requests to be sent"));
+    };
     let sent = Instant::now();
     let ports: Vec<u16> = in_flight
         .iter()
         .map(|stream| stream.local_addr().map_or(0, |a| a.port()))
         .collect();
-    let in_flight_tasks: Vec<JoinHandle<(Outcome, Instant)>> = in_flight
+    let in_flight: Vec<JoinHandle<(Outcome, Instant)>> = in_flight
         .into_iter()
         .map(|stream| tokio::spawn(finish_in_flight(stream, http)))
         .collect();
-    // Signal once the server has taken them all (accepted them, or already ended them).
-    let mut taken_at = None;
-    loop {
-        let accepted = accepted_by_server(target.port(), &ports);
-        let waiting = ports
-            .iter()
-            .zip(&in_flight_tasks)
-            .filter(|(port, task)| !accepted.contains(port) && !task.is_finished())
-            .count();
-        if waiting == 0 {
-            taken_at.get_or_insert_with(Instant::now);
-        }
-        let ready = taken_at.is_some_and(|at| at.elapsed() >= READ_MARGIN);
-        if (ready && sent.elapsed() >= SETTLE) || sent.elapsed() >= ACCEPT_WAIT {
-            rehearsed.not_accepted = waiting as u32;
-            break;
-        }
-        sleep(Duration::from_millis(10)).await;
-    }
-
+    rehearsed.not_accepted = wait_until_taken(target.port(), &ports, &in_flight, sent).await;
+    let mut tasks = Tasks {
+        in_flight,
+        idle,
+        arrivals: None,
+    };
     if let Some(status) = started.child.try_wait()? {
         started.status = Some(status);
         rehearsed.ended_before_signal = Some(status);
         rehearsed.gave_up_before_signal = Some(clock::monotonic_ns());
-        let tasks = Tasks {
-            in_flight: in_flight_tasks,
-            idle: idle_tasks,
-            arrivals: None,
-        };
         collect(&mut rehearsed, started, tasks, http, deadline).await?;
         return Ok(rehearsed);
     }
     let signal_mono = clock::monotonic_ns();
     // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(pid as i32, args.signal.0) };
+    unsafe { libc::kill(started.pid() as i32, args.signal.0) };
     let signalled = Instant::now();
     rehearsed.signalled = Some((signal_mono, signalled));
     let stop_arrivals = Arc::new(AtomicBool::new(false));
-    let arrivals = tokio::spawn(arrive_during_drain(
+    tasks.arrivals = Some(tokio::spawn(arrive_during_drain(
         target,
         http.then(|| Arc::clone(&request)),
         Arc::clone(&stop_arrivals),
         deadline + WIND_DOWN,
-    ));
+    )));
+    stop_like_a_platform(args, started, signalled, deadline, &mut rehearsed).await?;
+    stop_arrivals.store(true, Ordering::Relaxed);
+    collect(&mut rehearsed, started, tasks, http, deadline).await?;
+    // Let late RSTs and closes reach the report's window.
+    if rehearsed.timed_out.is_none() && within(deadline, sleep(args.after_exit)).await.is_none() {
+        rehearsed.timed_out = Some("--after-exit to pass");
+    }
+    Ok(rehearsed)
+}
 
-    // The platform's side: wait for the grace period, then SIGKILL. Past the deadline,
-    // everything is killed, and the clients are counted by what that did to them.
+/// Idle keep-alive connections: each completes a request, then stays idle, watched as a
+/// real client's pool watches it (a server that closes it is answered with a close at
+/// once: gunicorn's sync workers linger until the client closes). None if the deadline
+/// ran out first.
+async fn open_idle(
+    target: SocketAddr,
+    request: &Arc<Vec<u8>>,
+    args: &RehearseArgs,
+    deadline: tokio::time::Instant,
+    rehearsed: &mut Rehearsed,
+) -> Result<Option<Vec<JoinHandle<Outcome>>>> {
+    let opening: Vec<_> = (0..args.connections)
+        .map(|_| tokio::spawn(open_idle_keepalive(target, Arc::clone(request))))
+        .collect();
+    let mut watching = Vec::new();
+    for task in opening {
+        let Some(result) = within(deadline, task).await else {
+            return Ok(None);
+        };
+        match result? {
+            Ok((stream, kept_alive)) => {
+                rehearsed.not_kept_alive += u32::from(!kept_alive);
+                watching.push(tokio::spawn(watch_idle(stream)));
+            }
+            Err(outcome) => rehearsed.clients.idle.record(outcome),
+        }
+    }
+    Ok(Some(watching))
+}
+
+/// The connections (and, with `--http`, requests) to be in flight when the signal comes;
+/// those that failed are counted. None if the deadline ran out first.
+async fn send_in_flight(
+    target: SocketAddr,
+    request: &[u8],
+    args: &RehearseArgs,
+    deadline: tokio::time::Instant,
+    rehearsed: &mut Rehearsed,
+) -> Option<Vec<TcpStream>> {
+    let mut in_flight = Vec::new();
+    for _ in 0..args.connections {
+        let opened = within(deadline, async {
+            let mut stream = TcpStream::connect(target).await?;
+            if args.http {
+                stream.write_all(request).await?;
+            }
+            Ok::<_, std::io::Error>(stream)
+        });
+        match opened.await? {
+            Ok(stream) => in_flight.push(stream),
+            Err(error) => rehearsed.clients.in_flight.record(classify(&error)),
+        }
+    }
+    Some(in_flight)
+}
+
+/// Waits until the server has taken every in-flight connection (accepted it, or already
+/// ended it), at least SETTLE after they were `sent` and at most ACCEPT_WAIT; returns
+/// how many it had not accepted by then.
+async fn wait_until_taken(
+    port: u16,
+    ports: &[u16],
+    tasks: &[JoinHandle<(Outcome, Instant)>],
+    sent: Instant,
+) -> u32 {
+    let mut taken_at = None;
+    loop {
+        let accepted = accepted_by_server(port, ports);
+        let waiting = ports
+            .iter()
+            .zip(tasks)
+            .filter(|(port, task)| !accepted.contains(port) && !task.is_finished())
+            .count();
+        if waiting == 0 {
+            taken_at.get_or_insert_with(Instant::now);
+        }
+        let ready = taken_at.is_some_and(|at: Instant| at.elapsed() >= READ_MARGIN);
+        if (ready && sent.elapsed() >= SETTLE) || sent.elapsed() >= ACCEPT_WAIT {
+            return waiting as u32;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The platform's side after the signal: waits for the grace period, then SIGKILLs CMD
+/// and the rest of its cgroup. Past the deadline, everything is killed, and the clients
+/// are counted by what that did to them.
+async fn stop_like_a_platform(
+    args: &RehearseArgs,
+    started: &mut Started,
+    signalled: Instant,
+    deadline: tokio::time::Instant,
+    rehearsed: &mut Rehearsed,
+) -> Result<()> {
+    let pid = started.pid();
     let mut killed = false;
     loop {
         if let Some(status) = started.child.try_wait()? {
             started.status = Some(status);
-            break;
+            eprintln!(
+                "observer: `{}` ended: {} {} ms after {}",
+                args.command.join(" "),
+                describe(status),
+                signalled.elapsed().as_millis(),
+                signals::name(args.signal.0)
+            );
+            return Ok(());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline && rehearsed.timed_out.is_none() {
             rehearsed.timed_out = Some("CMD to stop");
         }
         if !killed && (signalled.elapsed() >= args.grace || now >= deadline) {
-            // SAFETY: as above.
+            // SAFETY: kill(2) on our own child, not yet reaped.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             if let Some(cgroup) = &started.cgroup {
                 cgroup.kill_all_but(Some(pid));
@@ -813,31 +927,10 @@ async fn rehearse(
             killed = true;
         }
         if now >= deadline + WIND_DOWN {
-            break; // not even SIGKILL ended it: Started::kill tries once more
+            return Ok(()); // not even SIGKILL ended it: Started::kill tries once more
         }
         sleep(Duration::from_millis(5)).await;
     }
-    stop_arrivals.store(true, Ordering::Relaxed);
-    if let Some(status) = started.status {
-        eprintln!(
-            "observer: `{}` ended: {} {} ms after {}",
-            args.command.join(" "),
-            describe(status),
-            signalled.elapsed().as_millis(),
-            signals::name(args.signal.0)
-        );
-    }
-    let tasks = Tasks {
-        in_flight: in_flight_tasks,
-        idle: idle_tasks,
-        arrivals: Some(arrivals),
-    };
-    collect(&mut rehearsed, started, tasks, http, deadline).await?;
-    // Let late RSTs and closes reach the report's window.
-    if rehearsed.timed_out.is_none() && within(deadline, sleep(args.after_exit)).await.is_none() {
-        rehearsed.timed_out = Some("--after-exit to pass");
-    }
-    Ok(rehearsed)
 }
 
 /// The clients, as tasks that end with what each saw.
@@ -1186,35 +1279,55 @@ fn print(
     passed: bool,
     problems: &[String],
 ) {
-    let clients = &rehearsed.clients;
     if args.json {
-        if let Some((line, _)) = report {
-            println!("{}", line.to_json());
-        }
-        let summary = RehearsalLine {
-            v: SCHEMA_VERSION,
-            kind: "rehearsal",
-            command: &args.command,
-            pid,
-            verdict: report.map(|(_, report)| report.verdict),
-            passed,
-            clients,
-            died_before_signal: deaths,
-            timed_out: rehearsed.timed_out.is_some(),
-        };
-        println!(
-            "{}",
-            serde_json::to_string(&summary).expect("plain struct serialises")
+        print_json(args, report, rehearsed, deaths, pid, passed, problems);
+    } else {
+        print_human(
+            args,
+            report.map(|(line, _)| line),
+            &rehearsed.clients,
+            problems,
         );
-        for problem in problems {
-            eprintln!("observer: rehearsal failed: {problem}");
-        }
-        return;
     }
+}
+
+fn print_json(
+    args: &RehearseArgs,
+    report: Option<(&Line, &ShutdownReport)>,
+    rehearsed: &Rehearsed,
+    deaths: &[Death],
+    pid: u32,
+    passed: bool,
+    problems: &[String],
+) {
+    if let Some((line, _)) = report {
+        println!("{}", line.to_json());
+    }
+    let summary = RehearsalLine {
+        v: SCHEMA_VERSION,
+        kind: "rehearsal",
+        command: &args.command,
+        pid,
+        verdict: report.map(|(_, report)| report.verdict),
+        passed,
+        clients: &rehearsed.clients,
+        died_before_signal: deaths,
+        timed_out: rehearsed.timed_out.is_some(),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&summary).expect("plain struct serialises")
+    );
+    for problem in problems {
+        eprintln!("observer: rehearsal failed: {problem}");
+    }
+}
+
+fn print_human(args: &RehearseArgs, report: Option<&Line>, clients: &Clients, problems: &[String]) {
     let OutputFormat::Human(human) = OutputFormat::choose(false, args.color.forced(), false) else {
         unreachable!("json is false");
     };
-    if let Some((line, _)) = report {
+    if let Some(line) = report {
         println!("{}", human.render(line));
     }
     let show = |name: &str, o: &Outcomes| {
