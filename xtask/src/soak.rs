@@ -13,6 +13,9 @@ use crate::{host_cargo, is_root, privileged_test_binaries, run};
 
 /// Rows of the terminal plot.
 const PLOT_ROWS: usize = 8;
+/// Columns of the terminal plot: a long run's samples are grouped, each column the
+/// largest of its group, so an hour fits a terminal.
+const PLOT_COLUMNS: usize = 72;
 
 pub fn run_soak(root: &Path, minutes: u64) -> Result<()> {
     ensure!(is_root(), "the soak loads eBPF programs: run it as root");
@@ -66,13 +69,18 @@ fn parse_sample(line: &str) -> Option<(f64, f64, f64)> {
 /// A column a sample, `PLOT_ROWS` high, scaled from 0 to the largest value.
 fn plot(title: &str, samples: &[(f64, f64, f64)], value: impl Fn(&(f64, f64, f64)) -> f64) {
     let values: Vec<f64> = samples.iter().map(value).collect();
+    let per_column = values.len().div_ceil(PLOT_COLUMNS).max(1);
+    let columns: Vec<f64> = values
+        .chunks(per_column)
+        .map(|group| group.iter().copied().fold(f64::MIN, f64::max))
+        .collect();
     let Some(top) = values.iter().copied().reduce(f64::max).filter(|t| *t > 0.0) else {
         return;
     };
-    eprintln!("\n{title}, every 5 s:");
+    eprintln!("\n{title}, a column every {} s:", per_column * 5);
     for row in (0..PLOT_ROWS).rev() {
         let level = top * row as f64 / PLOT_ROWS as f64;
-        let bars: String = values
+        let bars: String = columns
             .iter()
             .map(|v| if *v > level { '█' } else { ' ' })
             .collect();
