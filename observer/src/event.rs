@@ -77,6 +77,7 @@ impl Line {
             Event::SignalDelivered(e) => serde_json::to_vec(e),
             Event::Exit(e) => serde_json::to_vec(e),
             Event::TcpReset(e) => serde_json::to_vec(e),
+            Event::TcpRefused(e) => serde_json::to_vec(e),
             Event::TcpCloseAtExit(e) => serde_json::to_vec(e),
             Event::TcpListen(e) => serde_json::to_vec(e),
             Event::TcpAccept(e) => serde_json::to_vec(e),
@@ -107,6 +108,7 @@ pub enum Event {
     SignalDelivered(DeliveredEvent),
     Exit(ExitEvent),
     TcpReset(TcpResetEvent),
+    TcpRefused(TcpRefusedEvent),
     TcpCloseAtExit(TcpCloseAtExitEvent),
     TcpListen(TcpListenEvent),
     TcpAccept(TcpAcceptEvent),
@@ -122,6 +124,7 @@ impl Event {
             Event::SignalDelivered(_) => "signal_delivered",
             Event::Exit(_) => "exit",
             Event::TcpReset(_) => "tcp_reset",
+            Event::TcpRefused(_) => "tcp_refused",
             Event::TcpCloseAtExit(_) => "tcp_close_at_exit",
             Event::TcpListen(_) => "tcp_listen",
             Event::TcpAccept(_) => "tcp_accept",
@@ -339,6 +342,56 @@ pub struct TcpResetEvent {
     /// For an RST from a port no socket holds: the process that last listened there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub former_owner: Option<ProcessRef>,
+}
+
+impl TcpResetEvent {
+    /// The endpoint that refused a connection, if this RST is a refusal: sent because no
+    /// socket holds the port (reason NO_SOCKET, traced since 6.10), or received by a
+    /// client's connect() (SYN_SENT: it fails with ECONNREFUSED).
+    pub fn refused_endpoint(&self) -> Option<&str> {
+        match self.direction {
+            Direction::Sent if self.reason.as_deref() == Some("NO_SOCKET") => Some(&self.local),
+            Direction::Received if self.state == "SYN_SENT" => Some(&self.remote),
+            _ => None,
+        }
+    }
+}
+
+/// Connections refused by one endpoint during one interval, counted: what the
+/// refusals' `tcp_reset` lines would have said, one line instead of two per attempt.
+/// The line's `time` is the first refusal's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpRefusedEvent {
+    /// The address and port that refused: where clients connected and nothing listened.
+    pub refused: String,
+    pub port: u16,
+    /// RSTs this host sent for it (it is local: the server side).
+    pub sent: u64,
+    /// Refusals this host's clients received from it (their connect() failed).
+    pub received: u64,
+    /// The last refusal counted here (CLOCK_MONOTONIC ns).
+    pub last_mono_ns: u64,
+    /// How long a line counts for at most, ms.
+    pub interval_ms: u64,
+    /// The process that last listened there, if one was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub former_owner: Option<ProcessRef>,
+    /// The process whose `shutdown` report counts the `sent` refusals in its
+    /// `refused_after_exit` (null: none does).
+    pub counted_for: Option<u32>,
+    /// This host's processes whose connects were refused, most refused first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<RefusedClient>,
+    /// How many processes `clients` would list without its bound.
+    #[serde(default)]
+    pub clients_total: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedClient {
+    pub pid: u32,
+    pub comm: String,
+    pub refused: u64,
 }
 
 /// What a connection closed at exit carried, from the kernel's sequence numbers.

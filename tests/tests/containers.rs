@@ -433,7 +433,7 @@ fn a_server_holding_clients_on_the_host_network_is_killed_after_the_timeout() {
     assert_every_event_names(&events, pid, &truth);
     // The refused client's RST names the container whose server listened there.
     let refusal = events
-        .of_type("tcp_reset")
+        .of_type("tcp_refused")
         .find(|r| r["former_owner"]["pid"] == pid)
         .expect("the refusal");
     assert_identity(&refusal["container_info"], &truth, refusal);

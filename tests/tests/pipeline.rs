@@ -1,7 +1,8 @@
 //! observer's NDJSON as a log pipeline takes it: Debian's logrotate rotating the output
 //! during an exit storm (every exit in exactly one file, no partial line, no
-//! duplicate), and Debian's syslog-ng parsing the file with `json-parser()` (every line
-//! arrives with its fields intact, the largest report included).
+//! duplicate), Debian's syslog-ng parsing the file with `json-parser()` (every line
+//! arrives with its fields intact, the largest report included), and a closed port
+//! hammered by clients (a few counted lines, with counts exact against the clients).
 use std::{
     collections::HashMap,
     io::Write,
@@ -11,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer_tests::{Observer, TIMEOUT, read_line, servers_dir, temp_path, wait_timeout};
+use observer_tests::{
+    Observer, TIMEOUT, kernel_traces_rst_reasons, read_line, send_signal, servers_dir, temp_path,
+    wait_timeout,
+};
 use serde_json::Value;
 
 /// Every line of `files`, in order, each a whole JSON object.
@@ -285,4 +289,107 @@ fn syslog_ng_parses_every_line_with_its_fields_intact() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&kept);
+}
+
+/// The bound the contract sets on every line.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// The refused connects of the storm, and the rate they are paced at.
+const HAMMER_CONNECTS: u64 = 60_000;
+const HAMMER_RATE: u64 = 20_000;
+
+/// Connects to `port` on loopback `count` times, paced at `rate` a second: how many the
+/// kernel refused (connect() failed with ECONNREFUSED).
+fn hammer(port: u16, count: u64, rate: u64) -> u64 {
+    let start = Instant::now();
+    let mut refused = 0;
+    for sent in 0..count {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            other => panic!("connect {sent} to the closed port: {other:?}"),
+        }
+        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        if let Some(ahead) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(ahead);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "hammer: {refused} refused in {seconds:.2} s ({:.0} connects/s)",
+        count as f64 / seconds
+    );
+    refused
+}
+
+/// A server stopped by SIGTERM, then its port hammered: one `tcp_refused` line per
+/// second with counts exact against the clients, no `tcp_reset` line per refusal, the
+/// report's `refused_after_exit` and the deploy's exact, and a replay that agrees.
+#[test]
+fn a_closed_port_hammered_gives_a_few_exact_lines() {
+    let timing = ["--after-exit", "30"];
+    let observer = Observer::start(&timing);
+    let mut server = Command::new("python3")
+        .arg(servers_dir().join("server.py"))
+        .arg("none")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port: u16 = read_line(&mut server)
+        .strip_prefix("ready ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid = server.id();
+    send_signal(pid, libc::SIGTERM);
+    wait_timeout(&mut server);
+    let refused = hammer(port, HAMMER_CONNECTS, HAMMER_RATE);
+    let events = observer.stop();
+
+    assert_eq!(refused, HAMMER_CONNECTS);
+    assert_eq!(events.lost(), 0, "{}", events.stderr);
+    let longest = events.text.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest <= MAX_LINE_BYTES, "a line of {longest} bytes");
+    let address = format!("127.0.0.1:{port}");
+    let per_refusal = events
+        .of_type("tcp_reset")
+        .filter(|r| r["local"] == address.as_str() || r["remote"] == address.as_str())
+        .count();
+    assert_eq!(per_refusal, 0, "refusals written one by one");
+    let lines: Vec<&Value> = events
+        .of_type("tcp_refused")
+        .filter(|r| r["refused"] == address.as_str())
+        .collect();
+    let sum = |field: &str| {
+        lines
+            .iter()
+            .map(|l| l[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let seconds = (HAMMER_CONNECTS / HAMMER_RATE) as usize;
+    assert!(
+        (seconds..=seconds * 4).contains(&lines.len()),
+        "{} tcp_refused lines for {HAMMER_CONNECTS} refusals",
+        lines.len()
+    );
+    assert_eq!(sum("received"), refused, "what the clients saw");
+    let me = std::process::id();
+    for line in &lines {
+        assert_eq!(line["former_owner"]["pid"], pid, "{line}");
+        assert_eq!(line["clients"][0]["pid"], me, "{line}");
+        assert_eq!(line["clients"][0]["refused"], line["received"], "{line}");
+    }
+    let report = events.shutdown_of(pid);
+    let deploy = events
+        .of_type("deploy")
+        .find(|d| d["stopped"].as_array().unwrap().contains(&pid.into()))
+        .expect("the server's deploy");
+    if kernel_traces_rst_reasons() {
+        assert_eq!(sum("sent"), refused, "RSTs the server's host sent");
+        assert!(lines.iter().all(|l| l["counted_for"] == pid));
+        assert_eq!(report["refused_after_exit"], refused, "{report}");
+        assert_eq!(deploy["refused_after_exit"], refused, "{deploy}");
+    } else {
+        // Before 6.10 the sent RST of a refusal is not traced: the clients' side only.
+        assert_eq!(sum("sent"), 0);
+    }
+    events.assert_replay_is_identical(&timing);
 }

@@ -966,6 +966,7 @@ impl Outcome {
             "tcp_close_at_exit",
             "tcp_accept",
             "tcp_reset",
+            "tcp_refused",
         ];
         let raw: Vec<&Value> = self
             .events

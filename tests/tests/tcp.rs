@@ -133,9 +133,10 @@ fn a_connect_to_a_closed_port_is_refused_with_no_socket() {
             .unwrap()
             .port();
         let target: SocketAddr = format!("{host}:{port}").parse().unwrap();
-        let observer = Observer::start(&[]);
+        let observer = Observer::start(&["--resets", "each"]);
         let refused = TcpStream::connect(target).unwrap_err();
         let events = observer.stop();
+        assert_eq!(events.of_type("tcp_refused").count(), 0, "--resets each");
 
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
         let sent: Vec<_> = events
@@ -391,7 +392,7 @@ fn accepts_are_traced_only_while_a_process_shuts_down() {
 #[test]
 fn clients_refused_after_the_server_exits_are_tied_to_its_port() {
     for host in LOOPBACKS {
-        let observer = Observer::start(&[]);
+        let observer = Observer::start(&["--resets", "each"]);
         let (mut server, port) = start_interactive(&["tcp-server", &format!("{host}:0")]);
         let pid = server.id();
         command(&mut server, "exit");
@@ -431,6 +432,53 @@ fn clients_refused_after_the_server_exits_are_tied_to_its_port() {
                 "{reset}"
             );
         }
+    }
+}
+
+/// By default the refusals of an address are counted into one `tcp_refused` line (the
+/// RSTs sent and those the clients received), in place of a `tcp_reset` each.
+#[test]
+fn refusals_are_counted_into_one_line_per_address() {
+    for host in LOOPBACKS {
+        let observer = Observer::start(&[]);
+        let (mut server, port) = start_interactive(&["tcp-server", &format!("{host}:0")]);
+        let pid = server.id();
+        command(&mut server, "exit");
+        wait_timeout(&mut server);
+        let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+        for _ in 0..3 {
+            let refused = TcpStream::connect(addr).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        let events = observer.stop();
+
+        let lines: Vec<_> = events
+            .of_type("tcp_refused")
+            .filter(|r| r["refused"] == addr.to_string())
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", events.dump());
+        let line = lines[0];
+        let sent = if kernel_traces_rst_reasons() { 3 } else { 0 };
+        assert_eq!(
+            (&line["port"], &line["sent"], &line["received"]),
+            (
+                &json!(port.parse::<u16>().unwrap()),
+                &json!(sent),
+                &json!(3)
+            ),
+            "{line}"
+        );
+        assert_eq!(line["former_owner"], json!({"pid": pid, "comm": "testee"}));
+        // It exited on its own: no report counts them.
+        assert_eq!(line["counted_for"], json!(null), "{line}");
+        assert_eq!(line["clients"][0]["pid"], me(), "{line}");
+        assert_eq!(line["clients"][0]["refused"], 3, "{line}");
+        assert_eq!(line["clients_total"], 1, "{line}");
+        let one_by_one = events
+            .of_type("tcp_reset")
+            .filter(|r| r["local"] == addr.to_string() || r["remote"] == addr.to_string())
+            .count();
+        assert_eq!(one_by_one, 0, "{}", events.dump());
     }
 }
 

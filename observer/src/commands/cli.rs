@@ -107,6 +107,12 @@ pub struct WatchArgs {
     #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 
+    /// Refused connections (RSTs from a port nobody listens on, and the refusals this
+    /// host's clients receive): `summary` counts them into one `tcp_refused` line per
+    /// refusing address per second; `each` writes every RST as its own `tcp_reset`.
+    #[arg(long, value_enum, default_value_t = ResetLines::Summary)]
+    pub resets: ResetLines,
+
     /// When to colour the human format.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -269,6 +275,15 @@ pub struct ReportArgs {
 
     #[command(flatten)]
     pub reports: ReportTiming,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ResetLines {
+    /// Refusals counted per refusing address per second (`tcp_refused`); other RSTs
+    /// one `tcp_reset` line each.
+    Summary,
+    /// Every RST its own `tcp_reset` line.
+    Each,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

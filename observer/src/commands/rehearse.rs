@@ -459,6 +459,7 @@ fn start_session(args: &RehearseArgs, events_path: &Path) -> Result<Session> {
             deploy_window_ns: 0,
         },
         ring_buffer_kib: 1024,
+        every_reset: false,
     })?;
     session.pipeline.collect_reports();
     Ok(session)

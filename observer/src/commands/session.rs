@@ -44,6 +44,8 @@ pub struct Options {
     pub output: Output,
     pub reports: crate::pipeline::correlate::Config,
     pub ring_buffer_kib: u32,
+    /// Every RST its own line, refusals too (else refusals are counted: `tcp_refused`).
+    pub every_reset: bool,
 }
 
 /// The attached programs, their ring buffer, and the pipeline they feed.
@@ -95,7 +97,7 @@ impl Session {
         let (probes, ring) =
             Probes::load(object, &layout, settings, options.ring_buffer_kib * 1024)?;
         let host = hostname();
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             Enricher::new(
                 ProcHost::new(),
                 signal_mask,
@@ -106,6 +108,9 @@ impl Session {
             options.output,
             host.clone(),
         );
+        if options.every_reset {
+            pipeline.write_every_reset();
+        }
         let names: Vec<String> = options.signals.iter().map(|&s| signals::name(s)).collect();
         let shutdown_only: Vec<&str> = probes.shutdown_only().collect();
         eprintln!(

@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     commands::{
-        cli::WatchArgs,
+        cli::{ResetLines, WatchArgs},
         metrics_server,
         session::{Options, Session},
     },
@@ -107,6 +107,7 @@ fn options(args: &WatchArgs) -> Result<Options> {
         output: Output { format, sink },
         reports: args.reports.config(),
         ring_buffer_kib: args.ring_buffer_kib,
+        every_reset: args.resets == ResetLines::Each,
     })
 }
 

@@ -3,7 +3,7 @@ use crate::{
     event::{
         Activity, DeliveredEvent, Direction, Event, ExitEvent, Handler, Line, ListenAction, Origin,
         Role, SignalEvent, SignalResult, TcpAcceptEvent, TcpCloseAtExitEvent, TcpListenEvent,
-        TcpResetEvent, ThreadRef,
+        TcpRefusedEvent, TcpResetEvent, ThreadRef,
     },
     host::signals,
     output::{
@@ -30,6 +30,7 @@ impl HumanFormat {
             Event::SignalDelivered(e) => ("delivered", self.delivered(e)),
             Event::Exit(e) => ("exit", self.exit(e)),
             Event::TcpReset(e) => ("reset", self.reset(e)),
+            Event::TcpRefused(e) => ("refused", self.refused(e)),
             Event::TcpCloseAtExit(e) => ("open@exit", self.close_at_exit(e)),
             Event::TcpListen(e) => ("listen", listen(e)),
             Event::TcpAccept(e) => ("accept", self.accept(e)),
@@ -135,6 +136,34 @@ impl HumanFormat {
             e.remote,
             e.state
         )
+    }
+
+    /// `127.0.0.1:8080  refused 20000 (sent 20000 RSTs, 20000 connects failed)
+    /// (was nginx[123])  clients: wrk[77] 20000`.
+    fn refused(&self, e: &TcpRefusedEvent) -> String {
+        let mut text = format!(
+            "{}  {} (sent {} RSTs, {} connects failed)",
+            e.refused,
+            self.paint(RED, &format!("refused {}", e.sent.max(e.received))),
+            e.sent,
+            e.received
+        );
+        if let Some(former) = &e.former_owner {
+            text += &format!("  (was {}[{}])", former.comm, former.pid);
+        }
+        if !e.clients.is_empty() {
+            let clients: Vec<String> = e
+                .clients
+                .iter()
+                .map(|c| format!("{}[{}] {}", c.comm, c.pid, c.refused))
+                .collect();
+            text += &format!("  clients: {}", clients.join(", "));
+            let unlisted = e.clients_total as usize - e.clients.len();
+            if unlisted > 0 {
+                text += &format!(" and {unlisted} more");
+            }
+        }
+        text
     }
 
     fn close_at_exit(&self, e: &TcpCloseAtExitEvent) -> String {

@@ -14,7 +14,7 @@ use crate::{
         ContainerInfo, DeliveredEvent, Direction, Event, ExitEvent, ExitInfo, Handler, Line,
         ListenAction, OpenConnection, Origin, ProcessRef, Role, SCHEMA_VERSION, SigkillInfo,
         SignalEvent, SignalResult, SignalStep, SigtermInfo, TcpCloseAtExitEvent, TcpListenEvent,
-        TcpResetEvent, port_of,
+        TcpRefusedEvent, TcpResetEvent, port_of,
     },
     host::clock,
     host::containers,
@@ -78,6 +78,8 @@ pub struct Correlator {
     out: Vec<Line>,
     /// The container of the process the line being applied is about.
     line_container: Option<ContainerInfo>,
+    /// The process whose report counted the refusal the line being applied is (if so).
+    refusal_counted_for: Option<u32>,
 }
 
 impl Correlator {
@@ -95,6 +97,7 @@ impl Correlator {
             deploys: Vec::new(),
             out: Vec::new(),
             line_container: None,
+            refusal_counted_for: None,
         }
     }
 
@@ -111,6 +114,18 @@ impl Correlator {
         self.release(line.mono_ns.saturating_sub(SLACK_NS));
         self.apply(line);
         std::mem::take(&mut self.out)
+    }
+
+    /// The process whose report counted the refusal (a `tcp_reset` with no socket) just
+    /// observed; None if none did, or the line was no refusal.
+    pub fn refusal_counted_for(&self) -> Option<u32> {
+        self.refusal_counted_for
+    }
+
+    /// Whether a line at `now_ns` (or the clock reaching it) makes a shutdown report due.
+    pub fn reports_due(&self, now_ns: u64) -> bool {
+        let until = now_ns.saturating_sub(SLACK_NS);
+        self.exited.iter().any(|(deadline, _)| *deadline < until)
     }
 
     /// The clock reached `now_ns` (live only): reports now due.
@@ -236,6 +251,7 @@ impl Correlator {
     fn apply(&mut self, line: &Line) {
         let (mono, time) = (line.mono_ns, line.time.as_str());
         self.line_container.clone_from(&line.container_info);
+        self.refusal_counted_for = None;
         match &line.event {
             Event::Signal(e) if signals::TERMINATION_SIGNALS.contains(&e.sig) => {
                 self.on_termination_signal(e, mono, time)
@@ -256,6 +272,7 @@ impl Correlator {
                 }
             }
             Event::TcpReset(e) if e.direction == Direction::Sent => self.on_reset_sent(e, mono),
+            Event::TcpRefused(e) => self.on_refusals(e, mono),
             Event::Lost(_) => {
                 for shutdown in self.live.values_mut() {
                     shutdown.complete = false;
@@ -723,6 +740,20 @@ impl Correlator {
         {
             shutdown.refused_after_exit += 1;
             shutdown.last_refused_ns = Some(mono);
+            self.refusal_counted_for = Some(pid);
+        }
+    }
+
+    /// Refusals counted in a `tcp_refused` line, from a saved log (live, the pipeline
+    /// shows the correlator each refusal instead): the line names the report they count
+    /// for, decided when each was seen.
+    fn on_refusals(&mut self, e: &TcpRefusedEvent, mono: u64) {
+        if let Some(pid) = e.counted_for
+            && let Some(shutdown) = self.record(pid, mono)
+        {
+            let sent = u32::try_from(e.sent).unwrap_or(u32::MAX);
+            shutdown.refused_after_exit = shutdown.refused_after_exit.saturating_add(sent);
+            shutdown.last_refused_ns = shutdown.last_refused_ns.max(Some(e.last_mono_ns));
         }
     }
 
@@ -762,7 +793,7 @@ mod tests {
     use crate::event::{
         Activity, DeliveredEvent, Direction, ExitEvent, FindingCode, FindingCode::*, Handler,
         LostEvent, Origin, Role, ShutdownReport, SignalEvent, StatusSource, TcpAcceptEvent,
-        TcpCloseAtExitEvent, TcpListenEvent, TcpResetEvent, ThreadRef, Verdict,
+        TcpCloseAtExitEvent, TcpListenEvent, TcpRefusedEvent, TcpResetEvent, ThreadRef, Verdict,
     };
 
     const MS: u64 = 1_000_000;
@@ -1384,6 +1415,57 @@ mod tests {
             report.listener_closed_ms, None,
             "the kernel closed it at exit: the program never did"
         );
+    }
+
+    #[test]
+    fn refusals_are_told_to_the_pipeline_and_counted_from_a_saved_logs_tallies() {
+        let mut correlator = Correlator::new(config());
+        let at = |ms: u64| line(ms, Event::Lost(LostEvent { count: 0 })).mono_ns;
+        for l in [
+            listen(0, P, ListenAction::Open),
+            term(100, P),
+            exit(101, P, 1, None, Some(15)),
+        ] {
+            correlator.observe(&l);
+        }
+        correlator.observe(&reset(200, None, Some(P)));
+        assert_eq!(correlator.refusal_counted_for(), Some(P));
+        correlator.observe(&reset(300, None, Some(999)));
+        assert_eq!(
+            correlator.refusal_counted_for(),
+            None,
+            "someone else's port"
+        );
+        assert!(!correlator.reports_due(at(5_000)), "its window is open");
+        assert!(correlator.reports_due(at(7_000)));
+
+        // A saved log: the tallies name the report their sent refusals count for.
+        let tally = |at: u64, counted_for: Option<u32>, sent: u64| {
+            line(
+                at,
+                Event::TcpRefused(TcpRefusedEvent {
+                    refused: "127.0.0.1:8080".into(),
+                    port: 8080,
+                    sent,
+                    received: sent,
+                    last_mono_ns: line(at + 900, Event::Lost(LostEvent { count: 0 })).mono_ns,
+                    interval_ms: 1_000,
+                    former_owner: Some(ProcessRef::new(P, "app")),
+                    counted_for,
+                    clients: Vec::new(),
+                    clients_total: 0,
+                }),
+            )
+        };
+        let report = only(&[
+            listen(0, P, ListenAction::Open),
+            term(100, P),
+            exit(101, P, 1, None, Some(15)),
+            tally(200, Some(P), 7),
+            tally(1_200, None, 5),
+        ]);
+        assert_eq!(report.refused_after_exit, 7);
+        assert_eq!(report.last_refused_after_exit_ms, Some(999));
     }
 
     #[test]

@@ -170,6 +170,11 @@ impl<H: HostView> Enricher<H> {
                 .pid
                 .or(e.former_owner.as_ref().map(|owner| owner.pid))
                 .and_then(|pid| self.known_cgroup(pid)),
+            Event::TcpRefused(e) => e
+                .former_owner
+                .as_ref()
+                .map(|owner| owner.pid)
+                .and_then(|pid| self.known_cgroup(pid)),
             _ => None,
         }?;
         self.host.container_info(&cgroup)

@@ -128,7 +128,9 @@ fn subject(event: &Event) -> Option<Subject<'_>> {
             cgroup: None,
         },
         // Lost events concern everyone; reports derive from lines that passed already.
-        Event::Lost(_) | Event::Shutdown(_) | Event::Deploy(_) => return None,
+        Event::Lost(_) | Event::TcpRefused(_) | Event::Shutdown(_) | Event::Deploy(_) => {
+            return None;
+        }
     })
 }
 

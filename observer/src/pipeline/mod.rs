@@ -6,6 +6,7 @@ pub mod decode;
 pub mod enrich;
 pub mod exit_inference;
 pub mod filter;
+pub mod refusals;
 pub mod replay;
 pub mod tcp;
 
@@ -20,7 +21,11 @@ use crate::{
     pipeline::decode::{Record, decode},
     pipeline::enrich::{Enricher, HostView, Timed},
     pipeline::filter::Filter,
+    pipeline::refusals::Refusals,
 };
+
+/// How long one `tcp_refused` line counts an endpoint's refusals for, at most.
+const REFUSAL_INTERVAL_NS: u64 = 1_000_000_000;
 
 pub struct Pipeline<H> {
     enricher: Enricher<H>,
@@ -37,6 +42,9 @@ pub struct Pipeline<H> {
     collected: Option<Vec<Line>>,
     /// When set, every line written is also counted here (`--metrics`).
     metrics: Option<SharedMetrics>,
+    /// Refused connections, counted into `tcp_refused` lines (None: every RST its own
+    /// `tcp_reset` line, `--resets each`).
+    refusals: Option<Refusals>,
 }
 
 impl<H: HostView> Pipeline<H> {
@@ -58,6 +66,7 @@ impl<H: HostView> Pipeline<H> {
             scratch: Vec::new(),
             collected: None,
             metrics: None,
+            refusals: Some(Refusals::new(REFUSAL_INTERVAL_NS)),
         }
     }
 
@@ -103,29 +112,90 @@ impl<H: HostView> Pipeline<H> {
     }
 
     fn write_event(&mut self, mono_ns: u64, event: Event) -> Result<()> {
-        let container_info = self.enricher.container_of(&event);
-        let line = Line {
-            v: SCHEMA_VERSION,
-            event,
-            time: self.clock.rfc3339(mono_ns),
-            mono_ns,
-            host: self.host.clone(),
-            container_info,
-        };
+        self.write_refusals_due(mono_ns)?;
+        if let Event::TcpReset(reset) = &event
+            && reset.refused_endpoint().is_some()
+            && self.refusals.is_some()
+        {
+            return self.count_refusal(mono_ns, event);
+        }
+        let line = self.line(mono_ns, event);
         self.output.write(&line)?;
         self.count(std::slice::from_ref(&line));
         let reports = self.correlator.observe(&line);
         self.write_reports(reports)
     }
 
-    /// The clock reached `mono_ns`: writes the reports now due.
+    /// A refusal: the correlator takes it (its reports count each one), its tally counts
+    /// it, and no line is written for it alone.
+    fn count_refusal(&mut self, mono_ns: u64, event: Event) -> Result<()> {
+        let line = Line {
+            v: SCHEMA_VERSION,
+            event,
+            time: self.clock.rfc3339(mono_ns),
+            mono_ns,
+            host: self.host.clone(),
+            container_info: None,
+        };
+        let reports = self.correlator.observe(&line);
+        let counted_for = self.correlator.refusal_counted_for();
+        if let (Event::TcpReset(reset), Some(refusals)) = (&line.event, &mut self.refusals)
+            && let Some((first_ns, closed)) = refusals.add(mono_ns, reset, counted_for)
+        {
+            self.write_tally(first_ns, closed)?;
+        }
+        self.write_reports(reports)
+    }
+
+    /// Writes the refusal tallies due by `now_ns`: those whose interval passed, and,
+    /// when the correlator is about to write reports, those counted for one, so that
+    /// they come before it (a replayed log then counts them the same).
+    fn write_refusals_due(&mut self, now_ns: u64) -> Result<()> {
+        let Some(refusals) = &mut self.refusals else {
+            return Ok(());
+        };
+        let mut due = refusals.due(now_ns);
+        if refusals.any_counted() && self.correlator.reports_due(now_ns) {
+            due.extend(refusals.counted());
+        }
+        due.into_iter()
+            .try_for_each(|(first_ns, event)| self.write_tally(first_ns, event))
+    }
+
+    /// A `tcp_refused` line, not shown to the correlator: it took each refusal already.
+    fn write_tally(&mut self, first_ns: u64, event: Event) -> Result<()> {
+        let line = self.line(first_ns, event);
+        self.output.write(&line)?;
+        self.count(std::slice::from_ref(&line));
+        Ok(())
+    }
+
+    fn line(&mut self, mono_ns: u64, event: Event) -> Line {
+        let container_info = self.enricher.container_of(&event);
+        Line {
+            v: SCHEMA_VERSION,
+            event,
+            time: self.clock.rfc3339(mono_ns),
+            mono_ns,
+            host: self.host.clone(),
+            container_info,
+        }
+    }
+
+    /// The clock reached `mono_ns`: writes the refusal tallies and reports now due.
     pub fn advance(&mut self, mono_ns: u64) -> Result<()> {
+        self.write_refusals_due(mono_ns)?;
         let reports = self.correlator.advance(mono_ns);
         self.write_reports(reports)
     }
 
     /// Writes every pending report, then flushes and syncs the output.
     pub fn finish(&mut self) -> Result<()> {
+        if let Some(refusals) = &mut self.refusals {
+            for (first_ns, event) in refusals.all() {
+                self.write_tally(first_ns, event)?;
+            }
+        }
         let reports = self.correlator.finish();
         self.write_reports(reports)?;
         self.output.sink.finish()
@@ -166,6 +236,11 @@ impl<H> Pipeline<H> {
     /// Takes the report lines kept so far.
     pub fn take_collected(&mut self) -> Vec<Line> {
         self.collected.take().unwrap_or_default()
+    }
+
+    /// From now on, every RST its own `tcp_reset` line, refusals too (`--resets each`).
+    pub fn write_every_reset(&mut self) {
+        self.refusals = None;
     }
 
     /// Counts every line written into `metrics` from now on.
