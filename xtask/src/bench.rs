@@ -925,13 +925,25 @@ fn loss(observer: &Path, dir: &Path) -> Result<Value> {
         .filter(|l| l["type"] == "signal" && l["sender"]["pid"] == std::process::id())
         .count();
     let local = format!("127.0.0.1:{port}");
-    let resets = lines
+    // Refusals are counted into `tcp_refused` lines (`--resets each` would write a
+    // `tcp_reset` for each).
+    let one_by_one = lines
         .iter()
         .filter(|l| {
             l["type"] == "tcp_reset"
                 && (l["local"] == local.as_str() || l["remote"] == local.as_str())
         })
         .count();
+    let tallies: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "tcp_refused" && l["refused"] == local.as_str())
+        .collect();
+    let counted: u64 = tallies
+        .iter()
+        .map(|l| l["sent"].as_u64().unwrap_or(0) + l["received"].as_u64().unwrap_or(0))
+        .sum();
+    let resets = one_by_one as u64 + counted;
+    let reset_lines = one_by_one + tallies.len();
     let lost: u64 = lines
         .iter()
         .filter(|l| l["type"] == "lost")
@@ -947,7 +959,8 @@ fn loss(observer: &Path, dir: &Path) -> Result<Value> {
     );
     println!("  signals: {terms} SIGTERMs sent, {term_signals} reported");
     println!(
-        "  resets:  {refused} refused connects at {:.0}/s → {} RSTs expected, {resets} reported",
+        "  resets:  {refused} refused connects at {:.0}/s → {} RSTs expected, {resets} reported \
+         in {reset_lines} lines",
         refused as f64 / tcp_secs,
         2 * refused
     );
@@ -960,7 +973,8 @@ fn loss(observer: &Path, dir: &Path) -> Result<Value> {
         "exits_generated": children.len(), "exits_per_sec": children.len() as f64 / exit_secs,
         "exits_exact": exact, "sigterms_sent": terms, "sigterms_reported": term_signals,
         "refused_connects": refused, "connects_per_sec": refused as f64 / tcp_secs,
-        "resets_expected": 2 * refused, "resets_reported": resets, "lost": lost,
+        "resets_expected": 2 * refused, "resets_reported": resets,
+        "reset_lines": reset_lines, "lost": lost,
         "observer_cpu_percent": cpu, "events_per_sec": events / busy, "observer_peak_rss_mib": rss,
     }))
 }
