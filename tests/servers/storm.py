@@ -10,8 +10,12 @@ usage: storm.py MODE ARGS
   signals PID N   kill(PID, SIGTERM) N times as fast as possible; prints "sent N"
   reuse           a child killed by SIGTERM, then one with the same pid (forced through
                   ns_last_pid) that exits 7, within a second
+  drain N         a node drain: N children, each listening on loopback with two
+                  connections from this process accepted, all sent SIGTERM within a
+                  second (no handler: each dies of it); prints "signalled N in S s"
+                  on stderr
 """
-import os, signal, sys, time
+import os, resource, signal, socket, sys, time
 
 
 def report(pid, status):
@@ -96,6 +100,48 @@ def reuse():
     sys.exit("no pid reuse in 50 tries")
 
 
+def serve_two(ready):
+    """A drain child: listens, says its port, accepts two connections, says so, waits."""
+    os.closerange(3, ready)  # the parent's sockets to earlier children are not ours
+    os.closerange(ready + 1, 1 << 20)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    os.write(ready, listener.getsockname()[1].to_bytes(2, "big"))
+    held = [listener.accept()[0] for _ in range(2)]
+    os.write(ready, b"ok")
+    while held:
+        signal.pause()
+
+
+def drain(count):
+    files = 3 * count + 1000
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    children, clients = [], []
+    for _ in range(count):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            serve_two(w)
+            os._exit(0)
+        os.close(w)
+        port = int.from_bytes(os.read(r, 2), "big")
+        clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        if os.read(r, 2) != b"ok":
+            sys.exit(f"drain child {pid} did not accept")
+        os.close(r)
+        children.append(pid)
+    start = time.monotonic()
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    print(f"signalled {count} in {time.monotonic() - start:.3f} s", file=sys.stderr)
+    for pid in children:
+        report(*os.waitpid(pid, 0))
+    for client in clients:
+        client.close()
+
+
 mode = sys.argv[1]
 if mode == "exits":
     exits(int(sys.argv[2]))
@@ -105,5 +151,7 @@ elif mode == "signals":
     signals(int(sys.argv[2]), int(sys.argv[3]))
 elif mode == "reuse":
     reuse()
+elif mode == "drain":
+    drain(int(sys.argv[2]))
 else:
     sys.exit(f"unknown mode {mode}")

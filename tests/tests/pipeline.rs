@@ -181,8 +181,8 @@ fn same_as_parsed(original: &Value, parsed: &Value) -> bool {
     }
 }
 
-/// A server killed while holding `connections` clients: its report is the largest line.
-fn kill_a_busy_server(connections: usize) {
+/// tests/servers/server.py with no SIGTERM handler, listening: it and its port.
+fn server_without_a_handler() -> (Child, u16) {
     let mut server = Command::new("python3")
         .arg(servers_dir().join("server.py"))
         .arg("none")
@@ -190,7 +190,15 @@ fn kill_a_busy_server(connections: usize) {
         .spawn()
         .unwrap();
     let ready = read_line(&mut server);
-    let port: u16 = ready.strip_prefix("ready ").unwrap().parse().unwrap();
+    (
+        server,
+        ready.strip_prefix("ready ").unwrap().parse().unwrap(),
+    )
+}
+
+/// A server killed while holding `connections` clients: its report is the largest line.
+fn kill_a_busy_server(connections: usize) {
+    let (mut server, port) = server_without_a_handler();
     let mut clients = Vec::new();
     for _ in 0..connections {
         let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -327,17 +335,7 @@ fn hammer(port: u16, count: u64, rate: u64) -> u64 {
 fn a_closed_port_hammered_gives_a_few_exact_lines() {
     let timing = ["--after-exit", "30"];
     let observer = Observer::start(&timing);
-    let mut server = Command::new("python3")
-        .arg(servers_dir().join("server.py"))
-        .arg("none")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port: u16 = read_line(&mut server)
-        .strip_prefix("ready ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut server, port) = server_without_a_handler();
     let pid = server.id();
     send_signal(pid, libc::SIGTERM);
     wait_timeout(&mut server);

@@ -264,3 +264,35 @@ fn a_pid_reused_within_a_second_is_two_processes() {
         "{reports:#?}"
     );
 }
+
+/// A node drain: 3,000 servers, each listening with two connections open, told to stop
+/// within a second. Every one gets its report, with the status waitpid() saw and the
+/// sockets it held when it died; nothing is lost.
+#[test]
+fn a_node_drain_of_three_thousand_servers_holding_connections() {
+    const SERVERS: usize = 3_000;
+    let observer = Observer::start(&["--signals", "TERM", "--after-exit", "1"]);
+    let (reaped, _) = run_storm(&mut storm(&["drain", &SERVERS.to_string()]));
+    let events = stop_bounded(observer);
+
+    assert_eq!(reaped.len(), SERVERS);
+    assert_eq!(events.lost(), 0, "{}", events.stderr);
+    assert_eq!(assert_exits_exact_or_lost(&events, &reaped), SERVERS);
+    let mut senders = std::collections::BTreeSet::new();
+    for (&pid, &status) in &reaped {
+        assert_eq!(status, libc::SIGTERM, "the storm's own ground truth");
+        let report = events.shutdown_of(pid);
+        assert_eq!(report["exit"]["signal"], libc::SIGTERM, "{report}");
+        senders.insert(report["sigterm"]["from"]["pid"].as_u64());
+        assert_eq!(
+            (
+                &report["open_at_exit_by_role"]["inbound"],
+                &report["open_at_exit_by_role"]["listener"]
+            ),
+            (&serde_json::json!(2), &serde_json::json!(1)),
+            "{report}"
+        );
+    }
+    assert_eq!(senders.len(), 1, "one storm sent them all: {senders:?}");
+    assert!(!senders.contains(&None));
+}

@@ -427,7 +427,12 @@ pub fn run(args: &RehearseArgs) -> Result<bool> {
     let problems = problems(args, &rehearsed, &deaths, verdict, &allowed, pid)?;
     print_notes(args, &rehearsed);
     let passed = problems.is_empty();
-    print(args, report, &rehearsed, &deaths, pid, passed, &problems);
+    if args.json {
+        print_json(args, report, &rehearsed, &deaths, pid, passed, &problems);
+    } else {
+        let line = report.map(|(line, _)| line);
+        print_human(args, line, &rehearsed.clients, &problems);
+    }
     if !passed || args.show_output {
         eprint!("{}", output_of(&started.output_dir));
     }
@@ -1269,27 +1274,6 @@ struct RehearsalLine<'a> {
     died_before_signal: &'a [Death],
     /// `--max-duration` ran out.
     timed_out: bool,
-}
-
-fn print(
-    args: &RehearseArgs,
-    report: Option<(&Line, &ShutdownReport)>,
-    rehearsed: &Rehearsed,
-    deaths: &[Death],
-    pid: u32,
-    passed: bool,
-    problems: &[String],
-) {
-    if args.json {
-        print_json(args, report, rehearsed, deaths, pid, passed, problems);
-    } else {
-        print_human(
-            args,
-            report.map(|(line, _)| line),
-            &rehearsed.clients,
-            problems,
-        );
-    }
 }
 
 fn print_json(
