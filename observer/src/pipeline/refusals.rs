@@ -49,8 +49,12 @@ impl Tally {
         }
     }
 
-    fn add(&mut self, mono_ns: u64, reset: &TcpResetEvent) {
+    /// Counts `reset`; a sent one also says which report it counted for.
+    fn add(&mut self, mono_ns: u64, reset: &TcpResetEvent, counted_for: Option<Option<u32>>) {
         self.last_ns = self.last_ns.max(mono_ns);
+        if let Some(counted_for) = counted_for {
+            self.counted_for = counted_for;
+        }
         match reset.direction {
             Direction::Sent => self.sent += 1,
             Direction::Received => {
@@ -139,24 +143,21 @@ impl Refusals {
         };
         // Only a sent refusal can count for a report (the clients' side never does).
         let sent = reset.direction == Direction::Sent;
-        let closed = match self.open.remove_entry(endpoint) {
-            Some((key, tally)) if sent && tally.sent > 0 && tally.counted_for != counted_for => {
-                Some(tally.into_event(key, self.interval_ns))
-            }
-            Some((key, tally)) => {
-                self.open.insert(key, tally);
-                None
-            }
-            None => None,
-        };
-        let tally = self
-            .open
-            .entry(endpoint.to_string())
-            .or_insert_with(|| Tally::new(mono_ns));
-        if sent {
-            tally.counted_for = counted_for;
+        let joins = |tally: &Tally| !sent || tally.sent == 0 || tally.counted_for == counted_for;
+        // The common case, a storm on one endpoint: no allocation.
+        if let Some(tally) = self.open.get_mut(endpoint)
+            && joins(tally)
+        {
+            tally.add(mono_ns, reset, sent.then_some(counted_for));
+            return None;
         }
-        tally.add(mono_ns, reset);
+        let closed = self
+            .open
+            .remove_entry(endpoint)
+            .map(|(key, tally)| tally.into_event(key, self.interval_ns));
+        let mut tally = Tally::new(mono_ns);
+        tally.add(mono_ns, reset, sent.then_some(counted_for));
+        self.open.insert(endpoint.to_string(), tally);
         closed
     }
 
