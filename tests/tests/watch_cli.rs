@@ -6,8 +6,8 @@ use std::{
 };
 
 use observer_tests::{
-    Events, Observer, observer_binary, send_signal,
-    testee::{run_to_exit, start_ready},
+    Events, Observer, observer_binary, read_line, send_signal,
+    testee::{run_to_exit, start_interactive, start_ready},
     wait_timeout,
 };
 use serde_json::json;
@@ -172,6 +172,49 @@ fn without_btf_exit_statuses_are_inferred() {
     }
 }
 
+/// A server killed holding 20 clients: the human format shows its first 8 connections
+/// closed at exit and one line for the rest (its report counts them all);
+/// `--connections each` shows every one.
+#[test]
+fn the_human_format_folds_a_process_s_many_connections() {
+    const CLIENTS: usize = 20;
+    for (args, shown, notes) in [
+        (&[][..], 8, 1),
+        (&["--connections", "each"][..], CLIENTS + 1, 0),
+    ] {
+        let observer = Observer::start_human(args);
+        let (mut server, port) = start_interactive(&["tcp-server", "127.0.0.1:0"]);
+        let port: u16 = port.trim().parse().unwrap();
+        let pid = server.id();
+        let clients: Vec<std::net::TcpStream> = (0..CLIENTS)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        for _ in 0..CLIENTS {
+            assert!(read_line(&mut server).starts_with("accepted"));
+        }
+        send_signal(pid, libc::SIGKILL);
+        wait_timeout(&mut server);
+        let (text, _) = observer.stop_raw(libc::SIGINT);
+        drop(clients);
+
+        let ours = |what: &str| {
+            text.lines()
+                .filter(|l| l.contains(&format!("testee[{pid}]")) && l.contains(what))
+                .count()
+        };
+        assert_eq!(ours("open@exit"), shown, "{args:?}\n{text}");
+        assert_eq!(
+            ours("more connections closed at exit not shown"),
+            notes,
+            "{args:?}\n{text}"
+        );
+        assert!(
+            text.contains("KEEPALIVE_OPEN_AT_EXIT 20 idle inbound connections"),
+            "the report counts them all:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn the_human_format_is_one_aligned_line_per_event() {
     let observer = Observer::start_human(&[]);
@@ -203,7 +246,7 @@ fn the_human_format_is_one_aligned_line_per_event() {
     );
     let report: Vec<&str> = text
         .lines()
-        .skip_while(|line| !line.contains("SHUTDOWN"))
+        .skip_while(|line| !line.contains(&format!("SHUTDOWN   testee[{pid}]")))
         .skip(1)
         .take_while(|line| line.starts_with("    "))
         .map(str::trim)

@@ -113,6 +113,12 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = ResetLines::Summary)]
     pub resets: ResetLines,
 
+    /// In the human format, a process's connections closed at exit and RSTs it sent:
+    /// `summary` shows its first 8 of each and one line for the rest (its report counts
+    /// them all); `each` shows every one. `--json` writes every one either way.
+    #[arg(long, value_enum, default_value_t = ConnectionLines::Summary)]
+    pub connections: ConnectionLines,
+
     /// When to colour the human format.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -283,6 +289,14 @@ pub enum ResetLines {
     /// one `tcp_reset` line each.
     Summary,
     /// Every RST its own `tcp_reset` line.
+    Each,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConnectionLines {
+    /// A process's first 8 of each kind, then one line for the rest.
+    Summary,
+    /// Every one.
     Each,
 }
 

@@ -455,10 +455,7 @@ fn start_session(args: &RehearseArgs, events_path: &Path) -> Result<Session> {
     let mut session = Session::start(Options {
         signals: watched_signals(),
         filter: Filter::default(),
-        output: Output {
-            format: OutputFormat::Json,
-            sink: Sink::file(events_path)?,
-        },
+        output: Output::new(OutputFormat::Json, Sink::file(events_path)?),
         reports: Config {
             after_exit_ns: args.after_exit.as_nanos() as u64,
             deploy_window_ns: 0,

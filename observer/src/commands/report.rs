@@ -26,10 +26,10 @@ pub fn run(args: &ReportArgs) -> Result<()> {
                 .with_context(|| format!("cannot open {}", args.file.display()))?,
         )
     };
-    let mut output = Output {
-        format: OutputFormat::choose(args.json, args.color.forced(), false),
-        sink: Sink::stdout(),
-    };
+    let mut output = Output::new(
+        OutputFormat::choose(args.json, args.color.forced(), false),
+        Sink::stdout(),
+    );
     let mut correlator = Correlator::new(args.reports.config());
     let mut problems = 0usize;
     let mut events = 0usize;

@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     commands::{
-        cli::{ResetLines, WatchArgs},
+        cli::{ConnectionLines, ResetLines, WatchArgs},
         metrics_server,
         session::{Options, Session},
     },
@@ -104,7 +104,13 @@ fn options(args: &WatchArgs) -> Result<Options> {
                 cgroups: args.cgroups.clone(),
             },
         ),
-        output: Output { format, sink },
+        output: {
+            let mut output = Output::new(format, sink);
+            if args.connections == ConnectionLines::Each {
+                output.show_every_connection();
+            }
+            output
+        },
         reports: args.reports.config(),
         ring_buffer_kib: args.ring_buffer_kib,
         every_reset: args.resets == ResetLines::Each,
@@ -145,10 +151,10 @@ fn print_gate(args: &WatchArgs, service: &str, pipeline: &mut Pipeline<ProcHost>
     let Event::Deploy(report) = &deploy.event else {
         unreachable!("gate_report finds deploy reports");
     };
-    let mut stdout = Output {
-        format: OutputFormat::choose(args.json, args.color.forced(), false),
-        sink: Sink::stdout(),
-    };
+    let mut stdout = Output::new(
+        OutputFormat::choose(args.json, args.color.forced(), false),
+        Sink::stdout(),
+    );
     let collected = pipeline.take_collected();
     for line in &collected {
         if let Event::Shutdown(shutdown) = &line.event

@@ -22,6 +22,12 @@ impl HumanFormat {
         self.paint(color, &format!("{:<8}", signals::name(sig)))
     }
 
+    /// A line of its own in `line`'s place (at its time), such as a fold's note.
+    pub fn render_note(&self, line: &Line, note: &str) -> String {
+        let clock = line.time.get(11..26).unwrap_or(&line.time);
+        format!("{}  {:<9}  {note}", self.paint(DIM, clock), "…")
+    }
+
     pub fn render(&self, line: &Line) -> String {
         // "2026-11-24T21:03:06.123456789Z" → "21:03:06.123456"
         let clock = line.time.get(11..26).unwrap_or(&line.time);

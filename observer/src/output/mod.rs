@@ -1,5 +1,6 @@
 //! Lines as they leave observer: the human format, NDJSON, metrics, and the sink they
 //! are written to.
+pub mod fold;
 pub mod human;
 pub mod human_report;
 pub mod metrics;
@@ -8,7 +9,11 @@ pub mod style;
 
 use anyhow::Result;
 
-use self::{sink::Sink, style::HumanFormat};
+use self::{
+    fold::{Fold, Folding},
+    sink::Sink,
+    style::HumanFormat,
+};
 use crate::event::Line;
 
 pub enum OutputFormat {
@@ -36,13 +41,34 @@ impl OutputFormat {
 pub struct Output {
     pub format: OutputFormat,
     pub sink: Sink,
+    /// The human format's folding of a process's many connections (None: every line).
+    folding: Option<Folding>,
 }
 
 impl Output {
+    pub fn new(format: OutputFormat, sink: Sink) -> Self {
+        let folding = matches!(format, OutputFormat::Human(_)).then(Folding::default);
+        Self {
+            format,
+            sink,
+            folding,
+        }
+    }
+
+    /// Every connection closed at exit and every RST its own line in the human format
+    /// too (`--connections each`).
+    pub fn show_every_connection(&mut self) {
+        self.folding = None;
+    }
+
     pub fn write(&mut self, line: &Line) -> Result<()> {
         let text = match &self.format {
             OutputFormat::Json => line.to_json(),
-            OutputFormat::Human(human) => human.render(line),
+            OutputFormat::Human(human) => match self.folding.as_mut().map(|f| f.fold(line)) {
+                None | Some(Fold::Show) => human.render(line),
+                Some(Fold::Note(note)) => human.render_note(line, &note),
+                Some(Fold::Hide) => return Ok(()),
+            },
         };
         self.sink.write_line(&text)
     }
