@@ -468,7 +468,12 @@ fn refusals_are_counted_into_one_line_per_address() {
             ),
             "{line}"
         );
-        assert_eq!(line["former_owner"], json!({"pid": pid, "comm": "testee"}));
+        if kernel_traces_rst_reasons() {
+            assert_eq!(line["former_owner"], json!({"pid": pid, "comm": "testee"}));
+        } else {
+            // Known from the RSTs sent, which are not traced before 6.10.
+            assert_eq!(line["former_owner"], json!(null), "{line}");
+        }
         // It exited on its own: no report counts them.
         assert_eq!(line["counted_for"], json!(null), "{line}");
         assert_eq!(line["clients"][0]["pid"], me(), "{line}");
