@@ -32,7 +32,7 @@ use observer_common::{
 };
 
 use crate::{
-    emit::{header, submit, submit_now},
+    emit::{self, header, submit, submit_now},
     globals::{PROCESS_EXIT_LAYOUT, SETTINGS, TASK_LAYOUT, field},
     scope, shutting, task,
 };
@@ -148,18 +148,20 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
     if scope::current_out_of_scope() {
         return Some(());
     }
-    let mut record = ProcessExitRecord {
+    let leader = members
+        .get::<u64>(task, field!(TASK_LAYOUT.task_group_leader))
+        .unwrap_or(task);
+    let signal = members.get::<u64>(task, field!(TASK_LAYOUT.task_signal))?;
+    // The record is written once, in its ring buffer slot (no stack copy of 112 bytes).
+    let mut entry = emit::reserve::<ProcessExitRecord>()?;
+    let record = entry.write(ProcessExitRecord {
         header: header(kind::PROCESS_EXIT),
         tgid,
         tid,
         // SAFETY: no arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         ..Default::default()
-    };
-    let leader = members
-        .get::<u64>(task, field!(TASK_LAYOUT.task_group_leader))
-        .unwrap_or(task);
-    let signal = members.get::<u64>(task, field!(TASK_LAYOUT.task_signal))?;
+    });
     if let Some(signal_flags) = members.get::<u32>(signal, field!(TASK_LAYOUT.signal_flags)) {
         let status = if signal_flags & SIGNAL_GROUP_EXIT != 0 {
             members.get::<i32>(signal, field!(TASK_LAYOUT.signal_group_exit_code))
@@ -198,18 +200,23 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
     if shutting
         || (record.flags & exit_flags::WAIT_STATUS_EXACT != 0 && record.wait_status & 0x7f != 0)
     {
-        read_children(&mut record, task);
+        read_children(record, task);
     }
-    report(record);
+    emit::send(entry, wakes_at_once());
     Some(())
+}
+
+/// In a scoped run, the exits that get here come from the scope or from a cgroup
+/// userspace has not seen yet, which it rescans for and shuts out in the kernel: it
+/// should hear of those at once. Scoped runs send few records, so waking costs little.
+#[inline(always)]
+fn wakes_at_once() -> bool {
+    field!(SETTINGS.scope_filtered) != 0
 }
 
 #[inline(always)]
 fn report(record: ProcessExitRecord) {
-    // In a scoped run, the exits that get here come from the scope or from a cgroup
-    // userspace has not seen yet, which it rescans for and shuts out in the kernel: it
-    // should hear of those at once. Scoped runs send few records, so waking costs little.
-    if field!(SETTINGS.scope_filtered) != 0 {
+    if wakes_at_once() {
         submit_now(record);
     } else {
         submit(record);

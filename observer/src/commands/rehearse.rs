@@ -460,7 +460,7 @@ fn start_session(args: &RehearseArgs, events_path: &Path) -> Result<Session> {
             after_exit_ns: args.after_exit.as_nanos() as u64,
             deploy_window_ns: 0,
         },
-        ring_buffer_kib: 1024,
+        ring_buffer_kib: 4096,
         every_reset: false,
     })?;
     session.pipeline.collect_reports();
