@@ -450,7 +450,7 @@ mod tests {
     fn defaults_report_the_termination_signals() {
         let args = watch(&[]).unwrap();
         assert_eq!(args.signals.0, vec![15, 2, 3, 1, 9]);
-        assert_eq!(args.ring_buffer_kib, 1024);
+        assert_eq!(args.ring_buffer_kib, 4096);
         assert!(!args.json && args.output.is_none() && args.duration.is_none());
     }
 
