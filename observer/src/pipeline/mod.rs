@@ -129,14 +129,8 @@ impl<H: HostView> Pipeline<H> {
     /// A refusal: the correlator takes it (its reports count each one), its tally counts
     /// it, and no line is written for it alone.
     fn count_refusal(&mut self, mono_ns: u64, event: Event) -> Result<()> {
-        let line = Line {
-            v: SCHEMA_VERSION,
-            event,
-            time: self.clock.rfc3339(mono_ns),
-            mono_ns,
-            host: self.host.clone(),
-            container_info: None,
-        };
+        // No container lookup: the line is only the correlator's.
+        let line = self.bare_line(mono_ns, event);
         let reports = self.correlator.observe(&line);
         let counted_for = self.correlator.refusal_counted_for();
         if let (Event::TcpReset(reset), Some(refusals)) = (&line.event, &mut self.refusals)
@@ -173,12 +167,20 @@ impl<H: HostView> Pipeline<H> {
     fn line(&mut self, mono_ns: u64, event: Event) -> Line {
         let container_info = self.enricher.container_of(&event);
         Line {
+            container_info,
+            ..self.bare_line(mono_ns, event)
+        }
+    }
+
+    /// The line of `event`, without its container.
+    fn bare_line(&self, mono_ns: u64, event: Event) -> Line {
+        Line {
             v: SCHEMA_VERSION,
             event,
             time: self.clock.rfc3339(mono_ns),
             mono_ns,
             host: self.host.clone(),
-            container_info,
+            container_info: None,
         }
     }
 
