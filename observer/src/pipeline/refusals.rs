@@ -11,7 +11,9 @@
 //! written before that report is; the line names the report in `counted_for`.
 use std::collections::HashMap;
 
-use crate::event::{Direction, Event, ProcessRef, RefusedClient, TcpRefusedEvent, TcpResetEvent};
+use crate::event::{
+    Direction, Event, ProcessRef, RefusedClient, TcpRefusedEvent, TcpResetEvent, port_of,
+};
 
 /// Endpoints tallied at once; refusals of further endpoints go to the `*` tally, so a
 /// scan of many addresses stays a few lines.
@@ -92,10 +94,7 @@ impl Tally {
         let mut clients: Vec<RefusedClient> = self.clients.into_values().collect();
         clients.sort_by(|a, b| b.refused.cmp(&a.refused).then(a.pid.cmp(&b.pid)));
         clients.truncate(MAX_CLIENTS_LISTED);
-        let port = endpoint
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse().ok())
-            .unwrap_or(0);
+        let port = port_of(&endpoint).unwrap_or(0);
         let event = TcpRefusedEvent {
             refused: endpoint,
             port,
