@@ -16,8 +16,13 @@
 // --workspace`) it is an ordinary program that does nothing, so that the workspace builds.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The atomic intrinsics (atomic.rs): core::sync::atomic has no swap or add on BPF.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+mod atomic;
 mod emit;
+mod exit_stage;
 mod globals;
 mod inet_sock_set_state;
 mod owners;

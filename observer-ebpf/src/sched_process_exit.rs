@@ -22,17 +22,24 @@
 //!
 //! The status is computed as wait_task_zombie() does for the parent's waitpid():
 //! `signal->flags & SIGNAL_GROUP_EXIT ? signal->group_exit_code : leader->exit_code`.
+use core::mem::offset_of;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    COMM_LEN, FIELD_ABSENT, ProcessExitRecord, SIGNAL_GROUP_EXIT, exit_flags, kind,
+    COMM_LEN, FIELD_ABSENT, ProcessExitRecord, RecordHeader, SIGNAL_GROUP_EXIT, StagedExit,
+    exit_flags, kind,
 };
 
 use crate::{
     emit::{self, header, submit, submit_now},
+    exit_stage,
     globals::{PROCESS_EXIT_LAYOUT, SETTINGS, TASK_LAYOUT, field},
     scope, shutting, task,
 };
@@ -152,39 +159,132 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
         .get::<u64>(task, field!(TASK_LAYOUT.task_group_leader))
         .unwrap_or(task);
     let signal = members.get::<u64>(task, field!(TASK_LAYOUT.task_signal))?;
-    // The record is written once, in its ring buffer slot (no stack copy of 112 bytes).
-    let mut entry = emit::reserve::<ProcessExitRecord>()?;
-    let record = entry.write(ProcessExitRecord {
-        header: header(kind::PROCESS_EXIT),
+    let status = wait_status(members, signal, leader);
+    let parent = parent_and_start(members, leader);
+    let mut flags = 0;
+    if status.is_some() {
+        flags |= exit_flags::WAIT_STATUS_EXACT;
+    }
+    if parent.is_some() {
+        flags |= exit_flags::PARENT_KNOWN;
+    }
+    let (ppid, start_time_ns) = parent.unwrap_or((0, 0));
+    let exit = StagedExit {
+        // SAFETY: no arguments.
+        mono_ns: unsafe { bpf_ktime_get_ns() },
         tgid,
         tid,
+        ppid,
+        wait_status: status.unwrap_or(0),
+        flags,
+        _pad: 0,
         // SAFETY: no arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        ..Default::default()
-    });
-    if let Some(signal_flags) = members.get::<u32>(signal, field!(TASK_LAYOUT.signal_flags)) {
-        let status = if signal_flags & SIGNAL_GROUP_EXIT != 0 {
-            members.get::<i32>(signal, field!(TASK_LAYOUT.signal_group_exit_code))
-        } else {
-            members.get::<i32>(leader, field!(TASK_LAYOUT.task_exit_code))
-        };
-        if let Some(status) = status {
-            record.wait_status = status as u32;
-            record.flags |= exit_flags::WAIT_STATUS_EXACT;
+        start_time_ns,
+        comm: leader_comm(members, leader),
+    };
+    // The children serve the correlation of a stop (a wrapper that never forwarded the
+    // signal to them, a pre-fork server's workers): only for processes that got a
+    // termination signal, or that a signal ended. Those exits, and those of a scoped run
+    // (which wakes userspace), take the ring buffer; the rest this CPU's stage.
+    let with_children = shutting || status.is_some_and(|status| status & 0x7f != 0);
+    if !with_children
+        && !wakes_at_once()
+        && let Some(mut slot) = exit_stage::take_slot()
+    {
+        slot.write(exit);
+        slot.publish();
+        return Some(());
+    }
+    let mut entry = emit::reserve::<ProcessExitRecord>()?;
+    let record = entry.as_mut_ptr();
+    // SAFETY: the entry is this program's until sent; every byte is written here.
+    unsafe {
+        write_whole(record, &exit);
+        if with_children {
+            read_children(&mut *record, task);
         }
     }
-    let parent = members.get::<u64>(leader, field!(TASK_LAYOUT.task_real_parent));
-    if let (Some(ppid), Some(start_time)) = (
-        parent.and_then(|parent| members.get::<u32>(parent, field!(TASK_LAYOUT.task_tgid))),
-        members.get::<u64>(leader, field!(TASK_LAYOUT.task_start_time)),
-    ) {
-        record.ppid = ppid;
-        record.start_time_ns = start_time;
-        record.flags |= exit_flags::PARENT_KNOWN;
+    emit::send(entry, wakes_at_once());
+    Some(())
+}
+
+/// Writes `exit` as a whole record at `record`, with no children, field by field:
+/// `..Default::default()` or a zeroed array becomes a byte-by-byte memset subprogram
+/// (80 iterations), and a record built on the stack a 112-byte copy.
+///
+/// # Safety
+/// `record` must be valid for writes and 8-byte aligned.
+#[inline(always)]
+unsafe fn write_whole(record: *mut ProcessExitRecord, exit: &StagedExit) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        (&raw mut (*record).header).write(RecordHeader {
+            kind: kind::PROCESS_EXIT,
+            cpu: bpf_get_smp_processor_id(),
+            mono_ns: exit.mono_ns,
+        });
+        (&raw mut (*record).tgid).write(exit.tgid);
+        (&raw mut (*record).tid).write(exit.tid);
+        (&raw mut (*record).ppid).write(exit.ppid);
+        (&raw mut (*record).wait_status).write(exit.wait_status);
+        (&raw mut (*record).flags).write(exit.flags);
+        (&raw mut (*record)._pad).write(0);
+        (&raw mut (*record).cgroup_id).write(exit.cgroup_id);
+        (&raw mut (*record).start_time_ns).write(exit.start_time_ns);
+        (&raw mut (*record).comm).write(exit.comm);
+        zero_children(record);
     }
+}
+
+/// Zeroes `children`, `child_count` and the padding after them: five u64 stores (40
+/// bytes at offset 72), volatile so that LLVM does not merge them back into a memset.
+///
+/// # Safety
+/// `record` must be valid for writes and 8-byte aligned.
+#[inline(always)]
+unsafe fn zero_children(record: *mut ProcessExitRecord) {
+    const WORDS: usize =
+        (size_of::<ProcessExitRecord>() - offset_of!(ProcessExitRecord, children)) / 8;
+    const _: () = assert!(offset_of!(ProcessExitRecord, children) % 8 == 0 && WORDS == 5);
+    // SAFETY: within the record, aligned (asserted above).
+    unsafe {
+        let words = (&raw mut (*record).children).cast::<u64>();
+        for word in 0..WORDS {
+            core::ptr::write_volatile(words.add(word), 0);
+        }
+    }
+}
+
+/// What the parent's waitpid() will see, as wait_task_zombie() computes it.
+#[inline(always)]
+fn wait_status(members: &impl Members, signal: u64, leader: u64) -> Option<u32> {
+    let signal_flags = members.get::<u32>(signal, field!(TASK_LAYOUT.signal_flags))?;
+    let status = if signal_flags & SIGNAL_GROUP_EXIT != 0 {
+        members.get::<i32>(signal, field!(TASK_LAYOUT.signal_group_exit_code))
+    } else {
+        members.get::<i32>(leader, field!(TASK_LAYOUT.task_exit_code))
+    };
+    status.map(|status| status as u32)
+}
+
+/// The parent's tgid and the leader's start time (with the tgid, an identity that
+/// survives pid reuse).
+#[inline(always)]
+fn parent_and_start(members: &impl Members, leader: u64) -> Option<(u32, u64)> {
+    let parent = members.get::<u64>(leader, field!(TASK_LAYOUT.task_real_parent))?;
+    Some((
+        members.get::<u32>(parent, field!(TASK_LAYOUT.task_tgid))?,
+        members.get::<u64>(leader, field!(TASK_LAYOUT.task_start_time))?,
+    ))
+}
+
+/// The leader's comm (what `ps` shows), or the exiting thread's.
+#[inline(always)]
+fn leader_comm(members: &impl Members, leader: u64) -> [u8; COMM_LEN] {
     let comm_offset = field!(TASK_LAYOUT.task_comm);
     // Two u64s are sixteen bytes: as loads, two instructions.
-    record.comm = match (
+    match (
         members.get::<u64>(leader, comm_offset),
         members.get::<u64>(leader, comm_offset + 8),
     ) {
@@ -193,17 +293,7 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
             core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>([low, high])
         },
         _ => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    };
-    // The children serve the correlation of a stop (a wrapper that never forwarded the
-    // signal to them, a pre-fork server's workers): only for processes that got a
-    // termination signal, or that a signal ended.
-    if shutting
-        || (record.flags & exit_flags::WAIT_STATUS_EXACT != 0 && record.wait_status & 0x7f != 0)
-    {
-        read_children(record, task);
     }
-    emit::send(entry, wakes_at_once());
-    Some(())
 }
 
 /// In a scoped run, the exits that get here come from the scope or from a cgroup

@@ -16,10 +16,11 @@ use tokio::{
 };
 
 use crate::{
-    host::clock, host::procfs::ProcHost, host::signals, kernel::layout::KernelLayout,
-    kernel::loader::Probes, kernel::object, kernel::preflight, kernel::tracefs, output::Output,
-    pipeline::Pipeline, pipeline::correlate::Correlator, pipeline::decode::Record,
-    pipeline::enrich::Enricher, pipeline::filter::Filter, pipeline::tcp::TcpTracker,
+    host::clock, host::procfs::ProcHost, host::signals, kernel::exit_stage::ExitStages,
+    kernel::layout::KernelLayout, kernel::loader::Probes, kernel::object, kernel::preflight,
+    kernel::tracefs, output::Output, pipeline::Pipeline, pipeline::correlate::Correlator,
+    pipeline::decode::Record, pipeline::enrich::Enricher, pipeline::filter::Filter,
+    pipeline::staged::StagedExits, pipeline::tcp::TcpTracker,
 };
 
 /// How often the ring buffer is drained. The kernel programs do not wake observer per
@@ -52,6 +53,8 @@ pub struct Options {
 pub struct Session {
     probes: Probes,
     ring: Option<RingBuf<MapData>>,
+    /// Exit records the kernel staged per CPU instead of the ring.
+    exit_stages: ExitStages,
     pub pipeline: Pipeline<ProcHost>,
     lost_reported: u64,
     /// With a scope: what the kernel was told to skip.
@@ -94,7 +97,7 @@ impl Session {
             // The loader derives it from the ring's size.
             wakeup_bytes: 0,
         };
-        let (probes, ring) =
+        let (probes, ring, exit_stages) =
             Probes::load(object, &layout, settings, options.ring_buffer_kib * 1024)?;
         let host = hostname();
         let mut pipeline = Pipeline::new(
@@ -136,6 +139,7 @@ impl Session {
             }),
             probes,
             ring: Some(ring),
+            exit_stages,
             pipeline,
             lost_reported: 0,
         };
@@ -166,21 +170,21 @@ impl Session {
             tokio::select! {
                 ready = ring.readable_mut() => {
                     let mut guard = ready?;
-                    drain(guard.get_inner_mut(), &mut self.pipeline, &mut self.probes)?;
+                    self.drain(guard.get_inner_mut())?;
                     guard.clear_ready();
                     // A record committed between the drain and clear_ready() woke nobody:
                     // drain once more so it cannot wait for the next wake-up.
-                    drain(guard.get_inner_mut(), &mut self.pipeline, &mut self.probes)?;
+                    self.drain(guard.get_inner_mut())?;
                     self.sync_shutdown_tracing()?;
                     self.pipeline.sink().flush()?;
                 }
                 _ = ring_poll.tick() => {
-                    drain(ring.get_mut(), &mut self.pipeline, &mut self.probes)?;
+                    self.drain(ring.get_mut())?;
                     self.sync_shutdown_tracing()?;
                     self.pipeline.sink().flush()?;
                 }
                 _ = lost_poll.tick() => {
-                    drain(ring.get_mut(), &mut self.pipeline, &mut self.probes)?;
+                    self.drain(ring.get_mut())?;
                     self.sync_shutdown_tracing()?;
                     self.report_lost()?;
                     self.sync_kernel_scope()?;
@@ -203,8 +207,9 @@ impl Session {
     pub fn finish(&mut self) -> Result<u64> {
         // Detach first so that the drain below sees everything there will ever be.
         self.probes.detach();
-        if let Some(ring) = self.ring.as_mut() {
-            drain(ring, &mut self.pipeline, &mut self.probes)?;
+        if let Some(mut ring) = self.ring.take() {
+            self.drain(&mut ring)?;
+            self.ring = Some(ring);
         }
         self.report_lost()?;
         self.pipeline.finish()?;
@@ -259,6 +264,43 @@ impl Session {
         Ok(())
     }
 
+    /// Hands every record waiting in the ring and the exit stages to the pipeline, in
+    /// time order. A termination signal turns the shutdown-only programs on before its
+    /// record is handled: enriching it reads the target's /proc entry, which can take
+    /// tens of milliseconds on a host with many sockets, while the target may already be
+    /// accepting.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        // The stages first: see StagedExits.
+        let mut exits = self.staged_exits();
+        while let Some(item) = ring.next() {
+            let Some(record) = self.pipeline.decode(&item) else {
+                continue;
+            };
+            while let Some(exit) = exits.next_before(record.header().mono_ns) {
+                self.pipeline.handle(&exit)?;
+            }
+            if starts_a_shutdown(&record) {
+                self.probes.trace_shutdowns(true)?;
+            }
+            self.pipeline.handle(&record)?;
+        }
+        exits
+            .rest()
+            .try_for_each(|exit| self.pipeline.handle(&exit))
+    }
+
+    /// The exits staged since the last drain.
+    fn staged_exits(&mut self) -> StagedExits {
+        let mut staged = Vec::new();
+        self.exit_stages.take(&mut staged);
+        StagedExits::new(
+            staged
+                .into_iter()
+                .map(|exit| self.pipeline.staged_exit(exit))
+                .collect(),
+        )
+    }
+
     fn report_lost(&mut self) -> Result<()> {
         let total = self.probes.lost_total()?;
         if total > self.lost_reported {
@@ -311,27 +353,6 @@ fn warn_about_gaps(layout: &KernelLayout) {
              termination signal are not reported"
         );
     }
-}
-
-/// Hands every record waiting in the ring to the pipeline. A termination signal turns
-/// the shutdown-only programs on before its record is handled: enriching it reads the
-/// target's /proc entry, which can take tens of milliseconds on a host with many
-/// sockets, while the target may already be accepting.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    pipeline: &mut Pipeline<ProcHost>,
-    probes: &mut Probes,
-) -> Result<()> {
-    while let Some(item) = ring.next() {
-        let Some(record) = pipeline.decode(&item) else {
-            continue;
-        };
-        if starts_a_shutdown(&record) {
-            probes.trace_shutdowns(true)?;
-        }
-        pipeline.handle(&record)?;
-    }
-    Ok(())
 }
 
 /// Whether a kernel record is a termination signal the kernel delivered (or queued).

@@ -16,6 +16,7 @@ use std::{
 };
 
 use crate::{
+    kernel::exit_stage::ExitStages,
     kernel::layout::KernelLayout,
     kernel::tracepoints::{
         INET_SOCK_SET_STATE, SCHED_PROCESS_EXIT, SIGNAL_DELIVER, SIGNAL_GENERATE,
@@ -168,7 +169,7 @@ impl Probes {
         layout: &KernelLayout,
         settings: Settings,
         ring_bytes: u32,
-    ) -> Result<(Self, RingBuf<MapData>)> {
+    ) -> Result<(Self, RingBuf<MapData>, ExitStages)> {
         let mut ebpf = load_object(object, layout, settings, ring_bytes)?;
         let mut attached = Vec::new();
         let mut shutdown_only = Vec::new();
@@ -183,6 +184,11 @@ impl Probes {
             }
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
+        let exit_stages = ExitStages::map(
+            ebpf.take_map("EXIT_STAGE")
+                .context("map EXIT_STAGE missing")?,
+            possible_cpus()?,
+        )?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
         let out_of_scope_cgroups = HashMap::try_from(
             ebpf.take_map("OUT_OF_SCOPE_CGROUPS")
@@ -197,7 +203,7 @@ impl Probes {
             shutdown_asked: None,
             detaching: None,
         };
-        Ok((probes, ring))
+        Ok((probes, ring, exit_stages))
     }
 
     /// The programs attached only while some process is shutting down.
@@ -324,7 +330,8 @@ fn load_object(
             .override_global("SIGNAL_DELIVER_LAYOUT", &layout.signal_deliver, true)
             .override_global("PROCESS_EXIT_LAYOUT", &layout.process_exit, true)
             .override_global("TASK_LAYOUT", &layout.task, true)
-            .map_max_entries("EVENTS", ring_bytes);
+            .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("EXIT_STAGE", possible_cpus()? as u32);
         if let Some(exit_group) = &layout.exit_group {
             loader.override_global("EXIT_GROUP_LAYOUT", exit_group, true);
         }
@@ -340,6 +347,11 @@ fn load_object(
         }
         loader.load(object).context("loading the eBPF object")
     }
+}
+
+/// CPUs the kernel may run a program on: one exit stage each.
+fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))
 }
 
 impl Tracepoints {

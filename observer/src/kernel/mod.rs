@@ -2,6 +2,7 @@
 //! kernel offers (tracefs format files, BTF), preflight checks, and loading and attaching
 //! the programs built from `observer-ebpf`.
 pub mod btf;
+pub mod exit_stage;
 pub mod layout;
 pub mod loader;
 pub mod object;

@@ -8,9 +8,11 @@ pub mod exit_inference;
 pub mod filter;
 pub mod refusals;
 pub mod replay;
+pub mod staged;
 pub mod tcp;
 
 use anyhow::Result;
+use observer_common::ProcessExitRecord;
 
 use crate::{
     event::{Event, Line, LostEvent, SCHEMA_VERSION},
@@ -89,6 +91,15 @@ impl<H: HostView> Pipeline<H> {
     }
 
     /// Enriches, filters, writes and correlates the events of one decoded record.
+    /// An exit the kernel staged instead of sending through the ring (counted as a
+    /// kernel record read, as `decode` counts the ring's).
+    pub fn staged_exit(&mut self, exit: ProcessExitRecord) -> Record {
+        if let Some(metrics) = &self.metrics {
+            metrics::lock(metrics).kernel_record_read();
+        }
+        Record::ProcessExit(exit)
+    }
+
     pub fn handle(&mut self, record: &Record) -> Result<()> {
         let mut events = std::mem::take(&mut self.scratch);
         self.enricher.enrich(record, &mut events);

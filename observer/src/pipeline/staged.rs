@@ -1,0 +1,100 @@
+//! Exits the kernel staged per CPU instead of sending them through the ring buffer, put
+//! back among the ring's records by time. Pure: the session reads the stages before the
+//! ring at each drain, so every staged exit is older than the ring records committed
+//! after that read, and the ring records committed before it may be older or newer.
+use std::collections::VecDeque;
+
+use crate::pipeline::decode::Record;
+
+pub struct StagedExits(VecDeque<Record>);
+
+impl StagedExits {
+    /// The exits of one read of the stages, in any order.
+    pub fn new(mut exits: Vec<Record>) -> Self {
+        // Each CPU's are in order already; a stable sort merges the CPUs.
+        exits.sort_by_key(|exit| exit.header().mono_ns);
+        Self(exits.into())
+    }
+
+    /// The next staged exit to handle before a ring record of time `at`.
+    pub fn next_before(&mut self, at: u64) -> Option<Record> {
+        if self.0.front()?.header().mono_ns <= at {
+            self.0.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// The exits left once the ring is empty, oldest first.
+    pub fn rest(self) -> impl Iterator<Item = Record> {
+        self.0.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::{ProcessExitRecord, RecordHeader, TcpStateRecord};
+
+    fn exit(mono_ns: u64, cpu: u32) -> Record {
+        Record::ProcessExit(ProcessExitRecord {
+            header: RecordHeader {
+                cpu,
+                mono_ns,
+                ..RecordHeader::default()
+            },
+            ..ProcessExitRecord::default()
+        })
+    }
+
+    fn ring_record(mono_ns: u64) -> Record {
+        Record::TcpState(TcpStateRecord {
+            header: RecordHeader {
+                mono_ns,
+                ..RecordHeader::default()
+            },
+            ..TcpStateRecord::default()
+        })
+    }
+
+    /// The order the session hands records to the pipeline in.
+    fn merged(ring: &[u64], staged: Vec<Record>) -> Vec<(&'static str, u64)> {
+        let mut staged = StagedExits::new(staged);
+        let mut order = Vec::new();
+        for record in ring.iter().map(|&at| ring_record(at)) {
+            let at = record.header().mono_ns;
+            while let Some(exit) = staged.next_before(at) {
+                order.push(("exit", exit.header().mono_ns));
+            }
+            order.push(("ring", at));
+        }
+        order.extend(staged.rest().map(|exit| ("exit", exit.header().mono_ns)));
+        order
+    }
+
+    #[test]
+    fn staged_exits_go_among_the_ring_records_by_time() {
+        // Two CPUs' stages, each in order; the ring as committed (20 after 30: another
+        // CPU's record reserved later).
+        let staged = vec![exit(5, 0), exit(25, 0), exit(12, 1), exit(40, 1)];
+        assert_eq!(
+            merged(&[10, 30, 20], staged),
+            [
+                ("exit", 5),
+                ("ring", 10),
+                ("exit", 12),
+                ("exit", 25),
+                ("ring", 30),
+                ("ring", 20),
+                ("exit", 40),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_ring_record_at_the_same_time_comes_after_the_exit() {
+        assert_eq!(merged(&[7], vec![exit(7, 1)]), [("exit", 7), ("ring", 7)]);
+        assert_eq!(merged(&[], vec![exit(3, 0)]), [("exit", 3)]);
+        assert_eq!(merged(&[3], vec![]), [("ring", 3)]);
+    }
+}
