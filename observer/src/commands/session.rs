@@ -270,13 +270,18 @@ impl Session {
     /// tens of milliseconds on a host with many sockets, while the target may already be
     /// accepting.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        // The stages first: see StagedExits.
-        let mut exits = self.staged_exits();
+        // See StagedExits for why the stages are read again.
+        let mut exits = StagedExits::default();
+        let mut stages_read_at = self.read_stages(&mut exits);
         while let Some(item) = ring.next() {
             let Some(record) = self.pipeline.decode(&item) else {
                 continue;
             };
-            while let Some(exit) = exits.next_before(record.header().mono_ns) {
+            let at = record.header().mono_ns;
+            if at > stages_read_at {
+                stages_read_at = self.read_stages(&mut exits);
+            }
+            while let Some(exit) = exits.next_before(at) {
                 self.pipeline.handle(&exit)?;
             }
             if starts_a_shutdown(&record) {
@@ -289,16 +294,18 @@ impl Session {
             .try_for_each(|exit| self.pipeline.handle(&exit))
     }
 
-    /// The exits staged since the last drain.
-    fn staged_exits(&mut self) -> StagedExits {
+    /// Adds the exits staged since the last read to `exits`; returns the time (kernel
+    /// monotonic ns) just before the read: every exit published before it was read.
+    fn read_stages(&mut self, exits: &mut StagedExits) -> u64 {
+        let read_at = clock::monotonic_ns();
         let mut staged = Vec::new();
         self.exit_stages.take(&mut staged);
-        StagedExits::new(
+        exits.add(
             staged
                 .into_iter()
-                .map(|exit| self.pipeline.staged_exit(exit))
-                .collect(),
-        )
+                .map(|exit| self.pipeline.staged_exit(exit)),
+        );
+        read_at
     }
 
     fn report_lost(&mut self) -> Result<()> {

@@ -1,19 +1,26 @@
 //! Exits the kernel staged per CPU instead of sending them through the ring buffer, put
-//! back among the ring's records by time. Pure: the session reads the stages before the
-//! ring at each drain, so every staged exit is older than the ring records committed
-//! after that read, and the ring records committed before it may be older or newer.
+//! back among the ring's records by time. Pure.
+//!
+//! The session reads the stages at the start of each drain, and again whenever a ring
+//! record is later than its last read: an exit is published before anything its CPU
+//! does after it (an exiting task's sockets close after its exit record is written),
+//! so every exit earlier than that record is in the stages by then. Exits read are
+//! handed out before the first ring record later than them.
 use std::collections::VecDeque;
 
 use crate::pipeline::decode::Record;
 
+#[derive(Default)]
 pub struct StagedExits(VecDeque<Record>);
 
 impl StagedExits {
-    /// The exits of one read of the stages, in any order.
-    pub fn new(mut exits: Vec<Record>) -> Self {
-        // Each CPU's are in order already; a stable sort merges the CPUs.
-        exits.sort_by_key(|exit| exit.header().mono_ns);
-        Self(exits.into())
+    /// Adds the exits of one read of the stages, in any order.
+    pub fn add(&mut self, exits: impl IntoIterator<Item = Record>) {
+        self.0.extend(exits);
+        // Each CPU's are in order already; a stable sort merges the CPUs and the reads.
+        self.0
+            .make_contiguous()
+            .sort_by_key(|exit| exit.header().mono_ns);
     }
 
     /// The next staged exit to handle before a ring record of time `at`.
@@ -58,8 +65,9 @@ mod tests {
     }
 
     /// The order the session hands records to the pipeline in.
-    fn merged(ring: &[u64], staged: Vec<Record>) -> Vec<(&'static str, u64)> {
-        let mut staged = StagedExits::new(staged);
+    fn merged(ring: &[u64], staged_exits: Vec<Record>) -> Vec<(&'static str, u64)> {
+        let mut staged = StagedExits::default();
+        staged.add(staged_exits);
         let mut order = Vec::new();
         for record in ring.iter().map(|&at| ring_record(at)) {
             let at = record.header().mono_ns;
@@ -96,5 +104,19 @@ mod tests {
         assert_eq!(merged(&[7], vec![exit(7, 1)]), [("exit", 7), ("ring", 7)]);
         assert_eq!(merged(&[], vec![exit(3, 0)]), [("exit", 3)]);
         assert_eq!(merged(&[3], vec![]), [("ring", 3)]);
+    }
+
+    #[test]
+    fn exits_of_a_later_read_go_before_the_ring_record_that_prompted_it() {
+        // An exit at 5 on CPU 1 was published after the first read; a ring record at 8
+        // (its socket closing, say) prompts the second.
+        let mut staged = StagedExits::default();
+        staged.add([exit(9, 0), exit(3, 0)]);
+        assert_eq!(staged.next_before(4).map(|e| e.header().mono_ns), Some(3));
+        staged.add([exit(5, 1)]);
+        assert_eq!(staged.next_before(8).map(|e| e.header().mono_ns), Some(5));
+        assert_eq!(staged.next_before(8), None);
+        let rest: Vec<u64> = staged.rest().map(|e| e.header().mono_ns).collect();
+        assert_eq!(rest, [9]);
     }
 }
