@@ -110,7 +110,7 @@ pub struct SignalDeliverRecord {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Bits of [`ProcessExitRecord::flags`].
+/// Bits of [`ExitFacts::flags`].
 pub mod exit_flags {
     /// `wait_status` was read from the task (BTF offsets known); otherwise userspace
     /// infers the status from exit_group calls and fatal signal deliveries.
@@ -119,11 +119,12 @@ pub mod exit_flags {
     pub const PARENT_KNOWN: u32 = 1 << 1;
 }
 
-/// `sched:sched_process_exit` for the last thread of a thread group (the whole process).
+/// What the kernel reads of a process when its last thread exits: all of a
+/// [`StagedExit`], and what every [`ProcessExitRecord`] carries besides its header and
+/// children.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProcessExitRecord {
-    pub header: RecordHeader,
+pub struct ExitFacts {
     pub tgid: u32,
     /// The thread that exited last.
     pub tid: u32,
@@ -140,6 +141,14 @@ pub struct ProcessExitRecord {
     pub start_time_ns: u64,
     /// The thread group leader's comm.
     pub comm: [u8; COMM_LEN],
+}
+
+/// `sched:sched_process_exit` for the last thread of a thread group (the whole process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExitRecord {
+    pub header: RecordHeader,
+    pub facts: ExitFacts,
     /// Its children (tgids) when it exited, before the kernel reparented them: the first
     /// `child_count` (at most [`EXIT_CHILDREN`]).
     pub children: [u32; EXIT_CHILDREN],
@@ -159,15 +168,7 @@ pub const EXIT_CHILDREN: usize = 8;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StagedExit {
     pub mono_ns: u64,
-    pub tgid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub wait_status: u32,
-    pub flags: u32,
-    pub _pad: u32,
-    pub cgroup_id: u64,
-    pub start_time_ns: u64,
-    pub comm: [u8; COMM_LEN],
+    pub facts: ExitFacts,
 }
 
 impl StagedExit {
@@ -179,15 +180,7 @@ impl StagedExit {
                 cpu,
                 mono_ns: self.mono_ns,
             },
-            tgid: self.tgid,
-            tid: self.tid,
-            ppid: self.ppid,
-            wait_status: self.wait_status,
-            flags: self.flags,
-            _pad: 0,
-            cgroup_id: self.cgroup_id,
-            start_time_ns: self.start_time_ns,
-            comm: self.comm,
+            facts: self.facts,
             children: [0; EXIT_CHILDREN],
             child_count: 0,
             _pad2: 0,
@@ -399,6 +392,7 @@ const _: () = assert!(size_of::<SignalGenerateRecord>() == 112);
 const _: () = assert!(size_of::<SignalDeliverRecord>() == 72);
 const _: () = assert!(size_of::<ProcessExitRecord>() == 112);
 const _: () = assert!(size_of::<ExitGroupCallRecord>() == 32);
+const _: () = assert!(size_of::<ExitFacts>() == 56);
 const _: () = assert!(size_of::<StagedExit>() == 64);
 const _: () = assert!(size_of::<ExitStage>() == 128 + 64 * EXIT_STAGE_SLOTS);
 const _: () = assert!(EXIT_STAGE_SLOTS.is_power_of_two());

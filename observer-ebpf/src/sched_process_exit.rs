@@ -33,8 +33,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    COMM_LEN, FIELD_ABSENT, ProcessExitRecord, RecordHeader, SIGNAL_GROUP_EXIT, StagedExit,
-    exit_flags, kind,
+    COMM_LEN, ExitFacts, FIELD_ABSENT, ProcessExitRecord, RecordHeader, SIGNAL_GROUP_EXIT,
+    StagedExit, exit_flags, kind,
 };
 
 use crate::{
@@ -124,11 +124,14 @@ pub fn process_exit_tp(ctx: TracePointContext) -> u32 {
         // No offsets: the current thread's comm, and no status.
         report(ProcessExitRecord {
             header: header(kind::PROCESS_EXIT),
-            tgid,
-            tid,
-            // SAFETY: no arguments.
-            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            facts: ExitFacts {
+                tgid,
+                tid,
+                // SAFETY: no arguments.
+                cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+                comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+                ..Default::default()
+            },
             ..Default::default()
         });
     }
@@ -172,16 +175,18 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
     let exit = StagedExit {
         // SAFETY: no arguments.
         mono_ns: unsafe { bpf_ktime_get_ns() },
-        tgid,
-        tid,
-        ppid,
-        wait_status: status.unwrap_or(0),
-        flags,
-        _pad: 0,
-        // SAFETY: no arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        start_time_ns,
-        comm: leader_comm(members, leader),
+        facts: ExitFacts {
+            tgid,
+            tid,
+            ppid,
+            wait_status: status.unwrap_or(0),
+            flags,
+            _pad: 0,
+            // SAFETY: no arguments.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            start_time_ns,
+            comm: leader_comm(members, leader),
+        },
     };
     // The children serve the correlation of a stop (a wrapper that never forwarded the
     // signal to them, a pre-fork server's workers): only for processes that got a
@@ -209,7 +214,7 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
     Some(())
 }
 
-/// Writes `exit` as a whole record at `record`, with no children, field by field:
+/// Writes `exit` as a whole record at `record`, with no children, part by part:
 /// `..Default::default()` or a zeroed array becomes a byte-by-byte memset subprogram
 /// (80 iterations), and a record built on the stack a 112-byte copy.
 ///
@@ -224,15 +229,7 @@ unsafe fn write_whole(record: *mut ProcessExitRecord, exit: &StagedExit) {
             cpu: bpf_get_smp_processor_id(),
             mono_ns: exit.mono_ns,
         });
-        (&raw mut (*record).tgid).write(exit.tgid);
-        (&raw mut (*record).tid).write(exit.tid);
-        (&raw mut (*record).ppid).write(exit.ppid);
-        (&raw mut (*record).wait_status).write(exit.wait_status);
-        (&raw mut (*record).flags).write(exit.flags);
-        (&raw mut (*record)._pad).write(0);
-        (&raw mut (*record).cgroup_id).write(exit.cgroup_id);
-        (&raw mut (*record).start_time_ns).write(exit.start_time_ns);
-        (&raw mut (*record).comm).write(exit.comm);
+        (&raw mut (*record).facts).write(exit.facts);
         zero_children(record);
     }
 }

@@ -97,7 +97,7 @@ impl Drop for ExitStages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::StagedExit;
+    use observer_common::{ExitFacts, StagedExit};
 
     fn empty_stage() -> Box<ExitStage> {
         Box::new(ExitStage {
@@ -118,8 +118,10 @@ mod tests {
         );
         stage.slots[stage.head as usize % EXIT_STAGE_SLOTS] = StagedExit {
             mono_ns: u64::from(tgid) * 10,
-            tgid,
-            ..StagedExit::default()
+            facts: ExitFacts {
+                tgid,
+                ..ExitFacts::default()
+            },
         };
         stage.head += 1;
     }
@@ -147,7 +149,7 @@ mod tests {
             assert_eq!(stage.taken, stage.head, "every slot given back");
             seen.extend(taken);
         }
-        let tgids: Vec<u32> = seen.iter().map(|record| record.tgid).collect();
+        let tgids: Vec<u32> = seen.iter().map(|record| record.facts.tgid).collect();
         assert_eq!(tgids, (1..next).collect::<Vec<_>>());
         let record = seen[4];
         assert_eq!(record.header.kind, observer_common::kind::PROCESS_EXIT);

@@ -111,8 +111,11 @@ pub(crate) mod tests {
                 kind: kind::PROCESS_EXIT,
                 ..Default::default()
             },
-            tgid: 77,
-            wait_status: 0x300,
+            facts: observer_common::ExitFacts {
+                tgid: 77,
+                wait_status: 0x300,
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(decode(&bytes_of(&exit)), Ok(Record::ProcessExit(exit)));

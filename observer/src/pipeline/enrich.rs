@@ -123,7 +123,7 @@ impl<H: HostView> Enricher<H> {
             Record::SignalGenerate(r) => self.signal(r),
             Record::SignalDeliver(r) => self.delivered(r),
             Record::ProcessExit(r) => {
-                out.extend(self.take_held(r.tgid));
+                out.extend(self.take_held(r.facts.tgid));
                 self.exit(r)
             }
             Record::ExitGroupCall(r) => self.exit_group_call(r),
@@ -370,7 +370,8 @@ impl<H: HostView> Enricher<H> {
         Some(event)
     }
 
-    fn exit(&mut self, r: &ProcessExitRecord) -> Option<Event> {
+    fn exit(&mut self, record: &ProcessExitRecord) -> Option<Event> {
+        let r = &record.facts;
         let parent_known = r.flags & exit_flags::PARENT_KNOWN != 0;
         if parent_known && !self.exited.insert_new((r.tgid, r.start_time_ns), ()) {
             return None;
@@ -408,7 +409,8 @@ impl<H: HostView> Enricher<H> {
             core_dumped: status.is_some_and(|s| s.core_dumped),
             status: status.and_then(|s| s.shell_status()),
             status_source: source,
-            children: r.children[..(r.child_count as usize).min(r.children.len())].to_vec(),
+            children: record.children[..(record.child_count as usize).min(record.children.len())]
+                .to_vec(),
         }))
     }
 
@@ -435,7 +437,7 @@ fn disposition(flags: u32) -> Option<Handler> {
 pub(crate) mod tests {
     use std::collections::HashMap;
 
-    use observer_common::{COMM_LEN, RecordHeader, kind};
+    use observer_common::{COMM_LEN, ExitFacts, RecordHeader, kind};
 
     use super::*;
 
@@ -547,15 +549,17 @@ pub(crate) mod tests {
     fn exit(tgid: u32, flags: u32, wait_status: u32) -> Record {
         Record::ProcessExit(ProcessExitRecord {
             header: header(kind::PROCESS_EXIT),
-            tgid,
-            tid: tgid,
-            ppid: 1,
-            wait_status,
-            flags,
-            _pad: 0,
-            cgroup_id: 7,
-            start_time_ns: 99,
-            comm: comm_bytes("app"),
+            facts: ExitFacts {
+                tgid,
+                tid: tgid,
+                ppid: 1,
+                wait_status,
+                flags,
+                _pad: 0,
+                cgroup_id: 7,
+                start_time_ns: 99,
+                comm: comm_bytes("app"),
+            },
             children: [0; observer_common::EXIT_CHILDREN],
             child_count: 0,
             _pad2: 0,
