@@ -1,13 +1,14 @@
-//! Per-CPU staging of exit records: the common exit's way to userspace without the ring
+//! Per-CPU staging of exits: the common exit's way to userspace without the ring
 //! buffer. A ring reservation takes the ring's spinlock with interrupts off and touches
 //! cache lines the reader on another CPU shares (producer and consumer positions, fresh
-//! data pages): about 550 ns per exit in an exit storm on a 2-core VM, more than the
-//! rest of the program. Here a record goes into this CPU's own small ring in a
-//! memory-mapped array (`ExitStage`): a few stores to lines this CPU keeps, no lock, no
-//! helper. Userspace reads the stages at every drain (every 20 ms at most), before the
-//! ring buffer, and merges the two by time. A full stage (userspace behind by
-//! EXIT_STAGE_SLOTS exits of one CPU) sends the record through the ring buffer instead:
-//! nothing is lost that the ring would not lose.
+//! data pages): about 350 ns per exit in an exit storm on a 2-core VM (variants of the
+//! program, alternated). Here an exit goes into this CPU's own small ring in a
+//! memory-mapped array (`ExitStage`): one cache line of stores and an exchange on a
+//! line only this CPU writes, no lock, no helper. Userspace reads the stages at every
+//! drain (every 20 ms at most) and whenever a ring record is later than its last read,
+//! and merges them with the ring by time (observer/src/pipeline/staged.rs). A full
+//! stage (userspace behind by EXIT_STAGE_SLOTS exits of one CPU) leaves the exit to the
+//! ring buffer: nothing is lost that the ring would not lose.
 use aya_ebpf::{helpers::bpf_get_smp_processor_id, macros::map, maps::Array};
 use observer_common::{EXIT_STAGE_SLOTS, ExitStage, StagedExit};
 
