@@ -274,6 +274,21 @@ fn connections_held_at_exit_are_reported(env: &[(&str, &str)]) {
             (&exit["code"], &exit["status_source"]),
             (&json!(0), &json!("kernel"))
         );
+        // The kernel closes a process's sockets after it reports the exit, and observer
+        // writes them in that order, though this exit (nobody signalled it) reaches it
+        // through an exit stage and the closes through the ring buffer.
+        let line_of = |kind: &str| {
+            events
+                .lines
+                .iter()
+                .position(|line| line["type"] == kind && line["pid"] == pid)
+                .unwrap()
+        };
+        assert!(
+            line_of("exit") < line_of("tcp_close_at_exit"),
+            "{}",
+            events.dump()
+        );
     }
 }
 
