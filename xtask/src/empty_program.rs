@@ -64,8 +64,17 @@ fn bpf<T>(command: libc::c_long, attr: &T) -> std::io::Result<OwnedFd> {
 pub const NAME: &str = "empty";
 
 pub fn attach(tracepoint: &'static std::ffi::CStr) -> Result<EmptyProgram> {
+    attach_as(tracepoint, NAME)
+}
+
+/// As `attach`, under another `name` (at most 15 bytes), to tell several apart.
+pub fn attach_as(tracepoint: &'static std::ffi::CStr, name: &str) -> Result<EmptyProgram> {
     let mut prog_name = [0u8; 16];
-    prog_name[..NAME.len()].copy_from_slice(NAME.as_bytes());
+    anyhow::ensure!(
+        name.len() < prog_name.len(),
+        "program name {name:?} is too long"
+    );
+    prog_name[..name.len()].copy_from_slice(name.as_bytes());
     let program = bpf(
         BPF_PROG_LOAD,
         &ProgLoadAttr {
