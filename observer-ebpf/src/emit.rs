@@ -19,13 +19,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 pub fn header(kind: u32) -> RecordHeader {
-    // SAFETY: both helpers take no arguments and are always allowed in tracing programs.
-    unsafe {
-        RecordHeader {
-            kind,
-            cpu: bpf_get_smp_processor_id(),
-            mono_ns: bpf_ktime_get_ns(),
-        }
+    // SAFETY: no arguments; always allowed in tracing programs.
+    header_at(kind, unsafe { bpf_ktime_get_ns() })
+}
+
+/// The header of a record whose time was taken already (`mono_ns`, bpf_ktime_get_ns()).
+pub fn header_at(kind: u32, mono_ns: u64) -> RecordHeader {
+    RecordHeader {
+        kind,
+        // SAFETY: no arguments; always allowed in tracing programs.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        mono_ns,
     }
 }
 

@@ -26,15 +26,14 @@ use core::mem::offset_of;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    COMM_LEN, ExitFacts, FIELD_ABSENT, ProcessExitRecord, RecordHeader, SIGNAL_GROUP_EXIT,
-    StagedExit, exit_flags, kind,
+    COMM_LEN, ExitFacts, FIELD_ABSENT, ProcessExitRecord, SIGNAL_GROUP_EXIT, StagedExit,
+    exit_flags, kind,
 };
 
 use crate::{
@@ -224,11 +223,7 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
 unsafe fn write_whole(record: *mut ProcessExitRecord, exit: &StagedExit) {
     // SAFETY: as the caller promises.
     unsafe {
-        (&raw mut (*record).header).write(RecordHeader {
-            kind: kind::PROCESS_EXIT,
-            cpu: bpf_get_smp_processor_id(),
-            mono_ns: exit.mono_ns,
-        });
+        (&raw mut (*record).header).write(emit::header_at(kind::PROCESS_EXIT, exit.mono_ns));
         (&raw mut (*record).facts).write(exit.facts);
         zero_children(record);
     }

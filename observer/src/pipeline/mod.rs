@@ -90,7 +90,6 @@ impl<H: HostView> Pipeline<H> {
         }
     }
 
-    /// Enriches, filters, writes and correlates the events of one decoded record.
     /// An exit the kernel staged instead of sending through the ring (counted as a
     /// kernel record read, as `decode` counts the ring's).
     pub fn staged_exit(&mut self, exit: ProcessExitRecord) -> Record {
@@ -100,6 +99,7 @@ impl<H: HostView> Pipeline<H> {
         Record::ProcessExit(exit)
     }
 
+    /// Enriches, filters, writes and correlates the events of one decoded record.
     pub fn handle(&mut self, record: &Record) -> Result<()> {
         let mut events = std::mem::take(&mut self.scratch);
         self.enricher.enrich(record, &mut events);
