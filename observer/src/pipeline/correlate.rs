@@ -411,28 +411,7 @@ impl Correlator {
     /// parent is being stopped too (a pre-fork master's workers), else its service's.
     /// Its own children already in another deploy move to its deploy.
     fn join_deploy(&mut self, pid: u32, children: &[u32], mono: u64, time: &str) {
-        let parent = self
-            .records_mut()
-            .find(|s| {
-                s.pid != pid
-                    && s.children_at_signal.contains(&pid)
-                    && s.first_signal_ns.is_some_and(|at| at <= mono)
-            })
-            .map(|s| {
-                let told = ParentSignal {
-                    parent: ProcessRef {
-                        pid: s.pid,
-                        comm: s.comm.clone(),
-                        via: Vec::new(),
-                    },
-                    sig_name: s
-                        .sigterm
-                        .as_ref()
-                        .map_or_else(|| "SIGKILL".to_string(), |t| t.sig_name.clone()),
-                    mono_ns: s.first_signal_ns.unwrap_or(mono),
-                };
-                (s.service.clone(), s.workload, told)
-            });
+        let parent = self.told_parent(pid, None, mono);
         let Some(shutdown) = self.live.get_mut(&pid) else {
             return;
         };
@@ -463,6 +442,69 @@ impl Correlator {
                     .termination(child, &[], mono);
             }
         }
+    }
+
+    /// A process told to stop exits with `ppid` (the kernel's fact) as its parent, and
+    /// that parent was told first, but its record does not know: /proc was read for the
+    /// parent's signal after this child was gone, so it was missing from the parent's
+    /// children (a pre-fork worker its master stopped at once). It joins its parent's
+    /// deploy now, as its signal would have; leaving it under a service of its own
+    /// (its command without the listener it shared) would split the deploy.
+    fn join_parent_at_exit(&mut self, pid: u32, ppid: u32) {
+        let Some((first_ns, time)) = self.live.get(&pid).and_then(|s| {
+            let first = s.first_signal_ns.filter(|_| s.parent_told.is_none())?;
+            Some((first, s.steps.first()?.1.time.clone()))
+        }) else {
+            return;
+        };
+        let Some((service, workload, told)) = self.told_parent(pid, Some(ppid), first_ns) else {
+            return;
+        };
+        self.deploys.iter_mut().for_each(|d| d.forget(pid));
+        self.deploys.retain(|d| !d.is_empty());
+        let Some(shutdown) = self.live.get_mut(&pid) else {
+            return;
+        };
+        shutdown.service.clone_from(&service);
+        shutdown.workload = workload;
+        shutdown.parent_told = Some(told);
+        if workload {
+            let ports = shutdown.ports();
+            self.deploy_for(&service, pid, first_ns, &time)
+                .termination(pid, &ports, first_ns);
+        }
+    }
+
+    /// The parent of `pid` told to stop by `mono`: the one whose children at its signal
+    /// list `pid`, or `ppid` when known. Its service, whether that is a workload, and
+    /// its signal.
+    fn told_parent(
+        &mut self,
+        pid: u32,
+        ppid: Option<u32>,
+        mono: u64,
+    ) -> Option<(String, bool, ParentSignal)> {
+        self.records_mut()
+            .find(|s| {
+                s.pid != pid
+                    && (s.children_at_signal.contains(&pid) || Some(s.pid) == ppid)
+                    && s.first_signal_ns.is_some_and(|at| at <= mono)
+            })
+            .map(|s| {
+                let told = ParentSignal {
+                    parent: ProcessRef {
+                        pid: s.pid,
+                        comm: s.comm.clone(),
+                        via: Vec::new(),
+                    },
+                    sig_name: s
+                        .sigterm
+                        .as_ref()
+                        .map_or_else(|| "SIGKILL".to_string(), |t| t.sig_name.clone()),
+                    mono_ns: s.first_signal_ns.unwrap_or(mono),
+                };
+                (s.service.clone(), s.workload, told)
+            })
     }
 
     /// The open deploy of `service`, or a new one started by `pid`'s signal.
@@ -531,6 +573,9 @@ impl Correlator {
 
     fn on_exit(&mut self, e: &ExitEvent, mono: u64, time: &str) {
         self.listening.remove(&e.pid);
+        if let Some(ppid) = e.ppid {
+            self.join_parent_at_exit(e.pid, ppid);
+        }
         let died_of_termination = e
             .signal
             .is_some_and(|sig| signals::TERMINATION_SIGNALS.contains(&sig));
@@ -1603,6 +1648,63 @@ mod tests {
             ),
             (3, 2, Verdict::Killed)
         );
+    }
+
+    /// gunicorn's master stops a worker at once; /proc is read for both signals after
+    /// the worker is gone, so the master's children miss it and the worker's listeners
+    /// are unknown. Its exit's parent (the kernel's) puts it in its master's deploy.
+    #[test]
+    fn a_worker_missing_from_its_masters_children_joins_its_deploy_at_exit() {
+        let (master, listed, missed) = (400, 401, 402);
+        let outside_units = |mut line: Line| {
+            match &mut line.event {
+                Event::Signal(signal) => signal.target.cgroup = None,
+                Event::Exit(exit) => exit.cgroup = None,
+                _ => {}
+            }
+            line
+        };
+        let mut stop = outside_units(term(1_000, master));
+        if let Event::Signal(signal) = &mut stop.event {
+            signal.target.listening = vec!["127.0.0.1:8080".into()];
+            signal.target.children = vec![listed];
+        }
+        let from_master = |at, pid| {
+            outside_units(signal_with(
+                at,
+                pid,
+                15,
+                SignalResult::Delivered,
+                Origin::User,
+                None,
+                master,
+            ))
+        };
+        let lines = [
+            stop,
+            delivered(1_000, master, 15, Handler::Custom),
+            from_master(1_001, listed),
+            from_master(1_001, missed),
+            outside_units(exit(1_050, listed, master, Some(0), None)),
+            outside_units(exit(1_099, missed, master, Some(0), None)),
+            outside_units(exit(1_200, master, 1, Some(0), None)),
+        ];
+        let out = run(&lines);
+        let reports = shutdowns(&lines);
+        let worker = reports.iter().find(|r| r.pid == missed).unwrap();
+        let head = reports.iter().find(|r| r.pid == master).unwrap();
+        assert_eq!(worker.service, head.service, "{worker:#?}");
+        let deploys: Vec<_> = out
+            .iter()
+            .filter_map(|l| match &l.event {
+                Event::Deploy(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deploys.len(), 1, "{deploys:#?}");
+        let mut stopped = deploys[0].stopped.clone();
+        stopped.sort();
+        assert_eq!(stopped, vec![master, listed, missed]);
     }
 
     /// nginx: workers told over a channel; after the grace period the platform SIGKILLs
