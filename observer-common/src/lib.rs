@@ -619,6 +619,11 @@ pub struct Settings {
     /// timer, until this many bytes wait in it (a quarter of the ring): one wake-up per
     /// batch, not per record. Set by the loader from the ring's size.
     pub wakeup_bytes: u64,
+    /// 1 when the CPU makes stores visible to other CPUs in program order (x86's TSO),
+    /// so a plain store publishes what was written before it; elsewhere (arm64) an
+    /// atomic exchange does. Set by the loader from the architecture it is built for,
+    /// which is the kernel's.
+    pub stores_in_order: u64,
 }
 
 /// `sigaction.sa_handler` values with a fixed meaning.

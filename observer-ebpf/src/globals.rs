@@ -17,6 +17,7 @@ pub static SETTINGS: Global<Settings> = Global::new(Settings {
     termination_mask: 0,
     scope_filtered: 0,
     wakeup_bytes: 0,
+    stores_in_order: 0,
 });
 
 const NO_SPLIT_ADDRS: SplitAddrLayout = SplitAddrLayout {

@@ -94,8 +94,9 @@ impl Session {
             fatal_default_mask,
             termination_mask: mask(signals::TERMINATION_SIGNALS.iter().copied()),
             scope_filtered: u64::from(options.filter.is_scoped()),
-            // The loader derives it from the ring's size.
+            // The loader derives these from the ring's size and its architecture.
             wakeup_bytes: 0,
+            stores_in_order: 0,
         };
         let (probes, ring, exit_stages) =
             Probes::load(object, &layout, settings, options.ring_buffer_kib * 1024)?;

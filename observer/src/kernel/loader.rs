@@ -321,6 +321,8 @@ fn load_object(
     {
         let settings = Settings {
             wakeup_bytes: u64::from(ring_bytes / 4),
+            // The JIT runs the programs on this machine's CPUs.
+            stores_in_order: u64::from(cfg!(any(target_arch = "x86_64", target_arch = "x86"))),
             ..settings
         };
         let mut loader = EbpfLoader::new();
