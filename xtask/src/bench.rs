@@ -1032,21 +1032,32 @@ const STORMS: [&str; 2] = ["exit_storm", "signal_storm"];
 /// anything: the dispatch and the stats' own clock reads, which on a cache the storm
 /// empties are far from the hot path's ~30 ns.
 fn storm_floor() -> Result<Value> {
-    let _floors = [
-        (c"sched_process_exit", "floor_exit"),
-        (c"signal_generate", "floor_sig_gen"),
-        (c"signal_deliver", "floor_sig_del"),
-    ]
-    .map(|(tracepoint, name)| empty_program::attach_as(tracepoint, name))
-    .into_iter()
-    .collect::<Result<Vec<_>>>()?;
-    // Their links are this process's fds, and a link's fdinfo names its program.
-    let floors = programs_of(std::process::id());
     let mut storms = serde_json::Map::new();
-    for storm in STORMS {
-        let (programs, _) = storm_programs("floor", storm, &floors)?;
-        storms.insert(storm.into(), json!({ "programs": programs }));
+    {
+        let _floors = [
+            (c"sched_process_exit", "floor_exit"),
+            (c"signal_generate", "floor_sig_gen"),
+            (c"signal_deliver", "floor_sig_del"),
+        ]
+        .map(|(tracepoint, name)| empty_program::attach_as(tracepoint, name))
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+        // Their links are this process's fds, and a link's fdinfo names its program.
+        let floors = programs_of(std::process::id());
+        for storm in STORMS {
+            let (programs, _) = storm_programs("floor", storm, &floors)?;
+            storms.insert(storm.into(), json!({ "programs": programs }));
+        }
     }
+    // Alone, in a storm of its own: the first clock read on a tracepoint waits for what
+    // the traced path still has in flight (bpf_ktime_get_ns() reads the TSC after an
+    // lfence), whichever program makes it.
+    let _clock = empty_program::attach_reading_clock(c"sched_process_exit", "floor_exit_clk")?;
+    let (programs, _) = storm_programs("floor", "exit_storm", &programs_of(std::process::id()))?;
+    storms.insert(
+        "exit_storm_clock_read".into(),
+        json!({ "programs": programs }),
+    );
     Ok(Value::Object(storms))
 }
 

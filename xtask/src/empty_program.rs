@@ -1,7 +1,8 @@
 //! An empty eBPF program (`r0 = 0; exit`) on a raw tracepoint: the bench's floor, what
 //! any tracer of that tracepoint costs before its program does anything (the kernel's
 //! dispatch to BPF on every hit). Loaded with bpf(2) directly: two instructions need no
-//! object file.
+//! object file. A variant reads the clock first (`attach_reading_clock`): the floor of
+//! any program that timestamps what it sees.
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result};
@@ -10,7 +11,9 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 /// `mov64 r0, 0` and `exit`, as the kernel reads `struct bpf_insn` (little-endian).
-const INSTRUCTIONS: [u64; 2] = [0xb7, 0x95];
+const EMPTY: [u64; 2] = [0xb7, 0x95];
+/// `call bpf_ktime_get_ns` (helper 5, in the immediate's 32 bits), then as `EMPTY`.
+const CLOCK_READ: [u64; 3] = [0x85 | (5 << 32), 0xb7, 0x95];
 
 /// The leading fields of `union bpf_attr` for BPF_PROG_LOAD; the kernel wants the rest
 /// zero.
@@ -69,6 +72,22 @@ pub fn attach(tracepoint: &'static std::ffi::CStr) -> Result<EmptyProgram> {
 
 /// As `attach`, under another `name` (at most 15 bytes), to tell several apart.
 pub fn attach_as(tracepoint: &'static std::ffi::CStr, name: &str) -> Result<EmptyProgram> {
+    load_and_attach(tracepoint, name, &EMPTY)
+}
+
+/// A program that only reads the clock (bpf_ktime_get_ns), under `name`.
+pub fn attach_reading_clock(
+    tracepoint: &'static std::ffi::CStr,
+    name: &str,
+) -> Result<EmptyProgram> {
+    load_and_attach(tracepoint, name, &CLOCK_READ)
+}
+
+fn load_and_attach(
+    tracepoint: &'static std::ffi::CStr,
+    name: &str,
+    instructions: &[u64],
+) -> Result<EmptyProgram> {
     let mut prog_name = [0u8; 16];
     anyhow::ensure!(
         name.len() < prog_name.len(),
@@ -79,8 +98,8 @@ pub fn attach_as(tracepoint: &'static std::ffi::CStr, name: &str) -> Result<Empt
         BPF_PROG_LOAD,
         &ProgLoadAttr {
             prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT,
-            insn_cnt: INSTRUCTIONS.len() as u32,
-            insns: INSTRUCTIONS.as_ptr() as u64,
+            insn_cnt: instructions.len() as u32,
+            insns: instructions.as_ptr() as u64,
             license: c"GPL".as_ptr() as u64,
             log_level: 0,
             log_size: 0,
@@ -91,7 +110,7 @@ pub fn attach_as(tracepoint: &'static std::ffi::CStr, name: &str) -> Result<Empt
             rest: [0; 96],
         },
     )
-    .context("loading an empty raw_tp program")?;
+    .with_context(|| format!("loading raw_tp program {name}"))?;
     let link = bpf(
         BPF_RAW_TRACEPOINT_OPEN,
         &RawTracepointOpenAttr {
@@ -101,6 +120,6 @@ pub fn attach_as(tracepoint: &'static std::ffi::CStr, name: &str) -> Result<Empt
             cookie: 0,
         },
     )
-    .with_context(|| format!("attaching an empty program to raw tracepoint {tracepoint:?}"))?;
+    .with_context(|| format!("attaching program {name} to raw tracepoint {tracepoint:?}"))?;
     Ok(EmptyProgram { _link: link })
 }
