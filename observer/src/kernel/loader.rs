@@ -231,7 +231,12 @@ impl Probes {
             match (on, links.take()) {
                 (true, None) => {
                     // A program cannot sit twice on one tracepoint: the last detach
-                    // must be over.
+                    // must be over. Until it is (about 170 ms), the attach waits for a
+                    // later call (every drain) rather than the event loop: the signal
+                    // that asked is to be enriched while its target lives.
+                    if self.detaching.as_ref().is_some_and(|d| !d.is_finished()) {
+                        continue;
+                    }
                     if let Some(detaching) = self.detaching.take() {
                         let _ = detaching.join();
                     }

@@ -2,7 +2,8 @@
 //!
 //! testee exit CODE          exit(CODE)
 //! testee wait               print "ready", then wait forever (no handlers)
-//! testee handler CODE       SIGTERM handler; print "ready"; exit(CODE) once it runs
+//! testee handler CODE [MS]  SIGTERM handler; print "ready"; exit(CODE) once it runs
+//!                           (MS milliseconds after it runs: a short drain)
 //! testee segv [CORE_DIR]    SIGSEGV; with CORE_DIR, allow a core dump written there
 //! testee threads N CODE     start N-1 more threads, print "ready", exit(CODE)
 //! testee thread-wait        start one more thread, print "ready TID" with its tid, wait
@@ -56,6 +57,8 @@ fn main() {
             while !TERM_RECEIVED.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
             }
+            let drain_ms = arg(2).parse::<u64>().unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(drain_ms));
             std::process::exit(number(1))
         }
         "segv" => {
