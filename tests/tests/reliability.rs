@@ -1,17 +1,17 @@
 //! Faults observer must survive or end cleanly on: a full disk, being SIGKILLed and
-//! restarted, storms of processes and signals, PID reuse, and running with only the
-//! capabilities it needs.
+//! restarted, storms of processes and signals, PID reuse, running with only the
+//! capabilities it needs, and a stop while its own programs detach.
 use std::{
     io::Read,
     net::TcpStream,
     os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use observer_tests::{
     Observer, TIMEOUT, observer_binary, read_line, send_signal, servers_dir, temp_path,
-    testee::{command, run_to_exit, start_interactive, testee_path},
+    testee::{command, run_to_exit, start_interactive, start_ready, testee_path},
     wait_timeout,
 };
 use serde_json::Value;
@@ -213,4 +213,49 @@ fn root_with_only_cap_bpf_cap_perfmon_and_cap_sys_ptrace_sees_everything() {
         serde_json::json!([format!("127.0.0.1:{port}")]),
         "{signal}"
     );
+}
+
+/// observer attaches its accept tracing while a process shuts down and detaches it about
+/// a second after the last shutdown ended; the detach waits for RCU grace periods (well
+/// over 100 ms here) on a thread of its own. A SIGTERM that comes meanwhile must not wait
+/// for it: its target's /proc entry (here the command line) is read while it lives, and
+/// these targets live 60 ms after their signal. Host only: under the VMs' emulation
+/// 60 ms is too short for any read.
+#[test]
+fn a_sigterm_while_the_last_shutdowns_tracing_detaches_is_read_at_once() {
+    let observer = Observer::start(&[]);
+    let targets: Vec<_> = (0..4)
+        .map(|_| start_ready(&["handler", "0", "60"]).0)
+        .collect();
+    let (mut first, _) = start_ready(&["wait"]);
+    send_signal(first.id(), libc::SIGTERM);
+    wait_timeout(&mut first);
+    let ended = Instant::now();
+    // The detach starts at observer's first drain (every 20 ms) a second after it saw
+    // that exit: these signals span its first 100 ms.
+    for (n, target) in targets.iter().enumerate() {
+        let at = ended + Duration::from_millis(1_020 + 30 * n as u64);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        send_signal(target.id(), libc::SIGTERM);
+    }
+    let pids: Vec<u32> = targets
+        .into_iter()
+        .map(|mut target| {
+            assert_eq!(wait_timeout(&mut target).code(), Some(0));
+            target.id()
+        })
+        .collect();
+    let events = observer.stop();
+    for pid in pids {
+        let signals = events.signals_to(pid);
+        let [signal] = signals.as_slice() else {
+            panic!("one SIGTERM to {pid}: {signals:#?}");
+        };
+        assert!(
+            signal["target"]["cmdline"]
+                .as_array()
+                .is_some_and(|cmdline| !cmdline.is_empty()),
+            "its /proc entry was read after it exited: {signal}"
+        );
+    }
 }
