@@ -23,12 +23,16 @@ pub struct ExitStages {
 unsafe impl Send for ExitStages {}
 
 impl ExitStages {
-    /// Maps `EXIT_STAGE`, loaded with one element per possible CPU (`cpus`).
-    pub fn map(map: Map, cpus: usize) -> Result<Self> {
+    /// Maps `EXIT_STAGE`, loaded with one element per possible CPU.
+    pub fn map(map: Map) -> Result<Self> {
         let Map::Array(data) = map else {
             anyhow::bail!("map EXIT_STAGE is not an array");
         };
-        ensure!(cpus > 0, "no possible CPUs");
+        let cpus = data
+            .info()
+            .context("reading map EXIT_STAGE's info")?
+            .max_entries() as usize;
+        ensure!(cpus > 0, "map EXIT_STAGE has no elements");
         let mapped_len = cpus * size_of::<ExitStage>();
         // SAFETY: a shared mapping of the map's values (a BPF_F_MMAPABLE array maps them
         // from offset 0, page-aligned); nothing else in this process maps it.

@@ -187,7 +187,6 @@ impl Probes {
         let exit_stages = ExitStages::map(
             ebpf.take_map("EXIT_STAGE")
                 .context("map EXIT_STAGE missing")?,
-            possible_cpus()?,
         )?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
         let out_of_scope_cgroups = HashMap::try_from(

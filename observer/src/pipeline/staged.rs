@@ -16,7 +16,11 @@ pub struct StagedExits(VecDeque<Record>);
 impl StagedExits {
     /// Adds the exits of one read of the stages, in any order.
     pub fn add(&mut self, exits: impl IntoIterator<Item = Record>) {
+        let before = self.0.len();
         self.0.extend(exits);
+        if self.0.len() == before {
+            return;
+        }
         // Each CPU's are in order already; a stable sort merges the CPUs and the reads.
         self.0
             .make_contiguous()
