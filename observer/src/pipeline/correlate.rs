@@ -1092,6 +1092,19 @@ mod tests {
             .collect()
     }
 
+    /// The one deploy in `out`.
+    fn the_deploy(out: &[Line]) -> &crate::event::DeployReport {
+        let deploys: Vec<_> = out
+            .iter()
+            .filter_map(|l| match &l.event {
+                Event::Deploy(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deploys.len(), 1, "{out:#?}");
+        deploys[0]
+    }
+
     fn only(lines: &[Line]) -> ShutdownReport {
         let mut reports = shutdowns(lines);
         assert_eq!(reports.len(), 1, "{reports:#?}");
@@ -1629,22 +1642,15 @@ mod tests {
         let refused: u32 = reports.iter().map(|r| r.refused_after_exit).sum();
         assert_eq!(refused, 2, "each refused client once: {reports:#?}");
         assert_eq!(by_pid(idle_worker).verdict, Verdict::Clean);
-        let deploys: Vec<_> = out
-            .iter()
-            .filter_map(|l| match &l.event {
-                Event::Deploy(d) => Some(d),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(deploys.len(), 1, "{deploys:#?}");
-        let mut stopped = deploys[0].stopped.clone();
+        let deploy = the_deploy(&out);
+        let mut stopped = deploy.stopped.clone();
         stopped.sort();
         assert_eq!(stopped, vec![master, idle_worker, busy_worker]);
         assert_eq!(
             (
-                deploys[0].dropped_connections,
-                deploys[0].refused_after_exit,
-                deploys[0].verdict
+                deploy.dropped_connections,
+                deploy.refused_after_exit,
+                deploy.verdict
             ),
             (3, 2, Verdict::Killed)
         );
@@ -1694,15 +1700,7 @@ mod tests {
         let worker = reports.iter().find(|r| r.pid == missed).unwrap();
         let head = reports.iter().find(|r| r.pid == master).unwrap();
         assert_eq!(worker.service, head.service, "{worker:#?}");
-        let deploys: Vec<_> = out
-            .iter()
-            .filter_map(|l| match &l.event {
-                Event::Deploy(d) => Some(d),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(deploys.len(), 1, "{deploys:#?}");
-        let mut stopped = deploys[0].stopped.clone();
+        let mut stopped = the_deploy(&out).stopped.clone();
         stopped.sort();
         assert_eq!(stopped, vec![master, listed, missed]);
     }
@@ -1899,15 +1897,7 @@ mod tests {
             listen(1_880, new, ListenAction::Open),
         ];
         let out = run(&lines);
-        let deploys: Vec<_> = out
-            .iter()
-            .filter_map(|l| match &l.event {
-                Event::Deploy(d) => Some(d),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(deploys.len(), 1, "{out:#?}");
-        let deploy = deploys[0];
+        let deploy = the_deploy(&out);
         assert_eq!(deploy.service, "unit:app.service");
         assert_eq!(
             (deploy.stopped.clone(), deploy.started_pids.clone()),
