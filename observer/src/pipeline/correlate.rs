@@ -476,19 +476,24 @@ impl Correlator {
     }
 
     /// The parent of `pid` told to stop by `mono`: the one whose children at its signal
-    /// list `pid`, or `ppid` when known. Its service, whether that is a workload, and
-    /// its signal.
+    /// list `pid`, or `ppid` when known and told within a deploy window before (a
+    /// supervisor that took a SIGHUP as a reload an hour ago did not start this stop).
+    /// Its service, whether that is a workload, and its signal.
     fn told_parent(
         &mut self,
         pid: u32,
         ppid: Option<u32>,
         mono: u64,
     ) -> Option<(String, bool, ParentSignal)> {
+        let window = self.config.deploy_window_ns;
         self.records_mut()
             .find(|s| {
+                let Some(at) = s.first_signal_ns.filter(|&at| at <= mono) else {
+                    return false;
+                };
                 s.pid != pid
-                    && (s.children_at_signal.contains(&pid) || Some(s.pid) == ppid)
-                    && s.first_signal_ns.is_some_and(|at| at <= mono)
+                    && (s.children_at_signal.contains(&pid)
+                        || (Some(s.pid) == ppid && mono - at <= window))
             })
             .map(|s| {
                 let told = ParentSignal {
@@ -1703,6 +1708,51 @@ mod tests {
         let mut stopped = the_deploy(&out).stopped.clone();
         stopped.sort();
         assert_eq!(stopped, vec![master, listed, missed]);
+    }
+
+    /// A supervisor took a SIGHUP (a reload) long before it stopped a child it started
+    /// since: the child's own stop, not part of a stop of its parent.
+    #[test]
+    fn a_child_stopped_long_after_its_parents_reload_keeps_its_own_service() {
+        let (supervisor, child) = (500, 501);
+        let mut reload = signal_with(
+            1_000,
+            supervisor,
+            1,
+            SignalResult::Delivered,
+            Origin::User,
+            None,
+            1,
+        );
+        if let Event::Signal(signal) = &mut reload.event {
+            signal.target.cgroup = None;
+            signal.target.listening = vec!["127.0.0.1:8080".into()];
+        }
+        let mut stop = signal_with(
+            100_000,
+            child,
+            15,
+            SignalResult::Delivered,
+            Origin::User,
+            None,
+            supervisor,
+        );
+        if let Event::Signal(signal) = &mut stop.event {
+            signal.target.cgroup = None;
+        }
+        let mut exited = exit(100_010, child, supervisor, Some(0), None);
+        if let Event::Exit(exit) = &mut exited.event {
+            exit.cgroup = None;
+        }
+        let lines = [
+            reload,
+            delivered(1_000, supervisor, 1, Handler::Custom),
+            stop,
+            exited,
+        ];
+        let reports = shutdowns(&lines);
+        let report = reports.iter().find(|r| r.pid == child).unwrap();
+        assert_eq!(report.service, "comm:app", "{report:#?}");
     }
 
     /// nginx: workers told over a channel; after the grace period the platform SIGKILLs
