@@ -4,9 +4,9 @@
 //! data pages): about 350 ns per exit in an exit storm on a 2-core VM (variants of the
 //! program, alternated). Here an exit goes into this CPU's own small ring in a
 //! memory-mapped array (`ExitStage`): one cache line of stores and a publishing store
-//! on a line only this CPU writes, no lock, no helper. Userspace reads the stages at every
-//! drain (every 20 ms at most) and whenever a ring record is later than its last read,
-//! and merges them with the ring by time (observer/src/pipeline/staged.rs). A full
+//! on a line only this CPU writes, no lock, no helper. Userspace reads the stages at
+//! every drain (every 20 ms at most) and whenever a ring record is later than its last
+//! read, and merges them with the ring by time (observer/src/pipeline/staged.rs). A full
 //! stage (userspace behind by EXIT_STAGE_SLOTS exits of one CPU) leaves the exit to the
 //! ring buffer: nothing is lost that the ring would not lose.
 use core::sync::atomic::{Ordering, compiler_fence};
