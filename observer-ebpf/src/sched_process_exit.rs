@@ -210,7 +210,8 @@ fn on_exit(members: &impl Members, task: u64, tgid: u32, tid: u32) -> Option<()>
     Some(())
 }
 
-/// `facts` with the time, read after every load the exit needs and before any store.
+/// `facts` with the time, read after every load the facts need and before any store
+/// (only a ring record's children walk reads after it).
 /// bpf_ktime_get_ns() reads the TSC after an `lfence` (rdtsc_ordered()), which waits
 /// for every load before it: the first such wait on this tracepoint absorbs what the
 /// exit path still has in flight, about 300 ns in an exit storm on a 2-core VM (an

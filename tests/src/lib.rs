@@ -332,6 +332,22 @@ impl Events {
             .collect()
     }
 
+    /// Exactly one signal event to `pid`, with the given number.
+    pub fn the_signal(&self, pid: u32, sig: i32) -> &Value {
+        let signals: Vec<_> = self
+            .signals_to(pid)
+            .into_iter()
+            .filter(|s| s["sig"] == sig)
+            .collect();
+        assert_eq!(
+            signals.len(),
+            1,
+            "signals {sig} to {pid}: {signals:#?}\n{}",
+            self.dump()
+        );
+        signals[0]
+    }
+
     pub fn deliveries_to(&self, pid: u32) -> Vec<&Value> {
         self.of_type("signal_delivered")
             .filter(|e| e["target"]["pid"] == pid)

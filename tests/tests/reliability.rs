@@ -247,10 +247,7 @@ fn a_sigterm_while_the_last_shutdowns_tracing_detaches_is_read_at_once() {
         .collect();
     let events = observer.stop();
     for pid in pids {
-        let signals = events.signals_to(pid);
-        let [signal] = signals.as_slice() else {
-            panic!("one SIGTERM to {pid}: {signals:#?}");
-        };
+        let signal = events.the_signal(pid, libc::SIGTERM);
         assert!(
             signal["target"]["cmdline"]
                 .as_array()

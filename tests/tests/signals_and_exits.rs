@@ -29,22 +29,6 @@ fn assert_exit_matches(events: &Events, pid: u32, status: ExitStatus) {
     assert_eq!(exit["status_source"], "kernel", "{exit}");
 }
 
-/// Exactly one signal event to `pid`, with the given number.
-fn the_signal(events: &Events, pid: u32, sig: i32) -> &Value {
-    let signals: Vec<_> = events
-        .signals_to(pid)
-        .into_iter()
-        .filter(|s| s["sig"] == sig)
-        .collect();
-    assert_eq!(
-        signals.len(),
-        1,
-        "signals {sig} to {pid}: {signals:#?}\n{}",
-        events.dump()
-    );
-    signals[0]
-}
-
 fn assert_sent_by_this_process(signal: &Value) {
     let sender = &signal["sender"];
     assert_eq!(
@@ -87,7 +71,7 @@ fn sigterm_without_a_handler_ends_the_process_with_143() {
     assert_eq!(status.signal(), Some(libc::SIGTERM));
     assert_exit_matches(&events, pid, status);
     assert_eq!(events.exit_of(pid)["status"], 143);
-    let signal = the_signal(&events, pid, libc::SIGTERM);
+    let signal = events.the_signal(pid, libc::SIGTERM);
     assert_sent_by_this_process(signal);
     assert_eq!(signal["sig_name"], "SIGTERM");
     assert_eq!(signal["target"]["tid"], pid);
@@ -115,7 +99,7 @@ fn sigterm_with_a_handler_that_exits_0() {
 
     assert_eq!(status.code(), Some(0));
     assert_exit_matches(&events, pid, status);
-    let signal = the_signal(&events, pid, libc::SIGTERM);
+    let signal = events.the_signal(pid, libc::SIGTERM);
     assert_sent_by_this_process(signal);
     let deliveries = events.deliveries_to(pid);
     assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
@@ -135,7 +119,7 @@ fn sigkill_ends_the_process_with_137() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert_exit_matches(&events, pid, status);
     assert_eq!(events.exit_of(pid)["status"], 137);
-    let signal = the_signal(&events, pid, libc::SIGKILL);
+    let signal = events.the_signal(pid, libc::SIGKILL);
     assert_sent_by_this_process(signal);
     assert_eq!(signal["sig_name"], "SIGKILL");
 }
@@ -194,7 +178,7 @@ fn pid1_of_a_pid_namespace_ignores_sigterm() {
     let init_status = ExitStatus::from_raw(raw);
     assert_eq!(init_status.signal(), Some(libc::SIGKILL));
 
-    let term = the_signal(&events, init, libc::SIGTERM);
+    let term = events.the_signal(init, libc::SIGTERM);
     assert_eq!(term["target"]["comm"], "sh");
     assert_eq!(term["disposition"], "default", "read at generation: {term}");
     assert_sent_by_this_process(term);
@@ -215,7 +199,7 @@ fn pid1_of_a_pid_namespace_ignores_sigterm() {
     assert_eq!(exit["signal"], json!(init_status.signal()), "{exit}");
     assert_eq!(exit["status"], 137);
     // The dying init takes the namespace with it: the kernel SIGKILLs the sleep.
-    let reaped = the_signal(&events, sleeper, libc::SIGKILL);
+    let reaped = events.the_signal(sleeper, libc::SIGKILL);
     assert_eq!(reaped["origin"], "kernel", "{reaped}");
     assert_eq!(reaped["sender"]["pid"], init, "{reaped}");
     assert_eq!(events.exit_of(sleeper)["signal"], 9);
@@ -234,7 +218,7 @@ fn a_thread_directed_signal_names_process_and_thread() {
     let status = wait_timeout(&mut child);
     let events = observer.stop();
 
-    let signal = the_signal(&events, pid, libc::SIGTERM);
+    let signal = events.the_signal(pid, libc::SIGTERM);
     assert_eq!(signal["target"]["tid"], tid, "{signal}");
     assert_eq!(
         (&signal["group"], &signal["origin"]),
@@ -276,7 +260,7 @@ fn the_sender_is_the_process_that_called_kill() {
     let status = wait_timeout(&mut child);
     let events = observer.stop();
 
-    let signal = the_signal(&events, pid, libc::SIGTERM);
+    let signal = events.the_signal(pid, libc::SIGTERM);
     let sender = &signal["sender"];
     assert_eq!(
         (&sender["pid"], &sender["comm"]),

@@ -436,8 +436,7 @@ impl Correlator {
                     std::mem::replace(&mut c.service, service.clone())
                 });
             if moved.is_some() {
-                self.deploys.iter_mut().for_each(|d| d.forget(child));
-                self.deploys.retain(|d| !d.is_empty());
+                self.leave_deploys(child);
                 self.deploy_for(&service, pid, mono, time)
                     .termination(child, &[], mono);
             }
@@ -460,8 +459,7 @@ impl Correlator {
         let Some((service, workload, told)) = self.told_parent(pid, Some(ppid), first_ns) else {
             return;
         };
-        self.deploys.iter_mut().for_each(|d| d.forget(pid));
-        self.deploys.retain(|d| !d.is_empty());
+        self.leave_deploys(pid);
         let Some(shutdown) = self.live.get_mut(&pid) else {
             return;
         };
@@ -473,6 +471,13 @@ impl Correlator {
             self.deploy_for(&service, pid, first_ns, &time)
                 .termination(pid, &ports, first_ns);
         }
+    }
+
+    /// `pid` turned out to belong to another deploy: it leaves the ones it was in, and
+    /// a deploy left with nothing goes.
+    fn leave_deploys(&mut self, pid: u32) {
+        self.deploys.iter_mut().for_each(|d| d.forget(pid));
+        self.deploys.retain(|d| !d.is_empty());
     }
 
     /// The parent of `pid` told to stop by `mono`: the one whose children at its signal
