@@ -22,6 +22,9 @@ pub struct ClosedAtExit {
     inbound_idle: u32,
     /// Inbound, with no word from the kernel on their traffic (no BTF).
     inbound_unknown: u32,
+    /// Inbound ones whose client had already closed its side (CLOSE_WAIT): ended by the
+    /// client, neither cut nor left open (a session's backend exiting on it).
+    inbound_peer_closed: u32,
     outbound: u32,
     /// Of those, the ones whose peer had already closed (CLOSE_WAIT): a proxy's
     /// connection to a backend that died first, not a pool left open.
@@ -36,16 +39,18 @@ impl ClosedAtExit {
     pub fn add(&mut self, connection: OpenConnection) {
         self.total += 1;
         *self.by_state.entry(connection.state.clone()).or_default() += 1;
+        let peer_closed = connection.state == tcp_state::name(tcp_state::CLOSE_WAIT);
         match (connection.role, connection.activity) {
             (Role::Listener, _) => {
                 self.listeners.insert(connection.local.clone());
             }
             (Role::Outbound, _) => {
                 self.outbound += 1;
-                if connection.state == tcp_state::name(tcp_state::CLOSE_WAIT) {
+                if peer_closed {
                     self.outbound_peer_closed += 1;
                 }
             }
+            (Role::Inbound, _) if peer_closed => self.inbound_peer_closed += 1,
             (Role::Inbound, Some(Activity::Idle)) => self.inbound_idle += 1,
             (Role::Inbound, Some(Activity::InFlight)) => {
                 self.inbound_in_flight += 1;
@@ -94,7 +99,13 @@ impl ClosedAtExit {
             }
     }
 
+    /// Every inbound connection closed at exit, its client's own closes included.
     pub fn inbound(&self) -> u32 {
+        self.left_open() + self.inbound_peer_closed
+    }
+
+    /// Inbound connections the process still held open for their clients at exit.
+    pub fn left_open(&self) -> u32 {
         self.inbound_in_flight + self.inbound_idle + self.inbound_unknown
     }
 
@@ -183,6 +194,17 @@ mod tests {
         closed.add(connection(2, Role::Outbound, None));
         assert_eq!(closed.outbound(), 1);
         assert_eq!(closed.by_role()["outbound"], 2);
+    }
+
+    #[test]
+    fn an_inbound_connection_its_client_closed_first_is_neither_cut_nor_left_open() {
+        let mut closed = ClosedAtExit::default();
+        let mut ended_session = connection(1, Role::Inbound, Some(Activity::Idle));
+        ended_session.state = "CLOSE_WAIT".into();
+        closed.add(ended_session);
+        closed.add(connection(2, Role::Inbound, Some(Activity::Idle)));
+        assert_eq!((closed.in_flight(false), closed.idle(false)), (0, 1));
+        assert_eq!((closed.left_open(), closed.by_role()["inbound"]), (1, 2));
     }
 
     #[test]

@@ -772,7 +772,7 @@ impl ProcessShutdown {
             .exit_ns
             .zip(self.first_signal_ns)
             .is_some_and(|(exit, signal)| exit.saturating_sub(signal) >= FALLBACK_EXIT_NS);
-        let unfinished = self.at_exit.inbound() > 0;
+        let unfinished = self.at_exit.left_open() > 0;
         (exit.convention.is_none() && late && unfinished).then(|| {
             error(
                 FindingCode::ExitNonzeroAfterSigterm,
