@@ -204,6 +204,61 @@ fn http_request(path: &str) -> String {
 enum Protocol {
     Http,
     Redis,
+    /// PostgreSQL's frontend/backend protocol: each request opens a session (startup
+    /// message, trust authentication) and runs one query.
+    Postgres,
+}
+
+/// A new session's startup message and one simple Query, as the client sends them.
+/// Every byte is below 0x80 (lengths under 128), so the text is ASCII.
+fn postgres_request(sql: &str) -> String {
+    let parameters = "user\0postgres\0database\0postgres\0\0";
+    let startup_len = 8 + parameters.len();
+    let query_len = 4 + sql.len() + 1;
+    assert!(startup_len < 128 && query_len < 128, "a short query: {sql}");
+    let mut message = vec![0, 0, 0, startup_len as u8, 0, 3, 0, 0];
+    message.extend_from_slice(parameters.as_bytes());
+    message.extend_from_slice(&[b'Q', 0, 0, 0, query_len as u8]);
+    message.extend_from_slice(sql.as_bytes());
+    message.push(0);
+    String::from_utf8(message).unwrap()
+}
+
+/// Reads PostgreSQL messages until the second ReadyForQuery (the startup's, then the
+/// query's): Answered(0); a session that ended with an ErrorResponse (e.g. FATAL
+/// "terminating connection due to administrator command") was answered too, with 1.
+fn read_postgres_reply(stream: &mut TcpStream) -> Seen {
+    let (mut data, mut ready, mut errors) = (Vec::new(), 0, 0);
+    let mut buf = [0u8; 4096];
+    loop {
+        while data.len() >= 5 {
+            let length = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+            if data.len() < 1 + length {
+                break;
+            }
+            match data[0] {
+                b'Z' => ready += 1,
+                b'E' => errors += 1,
+                _ => {}
+            }
+            data.drain(..1 + length);
+            if ready == 2 {
+                return Seen::Answered(0);
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) if errors > 0 && data.is_empty() => return Seen::Answered(1),
+            Ok(0) if ready == 0 && errors == 0 && data.is_empty() => return Seen::HungUp,
+            Ok(0) => {
+                return Seen::Cut {
+                    bytes: data.len(),
+                    expected: 0,
+                };
+            }
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return io_seen(&e, data.len(), 0),
+        }
+    }
 }
 
 /// Sends `request` and reads one reply.
@@ -216,6 +271,7 @@ fn exchange(stream: &mut TcpStream, protocol: Protocol, request: &str) -> Seen {
             Ok(status) => Seen::Answered(status),
             Err(seen) => seen,
         },
+        Protocol::Postgres => read_postgres_reply(stream),
         Protocol::Redis => {
             let mut reply = Vec::new();
             let mut byte = [0u8; 1];
@@ -250,6 +306,7 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
 /// A keep-alive client that made one request (answered) and then stays idle.
 struct IdleClient {
     stream: TcpStream,
+    protocol: Protocol,
 }
 
 impl IdleClient {
@@ -258,13 +315,14 @@ impl IdleClient {
         let request = match protocol {
             Protocol::Http => http_request("/"),
             Protocol::Redis => "PING\r\n".to_string(),
+            Protocol::Postgres => postgres_request("SELECT 1"),
         };
         let seen = exchange(&mut stream, protocol, &request);
         assert!(
             matches!(seen, Seen::Answered(_)),
             "the first request of an idle client: {seen:?}"
         );
-        Self { stream }
+        Self { stream, protocol }
     }
 
     fn local(&self) -> String {
@@ -280,6 +338,13 @@ impl IdleClient {
         let mut buf = [0u8; 4096];
         let seen = match self.stream.read(&mut buf) {
             Ok(0) => Seen::IdleClosed,
+            // PostgreSQL tells an idle session why it ends (an ErrorResponse), then closes.
+            Ok(_) if self.protocol == Protocol::Postgres && buf[0] == b'E' => {
+                match std::io::copy(&mut self.stream, &mut std::io::sink()) {
+                    Ok(_) => Seen::IdleClosed,
+                    Err(e) => io_seen(&e, 0, 0),
+                }
+            }
             Ok(n) => Seen::Other(format!("{n} unexpected bytes")),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 Seen::IdleOpen
@@ -316,7 +381,7 @@ impl InFlight {
                     Ok(status) => Seen::Answered(status),
                     Err(seen) => seen,
                 },
-                Protocol::Redis => exchange(&mut stream, protocol, ""),
+                Protocol::Redis | Protocol::Postgres => exchange(&mut stream, protocol, ""),
             })
         });
         is_sent.recv().unwrap();
@@ -488,6 +553,7 @@ impl Server {
         let request = match self.protocol {
             Protocol::Http => http_request("/"),
             Protocol::Redis => "PING\r\n".into(),
+            Protocol::Postgres => postgres_request("SELECT 1"),
         };
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -709,6 +775,83 @@ fn redis() -> Spec {
         protocol: Protocol::Redis,
         workers: 0,
         log: dir.0.join("redis.log"),
+        dir,
+    }
+}
+
+/// The uid and gid of `user`, from the password database.
+fn user_ids(user: &str) -> (u32, u32) {
+    let name = std::ffi::CString::new(user).unwrap();
+    // SAFETY: a NUL-terminated name; the entry is copied out before any other call.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !entry.is_null(),
+        "no user {user}: `cargo xtask test` installs PostgreSQL"
+    );
+    // SAFETY: checked non-null above.
+    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+}
+
+/// A program of Debian's PostgreSQL server (/usr/lib/postgresql/<major>/bin), the
+/// newest major installed.
+fn postgres_program(name: &str) -> PathBuf {
+    let mut majors: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin").join(name))
+        .filter(|path| path.is_file())
+        .collect();
+    majors.sort_by_key(|path| {
+        let major = path
+            .components()
+            .nth(4)
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .to_string();
+        major.parse::<u32>().unwrap_or(0)
+    });
+    majors.pop().unwrap_or_else(|| {
+        panic!("PostgreSQL's {name} is not installed: `cargo xtask test` installs it")
+    })
+}
+
+/// A fresh cluster (initdb, trust authentication) run by the `postgres` user, which
+/// PostgreSQL requires; listening on loopback only.
+fn postgres() -> Spec {
+    let dir = TempDir::new("postgres");
+    let (uid, gid) = user_ids("postgres");
+    std::os::unix::fs::chown(&dir.0, Some(uid), Some(gid)).unwrap();
+    let data = dir.0.join("data");
+    let status = Command::new(postgres_program("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::null())
+        .status()
+        .expect("running initdb");
+    assert!(status.success(), "initdb: {status}");
+    let port = free_port();
+    let mut command = Command::new(postgres_program("postgres"));
+    command
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(&dir.0)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .uid(uid)
+        .gid(gid);
+    Spec {
+        name: "postgres",
+        command,
+        port,
+        protocol: Protocol::Postgres,
+        // The checkpointer, background writer, WAL writer and the launchers.
+        workers: 4,
+        log: dir.0.join("postgres.log"),
         dir,
     }
 }
@@ -1092,6 +1235,7 @@ fn clients(
             let request = match server.protocol {
                 Protocol::Http => http_request(request),
                 Protocol::Redis => format!("{request}\r\n"),
+                Protocol::Postgres => postgres_request(request),
             };
             InFlight::start(server.port, server.protocol, &request)
         })
@@ -1573,6 +1717,53 @@ fn redis_busy_then_sigkill_after_the_grace_period() {
     // Its handler only scheduled the shutdown, which the busy script never let start:
     // as for a blocked event loop.
     assert!(outcome.log.contains("Received SIGTERM"), "{}", outcome.log);
+    checks.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL: the postmaster forks a backend per session (each in a session of its own,
+// so a signal to the postmaster's group reaches no backend) besides its background
+// processes. SIGTERM asks for a smart shutdown: no new sessions, and wait for the open
+// ones to end; idle pooled sessions hold it up until the platform's SIGKILL (the
+// official image stops it with SIGINT, a fast shutdown, for this reason). Backends see
+// the postmaster die, tell their clients (FATAL) and exit.
+
+#[test]
+fn postgres_smart_shutdown_waits_for_idle_sessions_until_sigkill() {
+    let outcome = scenario(
+        "postgres_smart_shutdown_waits_for_idle_sessions_until_sigkill",
+        postgres(),
+        "SIGTERM (smart shutdown), grace 4 s, SIGKILL to the group",
+        term,
+        Duration::from_secs(4),
+        |s| clients(s, 2, &["SELECT pg_sleep(2)"], &[]),
+        3,
+    );
+    assert!(
+        outcome.log.contains("received smart shutdown request"),
+        "{}",
+        outcome.log
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Signal(libc::SIGKILL),
+            in_flight_lost: false,
+            verdict: "killed",
+        },
+    );
+    checks.has_finding(outcome.master, "SIGKILL_AFTER_GRACE");
+    // The query in flight was answered; the idle sessions were what it waited for.
+    checks.lacks_finding(outcome.master, "CONNECTIONS_OPEN_AT_EXIT");
+    checks.has_finding(outcome.master, "KEEPALIVE_OPEN_AT_EXIT");
+    // Two idle sessions were left open; the answered client had closed its own, and
+    // its backend exited on that.
+    let idle = &outcome.shutdown(outcome.master)["idle_at_exit"];
+    if *idle != 2 {
+        checks.fail(format!("idle_at_exit {idle} where 2 sessions were idle"));
+    }
+    // Its handler ran: it stopped taking sessions and waited.
+    checks.lacks_finding(outcome.master, "HANDLER_NEVER_RAN");
     checks.finish();
 }
 
