@@ -681,6 +681,11 @@ impl Server {
 // The servers
 
 fn nginx(workers: usize) -> Spec {
+    nginx_proxying(workers, None)
+}
+
+/// nginx; with `upstream`, it also proxies /app/ to that port on loopback.
+fn nginx_proxying(workers: usize, upstream: Option<u16>) -> Spec {
     let dir = TempDir::new("nginx");
     let port = free_port();
     let root = &dir.0;
@@ -694,6 +699,9 @@ fn nginx(workers: usize) -> Spec {
     std::fs::write(root.join("www/slow2"), vec![b'x'; 64 * 1024]).unwrap();
     std::fs::write(root.join("www/big"), vec![b'x'; 64 << 20]).unwrap();
     let r = root.display();
+    let proxy = upstream.map_or(String::new(), |port| {
+        format!("location /app/ {{ proxy_pass http://127.0.0.1:{port}/; }}\n    ")
+    });
     let conf = format!(
         "daemon off;\nmaster_process on;\nworker_processes {workers};\nuser root;\n\
          pid {r}/nginx.pid;\nerror_log {r}/error.log notice;\n\
@@ -703,7 +711,7 @@ fn nginx(workers: usize) -> Spec {
          fastcgi_temp_path {r}/tmp/fastcgi;\n  uwsgi_temp_path {r}/tmp/uwsgi;\n\
          scgi_temp_path {r}/tmp/scgi;\n\
          server {{\n    listen 127.0.0.1:{port};\n    root {r}/www;\n\
-         location /slow {{ limit_rate 32k; }}\n  }}\n}}\n"
+         {proxy}location /slow {{ limit_rate 32k; }}\n  }}\n}}\n"
     );
     std::fs::write(root.join("nginx.conf"), conf).unwrap();
     let mut command = Command::new(program("nginx"));
@@ -716,6 +724,41 @@ fn nginx(workers: usize) -> Spec {
         workers,
         log: root.join("error.log"),
         dir,
+    }
+}
+
+/// tests/servers/real/upstream.py on a port of its own, killed on drop.
+struct Upstream {
+    child: Child,
+    port: u16,
+}
+
+impl Upstream {
+    /// An upstream that answers every request after `seconds`.
+    fn start(seconds: u32) -> Self {
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .arg(real_dir().join("upstream.py"))
+            .args([port.to_string(), seconds.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the upstream");
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .unwrap();
+        assert_eq!(&ready, b"ready\n");
+        Self { child, port }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1613,6 +1656,35 @@ fn nginx_sigterm_fast_stop_cuts_a_download() {
             verdict: "dropped",
         },
     );
+    checks.finish();
+}
+
+/// A fast stop as a reverse proxy: the worker is told over nginx's channel and exits 0
+/// by itself at once, the proxied request it had read still waiting for its upstream.
+/// From the server's side that is the same as a client's goodbye a session's process
+/// exits on (PostgreSQL's Terminate), which is why observer counts both as cut
+/// (docs/verdicts.md names the limit).
+#[test]
+fn nginx_sigterm_fast_stop_cuts_a_proxied_request() {
+    let upstream = Upstream::start(5);
+    let outcome = scenario(
+        "nginx_sigterm_fast_stop_cuts_a_proxied_request",
+        nginx_proxying(1, Some(upstream.port)),
+        "SIGTERM, grace 10 s, upstream answering after 5 s",
+        term,
+        GRACE,
+        |s| clients(s, 0, &["/app/slow"], &[]),
+        3,
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    checks.has_finding(outcome.master, "CONNECTIONS_OPEN_AT_EXIT");
     checks.finish();
 }
 
