@@ -16,11 +16,11 @@ use tokio::{
 };
 
 use crate::{
-    host::clock, host::procfs::ProcHost, host::signals, kernel::exit_stage::ExitStages,
-    kernel::layout::KernelLayout, kernel::loader::Probes, kernel::object, kernel::preflight,
-    kernel::tracefs, output::Output, pipeline::Pipeline, pipeline::correlate::Correlator,
-    pipeline::decode::Record, pipeline::enrich::Enricher, pipeline::filter::Filter,
-    pipeline::staged::StagedExits, pipeline::tcp::TcpTracker,
+    host::clock, host::procfs, host::procfs::ProcHost, host::signals,
+    kernel::exit_stage::ExitStages, kernel::layout::KernelLayout, kernel::loader::Probes,
+    kernel::object, kernel::preflight, kernel::tracefs, output::Output, pipeline::Pipeline,
+    pipeline::correlate::Correlator, pipeline::decode::Record, pipeline::enrich::Enricher,
+    pipeline::filter::Filter, pipeline::staged::StagedExits, pipeline::tcp::TcpTracker,
 };
 
 /// How often the ring buffer is drained. The kernel programs do not wake observer per
@@ -105,7 +105,8 @@ impl Session {
             Enricher::new(
                 ProcHost::new(),
                 signal_mask,
-                TcpTracker::new(layout.rst_reasons.clone()),
+                TcpTracker::new(layout.rst_reasons.clone())
+                    .with_ephemeral_ports(procfs::ephemeral_ports()),
             ),
             options.filter.excluding(std::process::id()),
             Correlator::new(options.reports),

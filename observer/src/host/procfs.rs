@@ -2,6 +2,7 @@
 use std::{
     collections::HashMap,
     io::BufRead,
+    ops::RangeInclusive,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -363,6 +364,23 @@ fn parse_ns_pid(status: &str) -> Option<u32> {
 }
 
 /// The cgroup v2 path in a /proc/PID/cgroup file (its `0::` line).
+/// The ports connect() picks a local port from (`net.ipv4.ip_local_port_range`, which
+/// IPv6 shares), as this host's network namespace sets them.
+pub fn ephemeral_ports() -> Option<RangeInclusive<u16>> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+}
+
+/// "32768\t60999\n" → 32768..=60999.
+fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let mut ports = text.split_whitespace().map(|port| port.parse::<u16>().ok());
+    match (ports.next()??, ports.next()??) {
+        (low, high) if low <= high => Some(low..=high),
+        _ => None,
+    }
+}
+
 pub fn parse_cgroup2_line(text: &str) -> Option<String> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
@@ -396,6 +414,14 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_ephemeral_port_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(32_768..=60_999));
+        assert_eq!(parse_port_range("1024 65535"), Some(1024..=65_535));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("junk"), None);
+    }
+
     use super::*;
 
     #[test]

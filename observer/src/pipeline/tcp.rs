@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
 };
 
 use observer_common::{
@@ -23,6 +24,9 @@ use crate::{
 /// Ports remembered for processes whose listeners closed.
 const FORMER_LISTENERS: usize = 65_536;
 
+/// Linux's default `ip_local_port_range`, the ports connect() picks local ports from.
+const DEFAULT_EPHEMERAL_PORTS: RangeInclusive<u16> = 32_768..=60_999;
+
 struct Listener {
     local: String,
     comm: String,
@@ -36,6 +40,8 @@ pub struct TcpTracker {
     listeners: HashMap<u16, HashMap<u32, Listener>>,
     /// Local port → the process whose listener there closed last.
     former_listeners: BoundedMap<u16, ProcessRef>,
+    /// The ports connect() picks local ports from (see `role`).
+    ephemeral_ports: RangeInclusive<u16>,
 }
 
 impl TcpTracker {
@@ -44,7 +50,16 @@ impl TcpTracker {
             rst_reasons,
             listeners: HashMap::new(),
             former_listeners: BoundedMap::new(FORMER_LISTENERS),
+            ephemeral_ports: DEFAULT_EPHEMERAL_PORTS,
         }
+    }
+
+    /// The host's range of ports connect() picks from; None keeps Linux's default.
+    pub fn with_ephemeral_ports(mut self, ports: Option<RangeInclusive<u16>>) -> Self {
+        if let Some(ports) = ports {
+            self.ephemeral_ports = ports;
+        }
+        self
     }
 
     pub fn state_change(&mut self, r: &TcpStateRecord) -> Option<Event> {
@@ -140,6 +155,10 @@ impl TcpTracker {
     /// A socket's role: as learnt in the kernel, else from its state and ports. A
     /// connection on a port some process listens on (or last listened on) was accepted
     /// there, whoever holds it now: pre-fork workers accept on their master's listener.
+    /// Else a local port connect() never picks (outside `ip_local_port_range`) was bound
+    /// on purpose, to listen: a server's connection, accepted before observer started
+    /// on a listener it never saw (a worker that dies of the signal before /proc is
+    /// read, and closes that listener after its connections).
     fn role(&self, owner: &SocketOwner, old_state: i32, port: u16) -> Role {
         match owner.role {
             role::LISTENER => Role::Listener,
@@ -151,6 +170,7 @@ impl TcpTracker {
             {
                 Role::Inbound
             }
+            _ if !self.ephemeral_ports.contains(&port) => Role::Inbound,
             _ => Role::Outbound,
         }
     }
@@ -513,6 +533,10 @@ mod tests {
             (owner(100, role::UNKNOWN, "srv"), 41000, Role::Outbound),
             // A pre-fork worker's connection, accepted on its master's listener.
             (owner(101, role::UNKNOWN, "worker"), 9000, Role::Inbound),
+            // On a port outside the ephemeral range, bound to listen: accepted on a
+            // listener never seen (HAProxy's worker dies of SIGTERM before /proc is
+            // read, and closes its listener after its connections).
+            (owner(102, role::UNKNOWN, "haproxy"), 18091, Role::Inbound),
         ];
         for (owner, port, expected) in cases {
             let event = tracker.state_change(&state(owner, 1, 4, at_exit, port));
