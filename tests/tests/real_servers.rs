@@ -78,6 +78,14 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port outside the kernel's ephemeral range (`ip_local_port_range`, 32768 and
+/// up by default), where real servers listen: a port connect() never picks.
+fn free_server_port() -> u16 {
+    (20_000..30_000)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port in 20000..30000")
+}
+
 /// A directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -734,7 +742,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    /// An upstream that answers every request after `seconds`.
+    /// An upstream that answers /slow after `seconds`, anything else at once.
     fn start(seconds: u32) -> Self {
         let port = free_port();
         let mut child = Command::new("python3")
@@ -791,6 +799,36 @@ fn busy_script(seconds: u32) -> String {
         "EVAL \"local n = redis.call('TIME') local t = n[1] * 1e6 + n[2] + {seconds}e6 \
          repeat n = redis.call('TIME') until n[1] * 1e6 + n[2] >= t return 1\" 0"
     )
+}
+
+/// HAProxy in master-worker mode (`-W`), proxying to `upstream` on loopback, on a port
+/// outside the ephemeral range as real servers listen.
+fn haproxy(upstream: u16) -> Spec {
+    let dir = TempDir::new("haproxy");
+    let port = free_server_port();
+    let config = dir.0.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  master-worker\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  \
+             timeout server 30s\n\
+             frontend web\n  bind 127.0.0.1:{port}\n  default_backend app\n\
+             backend app\n  server upstream 127.0.0.1:{upstream}\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(program("haproxy"));
+    command.args(["-W", "-db", "-f"]).arg(&config);
+    Spec {
+        name: "haproxy",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers: 1,
+        log: dir.0.join("haproxy.log"),
+        dir,
+    }
 }
 
 fn redis() -> Spec {
@@ -1836,6 +1874,37 @@ fn postgres_smart_shutdown_waits_for_idle_sessions_until_sigkill() {
     }
     // Its handler ran: it stopped taking sessions and waited.
     checks.lacks_finding(outcome.master, "HANDLER_NEVER_RAN");
+    checks.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// HAProxy: SIGTERM is its hard stop (the official image stops it with SIGUSR1, a soft
+// stop, for this reason); the master passes it to the worker, which dies of it.
+
+#[test]
+fn haproxy_sigterm_hard_stop_cuts_a_proxied_request() {
+    let upstream = Upstream::start(5);
+    let outcome = scenario(
+        "haproxy_sigterm_hard_stop_cuts_a_proxied_request",
+        haproxy(upstream.port),
+        "SIGTERM, grace 10 s, upstream answering after 5 s",
+        term,
+        GRACE,
+        |s| clients(s, 0, &["/slow"], &[]),
+        3,
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    // The worker held the client's connection and the upstream's.
+    let worker = outcome.workers[0];
+    checks.has_finding(worker, "CONNECTIONS_OPEN_AT_EXIT");
+    checks.has_finding(worker, "OUTBOUND_OPEN_AT_EXIT");
     checks.finish();
 }
 

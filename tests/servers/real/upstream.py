@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A slow upstream for a reverse proxy under test: every GET is answered after SECONDS.
+"""An upstream for a reverse proxy under test: GET /slow is answered after SECONDS,
+any other GET at once.
 
 usage: upstream.py PORT SECONDS
 Prints "ready" once it listens.
@@ -11,7 +12,8 @@ port, seconds = int(sys.argv[1]), float(sys.argv[2])
 
 class Slow(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        time.sleep(seconds)
+        if self.path.startswith("/slow"):
+            time.sleep(seconds)
         body = b"ok upstream\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
