@@ -1345,6 +1345,25 @@ fn clients(
     })
 }
 
+/// A reverse proxy (`proxy`, given its upstream's port) SIGTERMed while `path` waits
+/// on an upstream that answers it after 5 s.
+fn sigterm_with_a_proxied_request(
+    name: &str,
+    proxy: impl FnOnce(u16) -> Spec,
+    path: &str,
+) -> Outcome {
+    let upstream = Upstream::start(5);
+    scenario(
+        name,
+        proxy(upstream.port),
+        "SIGTERM, grace 10 s, upstream answering after 5 s",
+        term,
+        GRACE,
+        |s| clients(s, 0, &[path], &[]),
+        3,
+    )
+}
+
 fn term(_: &Server) -> Ask {
     Ask::Signal(libc::SIGTERM)
 }
@@ -1704,15 +1723,10 @@ fn nginx_sigterm_fast_stop_cuts_a_download() {
 /// (docs/verdicts.md names the limit).
 #[test]
 fn nginx_sigterm_fast_stop_cuts_a_proxied_request() {
-    let upstream = Upstream::start(5);
-    let outcome = scenario(
+    let outcome = sigterm_with_a_proxied_request(
         "nginx_sigterm_fast_stop_cuts_a_proxied_request",
-        nginx_proxying(1, Some(upstream.port)),
-        "SIGTERM, grace 10 s, upstream answering after 5 s",
-        term,
-        GRACE,
-        |s| clients(s, 0, &["/app/slow"], &[]),
-        3,
+        |upstream| nginx_proxying(1, Some(upstream)),
+        "/app/slow",
     );
     let mut checks = check(
         &outcome,
@@ -1883,15 +1897,10 @@ fn postgres_smart_shutdown_waits_for_idle_sessions_until_sigkill() {
 
 #[test]
 fn haproxy_sigterm_hard_stop_cuts_a_proxied_request() {
-    let upstream = Upstream::start(5);
-    let outcome = scenario(
+    let outcome = sigterm_with_a_proxied_request(
         "haproxy_sigterm_hard_stop_cuts_a_proxied_request",
-        haproxy(upstream.port),
-        "SIGTERM, grace 10 s, upstream answering after 5 s",
-        term,
-        GRACE,
-        |s| clients(s, 0, &["/slow"], &[]),
-        3,
+        haproxy,
+        "/slow",
     );
     let mut checks = check(
         &outcome,
