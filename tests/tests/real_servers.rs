@@ -1346,14 +1346,16 @@ fn clients(
 }
 
 /// A reverse proxy (`proxy`, given its upstream's port) SIGTERMed while `path` waits
-/// on an upstream that answers it after 5 s.
-fn sigterm_with_a_proxied_request(
+/// on an upstream that answers it after 5 s: it exits 0 at once, the client is hung up
+/// on, and the report of the process that held both connections (`holder`) says so.
+fn sigterm_cuts_a_proxied_request(
     name: &str,
     proxy: impl FnOnce(u16) -> Spec,
     path: &str,
-) -> Outcome {
+    holder: impl Fn(&Outcome) -> u32,
+) {
     let upstream = Upstream::start(5);
-    scenario(
+    let outcome = scenario(
         name,
         proxy(upstream.port),
         "SIGTERM, grace 10 s, upstream answering after 5 s",
@@ -1361,7 +1363,19 @@ fn sigterm_with_a_proxied_request(
         GRACE,
         |s| clients(s, 0, &[path], &[]),
         3,
-    )
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    let holder = holder(&outcome);
+    checks.has_finding(holder, "CONNECTIONS_OPEN_AT_EXIT");
+    checks.has_finding(holder, "OUTBOUND_OPEN_AT_EXIT");
+    checks.finish();
 }
 
 fn term(_: &Server) -> Ask {
@@ -1723,21 +1737,13 @@ fn nginx_sigterm_fast_stop_cuts_a_download() {
 /// (docs/verdicts.md names the limit).
 #[test]
 fn nginx_sigterm_fast_stop_cuts_a_proxied_request() {
-    let outcome = sigterm_with_a_proxied_request(
+    // The worker exits untold: its connections count in the master's report.
+    sigterm_cuts_a_proxied_request(
         "nginx_sigterm_fast_stop_cuts_a_proxied_request",
         |upstream| nginx_proxying(1, Some(upstream)),
         "/app/slow",
+        |outcome| outcome.master,
     );
-    let mut checks = check(
-        &outcome,
-        Truth {
-            status: Status::Code(0),
-            in_flight_lost: true,
-            verdict: "dropped",
-        },
-    );
-    checks.has_finding(outcome.master, "CONNECTIONS_OPEN_AT_EXIT");
-    checks.finish();
 }
 
 #[test]
@@ -1897,24 +1903,13 @@ fn postgres_smart_shutdown_waits_for_idle_sessions_until_sigkill() {
 
 #[test]
 fn haproxy_sigterm_hard_stop_cuts_a_proxied_request() {
-    let outcome = sigterm_with_a_proxied_request(
+    // The worker, SIGTERMed by the master, has a report of its own.
+    sigterm_cuts_a_proxied_request(
         "haproxy_sigterm_hard_stop_cuts_a_proxied_request",
         haproxy,
         "/slow",
+        |outcome| outcome.workers[0],
     );
-    let mut checks = check(
-        &outcome,
-        Truth {
-            status: Status::Code(0),
-            in_flight_lost: true,
-            verdict: "dropped",
-        },
-    );
-    // The worker held the client's connection and the upstream's.
-    let worker = outcome.workers[0];
-    checks.has_finding(worker, "CONNECTIONS_OPEN_AT_EXIT");
-    checks.has_finding(worker, "OUTBOUND_OPEN_AT_EXIT");
-    checks.finish();
 }
 
 // ---------------------------------------------------------------------------------------

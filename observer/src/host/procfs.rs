@@ -363,7 +363,6 @@ fn parse_ns_pid(status: &str) -> Option<u32> {
         .ok()
 }
 
-/// The cgroup v2 path in a /proc/PID/cgroup file (its `0::` line).
 /// The ports connect() picks a local port from (`net.ipv4.ip_local_port_range`, which
 /// IPv6 shares), as this host's network namespace sets them.
 pub fn ephemeral_ports() -> Option<RangeInclusive<u16>> {
@@ -381,6 +380,7 @@ fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
     }
 }
 
+/// The cgroup v2 path in a /proc/PID/cgroup file (its `0::` line).
 pub fn parse_cgroup2_line(text: &str) -> Option<String> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
@@ -414,6 +414,8 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn reads_the_ephemeral_port_range() {
         assert_eq!(parse_port_range("32768\t60999\n"), Some(32_768..=60_999));
@@ -421,8 +423,6 @@ mod tests {
         assert_eq!(parse_port_range("60999 32768"), None);
         assert_eq!(parse_port_range("junk"), None);
     }
-
-    use super::*;
 
     #[test]
     fn a_command_line_is_bounded() {
