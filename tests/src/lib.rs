@@ -7,7 +7,8 @@
 //! initramfs), else where this package was compiled.
 //!
 //! These tests must run as root with the programs loadable; anything else is a failure,
-//! never a skip.
+//! never a skip. With `OBSERVER_KEEP_OUTPUT` set, observer's output files stay in the
+//! temporary directory, to look at after a failure.
 use std::{
     io::{BufRead, BufReader, Read},
     path::PathBuf,
@@ -196,7 +197,9 @@ impl Observer {
         std::fs::File::open(&self.output)
             .and_then(|mut file| file.read_to_string(&mut text))
             .expect("reading observer's output");
-        let _ = std::fs::remove_file(&self.output);
+        if std::env::var_os("OBSERVER_KEEP_OUTPUT").is_none() {
+            let _ = std::fs::remove_file(&self.output);
+        }
         (text, self.stderr())
     }
 

@@ -2,9 +2,10 @@
 //! lines observer writes, so `observer report LOG` reproduces live reports byte for byte.
 //!
 //! Time is the events' own (CLOCK_MONOTONIC `mono_ns`). A process's report covers the
-//! events up to its exit plus `--after-exit`; it is written once a later event (or, live,
-//! the clock) is past that deadline by [`SLACK_NS`], which absorbs events from different
-//! CPUs arriving slightly out of order. When the input ends, pending reports are written
+//! events up to its exit plus `--after-exit`, and the closes of its sockets that its exit
+//! makes within [`EXIT_CLOSING_NS`]; it is written once a later event (or, live, the
+//! clock) is past both by [`SLACK_NS`], which absorbs events from different CPUs
+//! arriving slightly out of order. When the input ends, pending reports are written
 //! with what was seen.
 use std::collections::BTreeSet;
 
@@ -26,6 +27,14 @@ use crate::{
 
 /// How long past a deadline a report waits for stragglers.
 pub const SLACK_NS: u64 = 1_000_000_000;
+
+/// How long after its exit a process's sockets may still be closing. The kernel runs
+/// exit_mm() (a large address space takes long to unmap) between sched_process_exit and
+/// exit_files(), and an exiting task can wait for a CPU in between: up to 2.75 s
+/// measured for 3,000 servers stopped at once on a busy 2-CPU host. The closes at exit
+/// and the resets they send count in the report when they come within this, whatever
+/// `--after-exit` is, and the report waits for it.
+pub const EXIT_CLOSING_NS: u64 = 5_000_000_000;
 
 /// Processes whose listeners are tracked at once.
 const TRACKED_LISTENERS: usize = 65_536;
@@ -65,7 +74,8 @@ pub struct Correlator {
     listening: BoundedMap<u32, Listening>,
     /// Told to stop, not exited yet.
     live: BoundedMap<u32, ProcessShutdown>,
-    /// Exited, waiting for their deadline.
+    /// Exited, waiting for their deadline (exit + `--after-exit`) and their sockets'
+    /// closes (see [`held_until`]).
     exited: Vec<(u64, ProcessShutdown)>,
     /// Children that exited after their parent's termination signal without one of
     /// their own (workers told to stop by their master): child pid → parent pid. Their
@@ -125,7 +135,9 @@ impl Correlator {
     /// Whether a line at `now_ns` (or the clock reaching it) makes a shutdown report due.
     pub fn reports_due(&self, now_ns: u64) -> bool {
         let until = now_ns.saturating_sub(SLACK_NS);
-        self.exited.iter().any(|(deadline, _)| *deadline < until)
+        self.exited
+            .iter()
+            .any(|(deadline, s)| held_until(*deadline, s) < until)
     }
 
     /// The clock reached `now_ns` (live only): reports now due.
@@ -160,11 +172,12 @@ impl Correlator {
     }
 
     fn release(&mut self, until_ns: u64) {
-        self.exited.sort_by_key(|(deadline, s)| (*deadline, s.pid));
+        self.exited
+            .sort_by_key(|(deadline, s)| (held_until(*deadline, s), s.pid));
         while self
             .exited
             .first()
-            .is_some_and(|(deadline, _)| *deadline < until_ns)
+            .is_some_and(|(deadline, s)| held_until(*deadline, s) < until_ns)
         {
             let (deadline, shutdown) = self.exited.remove(0);
             self.report_shutdown(deadline, shutdown);
@@ -206,6 +219,23 @@ impl Correlator {
     /// The record of `pid` that an event at `mono_ns` belongs to: the live one, else the
     /// latest exited one whose window is still open; for an adopted child, its parent's.
     fn record(&mut self, pid: u32, mono_ns: u64) -> Option<&mut ProcessShutdown> {
+        self.record_within(pid, mono_ns, |deadline, _| deadline)
+    }
+
+    /// Like [`Self::record`], for what `pid`'s exit itself does (its sockets closing, the
+    /// resets that sends): counted while its sockets may still be closing.
+    fn record_of_exit(&mut self, pid: u32, mono_ns: u64) -> Option<&mut ProcessShutdown> {
+        self.record_within(pid, mono_ns, held_until)
+    }
+
+    /// The record of `pid` (or its adopter) live, or exited with `mono_ns` at most
+    /// `until(deadline, record)`.
+    fn record_within(
+        &mut self,
+        pid: u32,
+        mono_ns: u64,
+        until: impl Fn(u64, &ProcessShutdown) -> u64,
+    ) -> Option<&mut ProcessShutdown> {
         let pid = match self.live.get(&pid) {
             Some(_) => return self.live.get_mut(&pid),
             None if !self.exited.iter().any(|(_, s)| s.pid == pid) => {
@@ -219,7 +249,7 @@ impl Correlator {
         self.exited
             .iter_mut()
             .rev()
-            .find(|(deadline, s)| s.pid == pid && mono_ns <= *deadline)
+            .find(|(deadline, s)| s.pid == pid && mono_ns <= until(*deadline, s))
             .map(|(_, s)| s)
     }
 
@@ -739,7 +769,7 @@ impl Correlator {
 
     fn on_close_at_exit(&mut self, e: &TcpCloseAtExitEvent, mono: u64) {
         // A worker's sockets count for its master (adoption, in `record`).
-        let Some(shutdown) = self.record(e.pid, mono) else {
+        let Some(shutdown) = self.record_of_exit(e.pid, mono) else {
             return;
         };
         shutdown.at_exit.add(OpenConnection {
@@ -761,7 +791,7 @@ impl Correlator {
 
     fn on_reset_sent(&mut self, e: &TcpResetEvent, mono: u64) {
         if let Some(pid) = e.pid {
-            if let Some(shutdown) = self.record(pid, mono)
+            if let Some(shutdown) = self.record_of_exit(pid, mono)
                 && shutdown
                     .first_signal_ns
                     .is_some_and(|signal| signal <= mono)
@@ -825,6 +855,15 @@ impl Correlator {
             .max_by_key(|(_, s)| s.exit_ns)
             .map(|(_, s)| s.pid)
     }
+}
+
+/// When an exited process's report may be written: past its deadline, and past the time
+/// its sockets may still be closing ([`EXIT_CLOSING_NS`]).
+fn held_until(deadline: u64, shutdown: &ProcessShutdown) -> u64 {
+    let closing = shutdown
+        .exit_ns
+        .map_or(0, |exit| exit.saturating_add(EXIT_CLOSING_NS));
+    deadline.max(closing)
 }
 
 /// A signal as a step of a stop's timeline; `after_own_handler` when the target had
@@ -1887,6 +1926,45 @@ mod tests {
         assert_eq!(
             clock::parse_rfc3339(&due[0].time),
             Some(due[0].mono_ns as i128 + 1_700_000_000_000_000_000)
+        );
+    }
+
+    /// A process's sockets close after its exit event, seconds later for a large or a
+    /// starved one: they count, and its report waits for them, however short
+    /// `--after-exit` is.
+    #[test]
+    fn closes_at_exit_count_however_short_the_after_exit_window() {
+        let config = Config {
+            after_exit_ns: 0,
+            ..config()
+        };
+        let mut correlator = Correlator::new(config);
+        let lines = [
+            term(0, P),
+            exit(10, P, 1, None, Some(libc::SIGTERM)),
+            at_exit(11, P, Role::Inbound, 50_001),
+            at_exit(2_760, P, Role::Listener, 0),
+            at_exit(5_011, P, Role::Inbound, 50_002),
+        ];
+        for l in &lines {
+            assert!(correlator.observe(l).is_empty(), "not due before {l:?}");
+        }
+        let start = 1_000_000 * MS;
+        assert!(correlator.advance(start + 6_010 * MS).is_empty());
+        let due = correlator.advance(start + 6_011 * MS);
+        let Some(Event::Shutdown(report)) = due.first().map(|l| &l.event) else {
+            panic!("one report due: {due:?}");
+        };
+        assert_eq!(due[0].mono_ns, start + 10 * MS, "its time is its deadline");
+        let closed: Vec<&str> = report
+            .open_at_exit
+            .iter()
+            .map(|c| c.remote.as_str())
+            .collect();
+        assert_eq!(
+            closed,
+            ["127.0.0.1:50001", "0.0.0.0:0"],
+            "not the one 5 s late"
         );
     }
 
