@@ -49,6 +49,11 @@ pub struct ContainerInfo {
     pub pod_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_container: Option<String>,
+    /// The signal its runtime stops it with when not SIGTERM (`docker stop` sends the
+    /// image's STOPSIGNAL or `--stop-signal`: SIGUSR1 for HAProxy's, SIGWINCH for
+    /// httpd's), by name: that signal starts its shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -342,6 +347,10 @@ pub struct TcpResetEvent {
     /// For an RST from a port no socket holds: the process that last listened there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub former_owner: Option<ProcessRef>,
+    /// The socket's part for its owner, when the kernel saw it made: an RST on a
+    /// connection the process opened itself (a proxy's to its backend) reaches no client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 impl TcpResetEvent {

@@ -30,6 +30,8 @@ const SYSTEM_CONTAINERD: &str = "/run/containerd/containerd.sock";
 pub const BUSYBOX_IMAGE: &str = "observer-test/busybox:1";
 /// busybox plus Python 3 and tests/servers/containers/app.py as /app.py.
 pub const APP_IMAGE: &str = "observer-test/app:1";
+/// busybox plus the host's HAProxy (Debian's haproxy) as /usr/sbin/haproxy.
+pub const HAPROXY_IMAGE: &str = "observer-test/haproxy:1";
 
 /// A private dockerd.
 pub struct Dockerd {
@@ -177,6 +179,11 @@ impl Dockerd {
     /// Imports the Python app image (busybox, python3, its libraries and stdlib, app.py).
     pub fn import_app(&self) {
         self.import(app_rootfs(), APP_IMAGE);
+    }
+
+    /// Imports the HAProxy image (busybox, the host's haproxy and its libraries).
+    pub fn import_haproxy(&self) {
+        self.import(haproxy_rootfs(), HAPROXY_IMAGE);
     }
 
     fn import(&self, tarball: &Path, tag: &str) {
@@ -355,21 +362,7 @@ fn build_app_rootfs(tarball: &Path) {
     std::fs::create_dir_all(staging.join("usr/bin")).unwrap();
     std::os::unix::fs::symlink("python3.11", staging.join("usr/bin/python3")).unwrap();
     tar(&["-c", "-f"], tarball, &staging, &["."]);
-    let python = "/usr/bin/python3.11";
-    let ldd = Command::new("ldd").arg(python).output().expect("ldd");
-    let mut files = vec![python.trim_start_matches('/').to_string()];
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux… (0x…)"
-        let path = line
-            .split_once("=>")
-            .map_or(line, |(_, path)| path)
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if path.starts_with('/') {
-            files.push(path.trim_start_matches('/').to_string());
-        }
-    }
+    let mut files = with_libraries("/usr/bin/python3.11");
     files.push("usr/lib/python3.11".to_string());
     let args = vec![
         "--exclude=usr/lib/python3.11/test",
@@ -388,6 +381,41 @@ fn build_app_rootfs(tarball: &Path) {
     let files: Vec<&str> = files.iter().map(String::as_str).collect();
     tar(&args, tarball, Path::new("/"), &files);
     let _ = std::fs::remove_dir_all(&staging);
+}
+
+/// busybox and the host's /usr/sbin/haproxy with the libraries `ldd` names: about 10 MB.
+fn haproxy_rootfs() -> &'static Path {
+    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
+    TARBALL.get_or_init(|| {
+        build_tarball("haproxy-rootfs.tar", |tarball| {
+            let staging = busybox_staging();
+            tar(&["-c", "-f"], tarball, &staging, &["."]);
+            let _ = std::fs::remove_dir_all(&staging);
+            let files = with_libraries("/usr/sbin/haproxy");
+            let files: Vec<&str> = files.iter().map(String::as_str).collect();
+            tar(&["-r", "-h", "-f"], tarball, Path::new("/"), &files);
+        })
+    })
+}
+
+/// `binary` and the libraries `ldd` names for it, as paths relative to /.
+fn with_libraries(binary: &str) -> Vec<String> {
+    assert!(Path::new(binary).is_file(), "{binary} is missing");
+    let ldd = Command::new("ldd").arg(binary).output().expect("ldd");
+    let mut files = vec![binary.trim_start_matches('/').to_string()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux… (0x…)"
+        let path = line
+            .split_once("=>")
+            .map_or(line, |(_, path)| path)
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            files.push(path.trim_start_matches('/').to_string());
+        }
+    }
+    files
 }
 
 fn tar(args: &[&str], tarball: &Path, dir: &Path, files: &[&str]) {

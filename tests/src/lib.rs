@@ -23,6 +23,7 @@ pub mod attachments;
 pub mod docker;
 pub mod sockets;
 pub mod testee;
+pub mod upstream;
 
 /// Longest any step may take before the test fails (generous: CI machines are slow).
 pub const TIMEOUT: Duration = Duration::from_secs(30);

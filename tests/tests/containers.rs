@@ -11,8 +11,9 @@ use std::{
 
 use observer_tests::{
     Events, Observer, TIMEOUT,
-    docker::{APP_IMAGE, BUSYBOX_IMAGE, Dockerd},
-    finding_codes as codes,
+    docker::{APP_IMAGE, BUSYBOX_IMAGE, Dockerd, HAPROXY_IMAGE},
+    finding_codes as codes, temp_path,
+    upstream::Upstream,
 };
 use serde_json::{Value, json};
 
@@ -651,4 +652,107 @@ fn a_server_on_its_own_bridge_network_behind_docker_proxy() {
     assert_eq!(proxy["verdict"], "clean", "{proxy}");
     assert_eq!(codes(proxy), Vec::<&str>::new(), "{proxy}");
     events.assert_replay_is_identical(TIMING);
+}
+
+/// HAProxy's official image stops it with SIGUSR1 (`STOPSIGNAL SIGUSR1`: its soft stop,
+/// which lets requests in flight finish); `docker stop` sends the container's stop
+/// signal, never SIGTERM. Here the host's HAProxy in master-worker mode, as that image
+/// runs it, with `--stop-signal SIGUSR1`, and a request waiting 2 s on its upstream.
+#[test]
+fn docker_stop_with_haproxys_stop_signal_is_a_clean_soft_stop() {
+    let dockerd = Dockerd::start();
+    dockerd.import_haproxy();
+    let upstream = Upstream::start(2);
+    let config = temp_path("haproxy");
+    std::fs::create_dir_all(&config).unwrap();
+    let port = 18_316;
+    std::fs::write(
+        config.join("haproxy.cfg"),
+        format!(
+            "global\n  master-worker\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  \
+             timeout server 30s\n\
+             frontend web\n  bind 127.0.0.1:{port}\n  default_backend app\n\
+             backend app\n  server upstream 127.0.0.1:{}\n",
+            upstream.port
+        ),
+    )
+    .unwrap();
+    let observer = observe(&dockerd);
+    let mount = format!("{}:/etc/haproxy:ro", config.display());
+    dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "lb",
+        "--network",
+        "host",
+        "--stop-signal",
+        "SIGUSR1",
+        "-v",
+        &mount,
+        HAPROXY_IMAGE,
+        "/usr/sbin/haproxy",
+        "-W",
+        "-db",
+        "-f",
+        "/etc/haproxy/haproxy.cfg",
+    ]);
+    let master = dockerd.pid_of("lb");
+    let worker = only_child(master);
+    let mut client = wait_for_connect(port);
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let took = dockerd.timed(&["stop", "-t", "10", "lb"]);
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    let events = observer.stop();
+    let _ = std::fs::remove_dir_all(&config);
+
+    // Ground truth: the request finished, then HAProxy exited 0 well within the timeout.
+    assert!(
+        answer.starts_with("HTTP/1.0 200 OK"),
+        "the client got {answer:?}"
+    );
+    assert_eq!(exit_code(&dockerd, "lb"), 0);
+    assert!(took < Duration::from_secs(8), "docker stop took {took:?}");
+    let report = events.shutdown_of(master);
+    assert_eq!(
+        report["container_info"]["stop_signal"], "SIGUSR1",
+        "{report}"
+    );
+    assert_eq!(report["sigterm"]["sig_name"], "SIGUSR1", "{report}");
+    assert_eq!(report["sigterm"]["handler"], "custom", "{report}");
+    assert_sent_through_the_runtime(events.signals_to(master)[0]);
+    assert_eq!(report["exit"]["code"], 0, "{report}");
+    assert_eq!(report["sigkill"], Value::Null, "{report}");
+    assert_exit_time(report, &dockerd, "lb");
+    // The master passed SIGUSR1 on; the worker drained the request, then exited.
+    let drained = events.shutdown_of(worker);
+    assert_eq!(drained["sigterm"]["sig_name"], "SIGUSR1", "{drained}");
+    assert_eq!(drained["sigterm"]["from"]["pid"], master, "{drained}");
+    assert!(drained["drain_ms"].as_u64().unwrap() >= 1_000, "{drained}");
+    for shutdown in [report, drained] {
+        assert_eq!(shutdown["verdict"], "clean", "{shutdown}");
+        assert_eq!(codes(shutdown), Vec::<&str>::new(), "{shutdown}");
+    }
+    assert_eq!(deploy_of(&events, "container:lb")["verdict"], "clean");
+    events.assert_replay_is_identical(TIMING);
+}
+
+/// A connection to a server starting in a container, retried until it listens.
+fn wait_for_connect(port: u16) -> TcpStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                return stream;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "port {port}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

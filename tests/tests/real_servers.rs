@@ -38,7 +38,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer_tests::{Events, Observer, finding_codes, send_signal, servers_dir, temp_path};
+use observer_tests::{
+    Events, Observer, finding_codes, send_signal, servers_dir, temp_path, upstream::Upstream,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
@@ -732,41 +734,6 @@ fn nginx_proxying(workers: usize, upstream: Option<u16>) -> Spec {
         workers,
         log: root.join("error.log"),
         dir,
-    }
-}
-
-/// tests/servers/real/upstream.py on a port of its own, killed on drop.
-struct Upstream {
-    child: Child,
-    port: u16,
-}
-
-impl Upstream {
-    /// An upstream that answers /slow after `seconds`, anything else at once.
-    fn start(seconds: u32) -> Self {
-        let port = free_port();
-        let mut child = Command::new("python3")
-            .arg(real_dir().join("upstream.py"))
-            .args([port.to_string(), seconds.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the upstream");
-        let mut ready = [0u8; 6];
-        child
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut ready)
-            .unwrap();
-        assert_eq!(&ready, b"ready\n");
-        Self { child, port }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

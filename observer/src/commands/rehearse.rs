@@ -462,6 +462,7 @@ fn start_session(args: &RehearseArgs, events_path: &Path) -> Result<Session> {
         },
         ring_buffer_kib: 4096,
         every_reset: false,
+        container_stop_signals: Vec::new(),
     })?;
     session.pipeline.collect_reports();
     Ok(session)

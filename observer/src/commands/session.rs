@@ -41,6 +41,8 @@ const SCOPE_RESCAN: Duration = Duration::from_secs(2);
 pub struct Options {
     /// Signals to report.
     pub signals: Vec<i32>,
+    /// Signals reported when they are their target container's stop signal.
+    pub container_stop_signals: Vec<i32>,
     pub filter: Filter,
     pub output: Output,
     pub reports: crate::pipeline::correlate::Config,
@@ -84,13 +86,14 @@ impl Session {
         let layout = KernelLayout::read(&events, &btf_path)?;
         warn_about_gaps(&layout);
         let signal_mask = mask(options.signals.iter().copied());
+        let container_stop_mask = mask(options.container_stop_signals.iter().copied());
         let fatal_default_mask = if layout.btf_problem.is_some() {
             mask((1..=64).filter(|&sig| signals::is_fatal_by_default(sig)))
         } else {
             0
         };
         let settings = Settings {
-            signal_mask,
+            signal_mask: signal_mask | container_stop_mask,
             fatal_default_mask,
             termination_mask: mask(signals::TERMINATION_SIGNALS.iter().copied()),
             scope_filtered: u64::from(options.filter.is_scoped()),
@@ -107,7 +110,8 @@ impl Session {
                 signal_mask,
                 TcpTracker::new(layout.rst_reasons.clone())
                     .with_ephemeral_ports(procfs::ephemeral_ports()),
-            ),
+            )
+            .with_container_stop_signals(container_stop_mask),
             options.filter.excluding(std::process::id()),
             Correlator::new(options.reports),
             options.output,

@@ -114,6 +114,7 @@ fn options(args: &WatchArgs) -> Result<Options> {
         reports: args.reports.config(),
         ring_buffer_kib: args.ring_buffer_kib,
         every_reset: args.resets == ResetLines::Each,
+        container_stop_signals: crate::host::containers::stop_signals(&args.docker_root),
     })
 }
 

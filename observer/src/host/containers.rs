@@ -21,7 +21,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{event::ContainerInfo, host::identity};
+use crate::{
+    event::ContainerInfo,
+    host::{identity, signals},
+};
 
 /// Where runtimes keep their metadata (all overridable, for tests and unusual hosts).
 #[derive(Clone, Debug)]
@@ -80,6 +83,27 @@ impl Resolver {
     }
 }
 
+/// The signals that may stop a container here besides SIGTERM: the usual ones
+/// ([`signals::CONTAINER_STOP_SIGNALS`]) and those docker's containers under
+/// `docker_root` name, read once at start.
+pub fn stop_signals(docker_root: &Path) -> Vec<i32> {
+    let mut found = signals::CONTAINER_STOP_SIGNALS.to_vec();
+    let configs = std::fs::read_dir(docker_root.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| read_json(&entry.path().join("config.v2.json")));
+    for config in configs {
+        let named = stop_signal(&config["Config"]["StopSignal"]);
+        if let Some(sig) = named.and_then(|name| signals::parse(&name).ok())
+            && !found.contains(&sig)
+        {
+            found.push(sig);
+        }
+    }
+    found
+}
+
 /// Everything on disk about container `id`; whether its runtime's metadata was found.
 pub fn read(roots: &Roots, id: &str, cgroup: &str) -> (ContainerInfo, bool) {
     let mut info = ContainerInfo {
@@ -136,7 +160,15 @@ fn docker(root: &Path, id: &str, info: &mut ContainerInfo) -> bool {
     info.pod_namespace = text(&labels["io.kubernetes.pod.namespace"]);
     info.pod_name = text(&labels["io.kubernetes.pod.name"]);
     info.pod_container = text(&labels["io.kubernetes.container.name"]);
+    info.stop_signal = stop_signal(&config["Config"]["StopSignal"]);
     true
+}
+
+/// A runtime's stop signal ("SIGUSR1", "USR1" or "10") by its name; None for SIGTERM,
+/// which every stop is watched for anyway.
+fn stop_signal(value: &Value) -> Option<String> {
+    let sig = signals::parse(value.as_str()?).ok()?;
+    (sig != signals::SIGTERM).then(|| signals::name(sig))
 }
 
 fn containerd(tasks: &Path, id: &str, info: &mut ContainerInfo) -> bool {
@@ -305,6 +337,32 @@ mod tests {
         assert_eq!(again, info);
         assert_eq!(resolver.resolve("/system.slice/app.service"), None);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_containers_stop_signal_is_read_by_name_and_listed_at_start() {
+        let dir = scratch("stop-signal");
+        let config = |id: &str, stop: &str| {
+            write(
+                dir.join(format!("docker/containers/{id}/config.v2.json")),
+                &format!(r#"{{"Name":"/c","Config":{{"StopSignal":"{stop}"}}}}"#),
+            );
+        };
+        let other = ID.replace('0', "f");
+        config(ID, "USR1");
+        config(&other, "SIGUSR2");
+        let mut resolver = Resolver::new(roots(&dir));
+        let info = resolver.resolve(&format!("/docker/{ID}")).unwrap();
+        assert_eq!(info.stop_signal.as_deref(), Some("SIGUSR1"));
+        assert_eq!(
+            stop_signals(&dir.join("docker")),
+            [10, 28, 37, 12],
+            "the usual ones, then SIGUSR2 that a container names"
+        );
+        for (named, expected) in [("10", Some("SIGUSR1")), ("SIGTERM", None), ("", None)] {
+            assert_eq!(stop_signal(&Value::from(named)).as_deref(), expected);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -40,11 +40,19 @@ pub const SIGHUP: i32 = 1;
 pub const SIGINT: i32 = 2;
 pub const SIGQUIT: i32 = 3;
 pub use observer_common::SIGKILL;
+const SIGUSR1: i32 = 10;
 pub const SIGTERM: i32 = 15;
+const SIGWINCH: i32 = 28;
 const SIGRTMIN: i32 = 34;
 
 /// The signals after which a process counts as shutting down (its accepts are reported).
 pub const TERMINATION_SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGKILL];
+
+/// Stop signals container images declare instead of SIGTERM (STOPSIGNAL), which the
+/// kernel programs report too: HAProxy's (SIGUSR1, its soft stop), httpd's (SIGWINCH,
+/// its graceful stop) and systemd-in-a-container's (SIGRTMIN+3). One is written only
+/// when it is its target's container's own stop signal.
+pub const CONTAINER_STOP_SIGNALS: [i32; 3] = [SIGUSR1, SIGWINCH, SIGRTMIN + 3];
 const SIGRTMAX: i32 = 64;
 
 /// The conventional name of `sig` ("SIGTERM", "SIGRTMIN+3"), or "SIG<n>" for others.

@@ -283,7 +283,7 @@ impl Correlator {
         self.line_container.clone_from(&line.container_info);
         self.refusal_counted_for = None;
         match &line.event {
-            Event::Signal(e) if signals::TERMINATION_SIGNALS.contains(&e.sig) => {
+            Event::Signal(e) if starts_a_stop(e.sig, line.container_info.as_ref()) => {
                 self.on_termination_signal(e, mono, time)
             }
             Event::Signal(e) => self.on_other_signal(e, mono, time),
@@ -618,7 +618,7 @@ impl Correlator {
         }
         let died_of_termination = e
             .signal
-            .is_some_and(|sig| signals::TERMINATION_SIGNALS.contains(&sig));
+            .is_some_and(|sig| starts_a_stop(sig, self.line_container.as_ref()));
         let shutdown = match self.live.remove(&e.pid) {
             Some(shutdown) => Some(shutdown),
             None => self.stopped_by_other_signal(e, mono).or_else(|| {
@@ -791,6 +791,11 @@ impl Correlator {
 
     fn on_reset_sent(&mut self, e: &TcpResetEvent, mono: u64) {
         if let Some(pid) = e.pid {
+            // HAProxy aborts its connection to a backend (SO_LINGER 0) whenever it is
+            // done with it, stopping or not: that RST reaches no client.
+            if e.role == Some(Role::Outbound) {
+                return;
+            }
             if let Some(shutdown) = self.record_of_exit(pid, mono)
                 && shutdown
                     .first_signal_ns
@@ -855,6 +860,15 @@ impl Correlator {
             .max_by_key(|(_, s)| s.exit_ns)
             .map(|(_, s)| s.pid)
     }
+}
+
+/// Whether `sig` starts a process's stop: a termination signal, or the stop signal of the
+/// container it runs in (`docker stop` sends HAProxy's image SIGUSR1).
+fn starts_a_stop(sig: i32, container: Option<&ContainerInfo>) -> bool {
+    signals::TERMINATION_SIGNALS.contains(&sig)
+        || container
+            .and_then(|c| c.stop_signal.as_deref())
+            .is_some_and(|stop| stop == signals::name(sig))
 }
 
 /// When an exited process's report may be written: past its deadline, and past the time
@@ -1072,6 +1086,15 @@ mod tests {
         )
     }
 
+    /// `pid` resets a connection it made (the kernel saw its connect()).
+    fn outbound_reset(at: u64, pid: u32) -> Line {
+        let mut line = reset(at, Some(pid), None);
+        if let Event::TcpReset(reset) = &mut line.event {
+            reset.role = Some(Role::Outbound);
+        }
+        line
+    }
+
     fn reset(at: u64, pid: Option<u32>, former: Option<u32>) -> Line {
         line(
             at,
@@ -1095,6 +1118,7 @@ mod tests {
                     comm: "app".into(),
                     via: Vec::new(),
                 }),
+                role: None,
             }),
         )
     }
@@ -1254,6 +1278,17 @@ mod tests {
                 ],
                 Verdict::Dropped,
                 vec![ResetsSent],
+            ),
+            (
+                "a proxy aborting its connection to a backend: no client reset",
+                vec![
+                    term(0, P),
+                    delivered(0, P, 15, Handler::Custom),
+                    outbound_reset(5, P),
+                    exit(10, P, 1, Some(0), None),
+                ],
+                Verdict::Clean,
+                vec![],
             ),
             (
                 "connections cut by the exit (no word from the kernel on their traffic)",

@@ -76,6 +76,10 @@ pub struct Enricher<H> {
     host: H,
     /// Signals to report (the kernel may send more, for exit inference).
     signal_mask: u64,
+    /// Signals reported when they are their target container's stop signal.
+    container_stop_mask: u64,
+    /// tgid → the container stop signal it was sent: its deliveries are reported.
+    stopping: BoundedMap<u32, i32>,
     inference: ExitInference,
     /// tgids whose fatal delivery was already reported (every thread sees one).
     dying: BoundedMap<u32, ()>,
@@ -106,6 +110,8 @@ impl<H: HostView> Enricher<H> {
             tcp,
             host,
             signal_mask,
+            container_stop_mask: 0,
+            stopping: BoundedMap::new(TRACKED_PROCESSES),
             inference: ExitInference::default(),
             dying: BoundedMap::new(TRACKED_PROCESSES),
             aimed: BoundedMap::new(TRACKED_PROCESSES),
@@ -114,6 +120,13 @@ impl<H: HostView> Enricher<H> {
             cgroups: BoundedMap::new(TRACKED_PROCESSES),
             targets: BoundedMap::new(CACHED_TARGETS),
         }
+    }
+
+    /// Signals that start a container's stop when its runtime's stop signal is theirs
+    /// (the kernel reports them too; see [`signals::CONTAINER_STOP_SIGNALS`]).
+    pub fn with_container_stop_signals(mut self, mask: u64) -> Self {
+        self.container_stop_mask = mask;
+        self
     }
 
     /// Appends to `out` the events `record` gives (usually one or none).
@@ -209,6 +222,21 @@ impl<H: HostView> Enricher<H> {
         self.signal_mask & signal_bit(sig) != 0
     }
 
+    /// Whether `r` is the stop signal the runtime of its target's container stops it with.
+    fn stops_container(&mut self, tgid: u32, r: &SignalGenerateRecord) -> bool {
+        if self.container_stop_mask & signal_bit(r.sig) == 0 {
+            return false;
+        }
+        let cgroup = self.cgroup_of(tgid).or_else(|| match r.target_cgroup_id {
+            0 => None,
+            id => self.host.cgroup_path(id),
+        });
+        cgroup
+            .and_then(|cgroup| self.host.container_info(&cgroup))
+            .and_then(|container| container.stop_signal)
+            .is_some_and(|stop| stop == signals::name(r.sig))
+    }
+
     fn signal(&mut self, r: &SignalGenerateRecord) -> Option<Event> {
         let tgid = match r.target_tgid {
             0 => self.host.tgid_of(r.target_tid).unwrap_or(r.target_tid),
@@ -225,10 +253,14 @@ impl<H: HostView> Enricher<H> {
                 }
             }
         }
-        if !self.reported(r.sig) {
+        let stops_container = self.stops_container(tgid, r);
+        if !self.reported(r.sig) && !stops_container {
             return None;
         }
-        let terminating = signals::TERMINATION_SIGNALS.contains(&r.sig);
+        if stops_container {
+            self.stopping.insert(tgid, r.sig);
+        }
+        let terminating = signals::TERMINATION_SIGNALS.contains(&r.sig) || stops_container;
         let target_comm = comm(&r.target_comm);
         let mut facts = self.target_facts(tgid, &target_comm, terminating, r.header.mono_ns);
         // A target gone before /proc was read (a child that SIGTERM ended at once) keeps
@@ -344,7 +376,7 @@ impl<H: HostView> Enricher<H> {
         let teardown = r.dequeued_sig == SIGKILL;
         self.inference
             .signal_delivered(r.tgid, r.sig, default_action, teardown);
-        if !self.reported(r.sig) {
+        if !self.reported(r.sig) && self.stopping.get(&r.tgid) != Some(&r.sig) {
             return None;
         }
         let event = Event::SignalDelivered(DeliveredEvent {
@@ -389,6 +421,7 @@ impl<H: HostView> Enricher<H> {
             None => self.cgroups.remove(&r.tgid),
         };
         self.targets.remove(&r.tgid);
+        self.stopping.remove(&r.tgid);
         let inferred = self.inference.take(r.tgid);
         let (status, source) = if r.flags & exit_flags::WAIT_STATUS_EXACT != 0 {
             (
@@ -446,6 +479,7 @@ pub(crate) mod tests {
         pub tgids: HashMap<u32, u32>,
         pub cgroups: HashMap<u32, String>,
         pub cgroup_ids: HashMap<u64, String>,
+        pub containers: HashMap<String, ContainerInfo>,
     }
 
     impl HostView for FakeHost {
@@ -469,6 +503,41 @@ pub(crate) mod tests {
         }
         fn command(&mut self, _pid: u32) -> (Option<String>, Vec<String>) {
             (None, Vec::new())
+        }
+        fn container_info(&mut self, cgroup: &str) -> Option<ContainerInfo> {
+            self.containers.get(cgroup).cloned()
+        }
+    }
+
+    /// `docker stop` of HAProxy's image sends SIGUSR1: reported, with its delivery, for
+    /// a process in that container; not for one in a container stopped with SIGTERM.
+    #[test]
+    fn a_containers_own_stop_signal_is_reported_like_sigterm() {
+        let mut host = FakeHost::default();
+        for (pid, cgroup, stop) in [
+            (700, "/docker/a", Some("SIGUSR1")),
+            (701, "/docker/b", None),
+        ] {
+            host.cgroups.insert(pid, cgroup.to_string());
+            let info = ContainerInfo {
+                stop_signal: stop.map(str::to_string),
+                ..ContainerInfo::default()
+            };
+            host.containers.insert(cgroup.to_string(), info);
+        }
+        let mut enricher = Enricher::new(host, default_mask(), no_tcp())
+            .with_container_stop_signals(signal_bit(10) | signal_bit(28));
+        let Some(Event::Signal(usr1)) = enrich(&mut enricher, generate(10, 700, 700)) else {
+            panic!("SIGUSR1 to the HAProxy container not reported");
+        };
+        assert_eq!(usr1.sig_name, "SIGUSR1");
+        assert!(enrich(&mut enricher, deliver(700, 700, 10, 10, 0x1000)).is_some());
+        for record in [
+            generate(10, 701, 701),
+            deliver(701, 701, 10, 10, 0x1000),
+            generate(28, 700, 700),
+        ] {
+            assert_eq!(enrich(&mut enricher, record), None);
         }
     }
 

@@ -386,6 +386,7 @@ mod tests {
                 comm: "srv".into(),
                 via: Vec::new(),
             }),
+            role: None,
         });
         assert!(filter.matches(&refused));
         assert!(

@@ -217,6 +217,7 @@ mod tests {
             pid: None,
             comm: None,
             former_owner: former.map(|pid| ProcessRef::new(pid, "server")),
+            role: None,
         }
     }
 
@@ -230,6 +231,7 @@ mod tests {
             pid: Some(client),
             comm: Some("curl".into()),
             former_owner: None,
+            role: None,
         }
     }
 

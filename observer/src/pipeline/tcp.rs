@@ -160,18 +160,17 @@ impl TcpTracker {
     /// on a listener it never saw (a worker that dies of the signal before /proc is
     /// read, and closes that listener after its connections).
     fn role(&self, owner: &SocketOwner, old_state: i32, port: u16) -> Role {
-        match owner.role {
-            role::LISTENER => Role::Listener,
-            role::INBOUND => Role::Inbound,
-            role::OUTBOUND => Role::Outbound,
-            _ if old_state == tcp_state::LISTEN => Role::Listener,
-            _ if self.listeners.contains_key(&port)
-                || self.former_listeners.get(&port).is_some() =>
-            {
-                Role::Inbound
-            }
-            _ if !self.ephemeral_ports.contains(&port) => Role::Inbound,
-            _ => Role::Outbound,
+        if let Some(known) = kernel_role(owner) {
+            known
+        } else if old_state == tcp_state::LISTEN {
+            Role::Listener
+        } else if self.listeners.contains_key(&port)
+            || self.former_listeners.get(&port).is_some()
+            || !self.ephemeral_ports.contains(&port)
+        {
+            Role::Inbound
+        } else {
+            Role::Outbound
         }
     }
 
@@ -222,6 +221,7 @@ impl TcpTracker {
             pid: owner.as_ref().map(|o| o.pid),
             comm: owner.map(|o| o.comm),
             former_owner,
+            role: kernel_role(&r.owner),
         })
     }
 
@@ -257,6 +257,18 @@ impl TcpTracker {
             local,
             remote,
         })
+    }
+}
+
+/// The role the kernel learnt for a socket (at listen(), connect() or a traced accept());
+/// None when it did not see the socket made.
+fn kernel_role(owner: &SocketOwner) -> Option<Role> {
+    match owner.role {
+        _ if owner.tgid == 0 => None,
+        role::LISTENER => Some(Role::Listener),
+        role::INBOUND => Some(Role::Inbound),
+        role::OUTBOUND => Some(Role::Outbound),
+        _ => None,
     }
 }
 

@@ -240,10 +240,8 @@ impl ProcessShutdown {
         {
             step.handler = Some(handler);
         }
-        if handler == Handler::Custom
-            && signals::TERMINATION_SIGNALS.contains(&sig)
-            && self.handled_ns.is_none()
-        {
+        let stops = signals::TERMINATION_SIGNALS.contains(&sig) || self.sigterm_sig == Some(sig);
+        if handler == Handler::Custom && stops && self.handled_ns.is_none() {
             self.handled_ns = Some(mono_ns);
         }
     }
