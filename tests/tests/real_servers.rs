@@ -486,6 +486,9 @@ struct Spec {
     /// Its log file (its stdout and stderr, or its own error log).
     log: PathBuf,
     dir: TempDir,
+    /// Started before observer (as on a host where a DaemonSet rolls out): observer
+    /// never sees it open its listeners.
+    running_before_observer: bool,
 }
 
 /// A running server: the test's own child, in a process group of its own.
@@ -734,6 +737,7 @@ fn nginx_proxying(workers: usize, upstream: Option<u16>) -> Spec {
         workers,
         log: root.join("error.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -795,6 +799,7 @@ fn haproxy(upstream: u16) -> Spec {
         workers: 1,
         log: dir.0.join("haproxy.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -824,6 +829,7 @@ fn redis() -> Spec {
         workers: 0,
         log: dir.0.join("redis.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -901,6 +907,7 @@ fn postgres() -> Spec {
         workers: 4,
         log: dir.0.join("postgres.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -931,6 +938,7 @@ fn gunicorn(workers: usize, graceful_timeout: u32) -> Spec {
         workers,
         log: dir.0.join("gunicorn.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -957,6 +965,7 @@ fn uvicorn() -> Spec {
         workers: 0,
         log: dir.0.join("uvicorn.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -977,6 +986,7 @@ fn node(script: &str, args: &[&str], workers: usize) -> Spec {
         workers,
         log: dir.0.join("node.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -1009,6 +1019,7 @@ fn http_server() -> Spec {
         workers: 0,
         log: dir.0.join("http-server.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -1029,6 +1040,7 @@ fn jvm(stop_seconds: u32) -> Spec {
         workers: 0,
         log: dir.0.join("java.log"),
         dir,
+        running_before_observer: false,
     }
 }
 
@@ -1238,9 +1250,14 @@ fn scenario(
     clients: impl FnOnce(&Server) -> Box<dyn FnOnce() -> Vec<(String, String, Seen)>>,
     after_exit: usize,
 ) -> Outcome {
-    let observer = Observer::start(OBSERVER_ARGS);
     let server_name = spec.name;
-    let mut server = Server::start(spec);
+    let (observer, mut server) = if spec.running_before_observer {
+        let server = Server::start(spec);
+        (Observer::start(OBSERVER_ARGS), server)
+    } else {
+        let observer = Observer::start(OBSERVER_ARGS);
+        (observer, Server::start(spec))
+    };
     let collect = clients(&server);
     let ask = ask(&server);
     let stopped = server.stop(ask, grace);
@@ -1874,6 +1891,23 @@ fn haproxy_sigterm_hard_stop_cuts_a_proxied_request() {
     sigterm_cuts_a_proxied_request(
         "haproxy_sigterm_hard_stop_cuts_a_proxied_request",
         haproxy,
+        "/slow",
+        |outcome| outcome.workers[0],
+    );
+}
+
+/// observer started after HAProxy (a DaemonSet rolled out onto a running host): the
+/// master holds no listener, the worker dies before /proc is read, and its listener is
+/// seen only as its exit closes it. The client's connection is still inbound (its port
+/// is one connect() never picks), and the stop still HAProxy's deploy (`check` asks).
+#[test]
+fn haproxy_running_before_observer_hard_stop_cuts_a_proxied_request() {
+    sigterm_cuts_a_proxied_request(
+        "haproxy_running_before_observer_hard_stop_cuts_a_proxied_request",
+        |upstream| Spec {
+            running_before_observer: true,
+            ..haproxy(upstream)
+        },
         "/slow",
         |outcome| outcome.workers[0],
     );

@@ -557,9 +557,9 @@ impl Correlator {
         let index = match open {
             Some(index) => index,
             None => {
-                let first = self.live.get(&pid).map_or_else(
+                let first = self.pending_record(pid).map_or_else(
                     || ProcessShutdown::new(pid, "", None, BTreeSet::new()),
-                    Clone::clone,
+                    |s| s.clone(),
                 );
                 self.deploys.push(Deploy::new(service, &first, mono, time));
                 self.deploys.len() - 1
@@ -781,12 +781,62 @@ impl Correlator {
         });
         if e.role == Role::Listener {
             shutdown.listener_closed_at_exit(&e.local);
+            let (pid, server_unknown) = (shutdown.pid, !shutdown.workload);
             for other in self.records_mut() {
                 if other.shared_listeners.contains(&e.local) {
                     other.listener_closed_at_exit(&e.local);
                 }
             }
+            if server_unknown {
+                self.listened_after_all(pid, &e.local);
+            }
         }
+    }
+
+    /// `pid`, not known to listen when told to stop (gone before /proc was read, its
+    /// listener opened before observer started: HAProxy's worker in a hard stop), closed
+    /// a listener as it exited: it was a server. Its stop, and that of the parent that
+    /// told it, join the deploy they would have joined had the listener been seen.
+    fn listened_after_all(&mut self, pid: u32, local: &str) {
+        let ports: Vec<u16> = port_of(local).into_iter().collect();
+        let Some(told_by) = self.pending_record(pid).map(|s| s.parent_told.clone()) else {
+            return;
+        };
+        let root = told_by.map_or(pid, |told| told.parent.pid);
+        let Some(service) = self
+            .pending_record(root)
+            .map(|s| identity::service(s.cgroup.as_deref(), &s.comm, &ports))
+        else {
+            return;
+        };
+        for member in BTreeSet::from([root, pid]) {
+            let Some(record) = self.pending_record(member) else {
+                continue;
+            };
+            let Some((first_ns, time)) = record
+                .first_signal_ns
+                .zip(record.steps.first().map(|(_, step)| step.time.clone()))
+            else {
+                continue;
+            };
+            record.workload = true;
+            record.service.clone_from(&service);
+            let listened = if member == pid { &ports[..] } else { &[] };
+            self.deploy_for(&service, root, first_ns, &time)
+                .termination(member, listened, first_ns);
+        }
+    }
+
+    /// The record of `pid` whose report is not written yet: live, else the latest exited.
+    fn pending_record(&mut self, pid: u32) -> Option<&mut ProcessShutdown> {
+        if self.live.contains(&pid) {
+            return self.live.get_mut(&pid);
+        }
+        self.exited
+            .iter_mut()
+            .rev()
+            .find(|(_, s)| s.pid == pid)
+            .map(|(_, s)| s)
     }
 
     fn on_reset_sent(&mut self, e: &TcpResetEvent, mono: u64) {
@@ -1787,6 +1837,53 @@ mod tests {
         let mut stopped = the_deploy(&out).stopped.clone();
         stopped.sort();
         assert_eq!(stopped, vec![master, listed, missed]);
+    }
+
+    /// observer started after the server: the master holds no listener, the worker dies
+    /// before /proc is read, and its listener is only seen closing at its exit. Both
+    /// stops are still the server's deploy.
+    #[test]
+    fn a_listener_first_seen_at_exit_makes_the_stop_a_deploy() {
+        let (master, worker) = (500, 501);
+        let outside_units = |mut line: Line| {
+            match &mut line.event {
+                Event::Signal(signal) => signal.target.cgroup = None,
+                Event::Exit(exit) => exit.cgroup = None,
+                _ => {}
+            }
+            line
+        };
+        let mut stop = outside_units(term(1_000, master));
+        if let Event::Signal(signal) = &mut stop.event {
+            signal.target.children = vec![worker];
+        }
+        let lines = [
+            stop,
+            delivered(1_000, master, 15, Handler::Custom),
+            outside_units(signal_with(
+                1_001,
+                worker,
+                15,
+                SignalResult::Delivered,
+                Origin::User,
+                None,
+                master,
+            )),
+            outside_units(exit(1_005, worker, master, Some(0), None)),
+            at_exit(1_006, worker, Role::Listener, 0),
+            outside_units(exit(1_010, master, 1, Some(0), None)),
+        ];
+        let out = run(&lines);
+        let deploy = the_deploy(&out);
+        assert_eq!(deploy.service, "comm:app:8080");
+        let mut stopped = deploy.stopped.clone();
+        stopped.sort();
+        assert_eq!(stopped, vec![master, worker]);
+        let reports = shutdowns(&lines);
+        assert!(
+            reports.iter().all(|r| r.service == deploy.service),
+            "{reports:#?}"
+        );
     }
 
     /// A supervisor took a SIGHUP (a reload) long before it stopped a child it started
