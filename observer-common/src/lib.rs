@@ -323,6 +323,10 @@ pub mod tcp_flags {
     /// has freed since (SOCK_NOSPACE on its `struct socket`). Unsent data then is the
     /// middle of a response (a download), not a whole one on its way.
     pub const STILL_WRITING: u8 = 1 << 4;
+    /// A process that is shutting down (not exiting) closed a connection with a request
+    /// in flight: the peer spoke last, and the process had sent nothing since. Traffic
+    /// is known, as for a close at exit.
+    pub const CLOSED_IN_FLIGHT: u8 = 1 << 5;
 }
 
 /// `sock:inet_sock_set_state`, only for what a report needs: a listener opening or

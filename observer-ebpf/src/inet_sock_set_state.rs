@@ -27,7 +27,11 @@
 //! __tcp_close() sets before changing state) and leaves an open state. Softirq work that
 //! runs on an exiting task's stack changes sockets that lack SHUTDOWN_MASK (the loopback
 //! peer receiving our FIN) or that were already closed (our FIN_WAIT1 getting its ACK).
+//! A close in flight: the same close by a process that is shutting down (shutting.rs)
+//! but not exiting, of a connection with a request in flight — a server cutting its
+//! clients itself before it exits.
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -39,7 +43,7 @@ use observer_common::{
 use crate::{
     emit::{header, submit},
     globals::{INET_SOCK_SET_STATE_LAYOUT, SOCK_LAYOUT, field},
-    owners, scope, sockets, task,
+    owners, scope, shutting, sockets, task,
 };
 
 /// What one `inet_sock_set_state` call offers, however the program is attached, beyond
@@ -162,7 +166,8 @@ enum Interest {
     /// may be its exit).
     ListenerClosed,
     /// tcp_close() takes an open socket to FIN_WAIT1, LAST_ACK or (aborting) CLOSE:
-    /// reported if the current task is exiting and the close is its own.
+    /// reported if the current task is exiting and the close is its own, or if its
+    /// process is shutting down and the close cuts a request.
     MayCloseAtExit,
 }
 
@@ -195,9 +200,14 @@ fn on_state_change(
     new_state: i32,
     interest: Interest,
 ) -> Option<()> {
-    // Most closes happen in tasks that are not exiting: that is checked first, the
-    // protocol and the socket only after.
-    if interest == Interest::MayCloseAtExit && !sockets::current_is_exiting() {
+    // Most closes happen in tasks that are neither exiting nor shutting down: that is
+    // checked first (one array load while nothing shuts down), the protocol and the
+    // socket only after.
+    let exiting = interest == Interest::MayCloseAtExit && sockets::current_is_exiting();
+    if interest == Interest::MayCloseAtExit
+        && !exiting
+        && !shutting::is_shutting_down((bpf_get_current_pid_tgid() >> 32) as u32)
+    {
         return None;
     }
     // Every transition reported below runs in its process's context (listen(),
@@ -239,11 +249,22 @@ fn on_state_change(
                 }
             };
             let (traffic_flags, unread, unsent) = traffic(sk);
+            let how = if exiting {
+                tcp_flags::CLOSED_AT_EXIT
+            } else if cuts_a_request(old_state, traffic_flags, unsent)
+                && owner.role != role::OUTBOUND
+            {
+                // Not a connection it opened: abandoning an outbound call that has no
+                // answer yet is also how a long poll ends.
+                tcp_flags::CLOSED_IN_FLIGHT
+            } else {
+                return None;
+            };
             report_with_traffic(
                 endpoints,
                 (old_state, new_state),
                 owner,
-                tcp_flags::CLOSED_AT_EXIT | traffic_flags,
+                how | traffic_flags,
                 (unread, unsent),
             )
         }
@@ -265,6 +286,18 @@ fn on_state_change(
             report(endpoints, old_state, new_state, closer, flags)
         }
     }
+}
+
+/// A close by a process that is shutting down cuts a request: the peer sent a request
+/// (its last segment carried data) and the process had sent nothing since (nothing of
+/// its own is unacknowledged). Whatever it wrote before closing is still delivered
+/// (close() sends the queue, then FIN), so a full send buffer is a whole answer on its
+/// way, not one cut; an idle connection closed is a good drain, and one the peer had
+/// closed (CLOSE_WAIT: its FIN is its last segment) is the peer's goodbye.
+#[inline(always)]
+fn cuts_a_request(old_state: i32, traffic_flags: u8, unsent: u32) -> bool {
+    let asked = tcp_flags::PEER_SENT_DATA | tcp_flags::PEER_SPOKE_LAST;
+    old_state == tcp_state::ESTABLISHED && traffic_flags & asked == asked && unsent == 0
 }
 
 /// __tcp_close() has begun on `sk` (it sets SHUTDOWN_MASK before changing the state).

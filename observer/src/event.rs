@@ -83,7 +83,7 @@ impl Line {
             Event::Exit(e) => serde_json::to_vec(e),
             Event::TcpReset(e) => serde_json::to_vec(e),
             Event::TcpRefused(e) => serde_json::to_vec(e),
-            Event::TcpCloseAtExit(e) => serde_json::to_vec(e),
+            Event::TcpCloseAtExit(e) | Event::TcpCloseInFlight(e) => serde_json::to_vec(e),
             Event::TcpListen(e) => serde_json::to_vec(e),
             Event::TcpAccept(e) => serde_json::to_vec(e),
             Event::Lost(e) => serde_json::to_vec(e),
@@ -115,6 +115,7 @@ pub enum Event {
     TcpReset(TcpResetEvent),
     TcpRefused(TcpRefusedEvent),
     TcpCloseAtExit(TcpCloseAtExitEvent),
+    TcpCloseInFlight(TcpCloseAtExitEvent),
     TcpListen(TcpListenEvent),
     TcpAccept(TcpAcceptEvent),
     Lost(LostEvent),
@@ -131,6 +132,7 @@ impl Event {
             Event::TcpReset(_) => "tcp_reset",
             Event::TcpRefused(_) => "tcp_refused",
             Event::TcpCloseAtExit(_) => "tcp_close_at_exit",
+            Event::TcpCloseInFlight(_) => "tcp_close_in_flight",
             Event::TcpListen(_) => "tcp_listen",
             Event::TcpAccept(_) => "tcp_accept",
             Event::Lost(_) => "lost",
@@ -423,7 +425,9 @@ pub enum Role {
     Listener,
 }
 
-/// A TCP socket the process still held when it exited, closed by the kernel.
+/// A TCP socket the process still held when it exited, closed by the kernel
+/// (`tcp_close_at_exit`); or an inbound connection a process that is shutting down
+/// closed itself with a request in flight (`tcp_close_in_flight`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpCloseAtExitEvent {
     pub pid: u32,
@@ -567,6 +571,7 @@ pub enum FindingCode {
     RefusedAfterExit,
     ExitNonzeroAfterSigterm,
     OutboundOpenAtExit,
+    ConnectionsClosedInFlight,
 }
 
 /// Whether a finding explains a verdict that is not clean, or is advice.
@@ -651,6 +656,10 @@ pub struct ShutdownReport {
     #[serde(default)]
     pub idle_at_exit: u32,
     pub resets_sent: u32,
+    /// Inbound connections it closed itself while shutting down, with a request in
+    /// flight (`tcp_close_in_flight`).
+    #[serde(default)]
+    pub closed_in_flight: u32,
     pub refused_after_exit: u32,
     pub verdict: Verdict,
     pub findings: Vec<Finding>,

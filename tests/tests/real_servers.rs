@@ -803,6 +803,40 @@ fn haproxy(upstream: u16) -> Spec {
     }
 }
 
+/// Caddy (Go) as a reverse proxy to `upstream`, its admin API and automatic HTTPS off,
+/// its state in the scenario's directory.
+fn caddy(upstream: u16) -> Spec {
+    let dir = TempDir::new("caddy");
+    let port = free_port();
+    let config = dir.0.join("Caddyfile");
+    std::fs::write(
+        &config,
+        format!(
+            "{{\n  admin off\n  auto_https off\n  storage file_system {}\n}}\n\
+             http://:{port} {{\n  bind 127.0.0.1\n  reverse_proxy 127.0.0.1:{upstream}\n}}\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(program("caddy"));
+    command
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&config)
+        .env("HOME", &dir.0)
+        .env("XDG_CONFIG_HOME", dir.0.join("config"))
+        .env("XDG_DATA_HOME", dir.0.join("data"));
+    Spec {
+        name: "caddy",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers: 0,
+        log: dir.0.join("caddy.log"),
+        dir,
+        running_before_observer: false,
+    }
+}
+
 fn redis() -> Spec {
     let dir = TempDir::new("redis");
     let port = free_port();
@@ -1914,6 +1948,35 @@ fn haproxy_running_before_observer_hard_stop_cuts_a_proxied_request() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Caddy (Go): on SIGTERM it stops its servers gracefully (Go's http.Server.Shutdown):
+// closes its listener and idle connections, lets requests in flight finish, exits 0.
+
+#[test]
+fn caddy_sigterm_drains_a_proxied_request_and_closes_idle_clients() {
+    let upstream = Upstream::start(2);
+    let outcome = scenario(
+        "caddy_sigterm_drains_a_proxied_request_and_closes_idle_clients",
+        caddy(upstream.port),
+        "SIGTERM, grace 10 s, upstream answering after 2 s",
+        term,
+        GRACE,
+        |s| clients(s, 2, &["/slow"], &[]),
+        3,
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    checks.lacks_finding(outcome.master, "CONNECTIONS_CLOSED_IN_FLIGHT");
+    checks.lacks_finding(outcome.master, "KEEPALIVE_OPEN_AT_EXIT");
+    checks.finish();
+}
+
+// ---------------------------------------------------------------------------------------
 // gunicorn: a pre-fork master with 2 sync workers; on SIGTERM the master closes its
 // listener, SIGTERMs the workers, and SIGKILLs those still running after
 // --graceful-timeout.
@@ -2367,6 +2430,33 @@ fn jvm_shutdown_hook_drains_a_slow_request() {
             verdict: "clean",
         },
     );
+    checks.finish();
+}
+
+/// The JDK's HttpServer.stop(1) in the shutdown hook waits 1 s for the exchange in flight,
+/// then closes every connection itself: the JVM cuts the request before it exits, so
+/// nothing is open at exit, and only the close the hook made shows the loss.
+#[test]
+fn jvm_shutdown_hook_closes_a_slow_request_after_its_stop_delay() {
+    let outcome = scenario(
+        "jvm_shutdown_hook_closes_a_slow_request_after_its_stop_delay",
+        jvm(1),
+        "SIGTERM, grace 10 s",
+        term,
+        GRACE,
+        |s| clients(s, 1, &["/slow?s=5"], &[]),
+        3,
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(128 + libc::SIGTERM),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    checks.has_finding(outcome.master, "CONNECTIONS_CLOSED_IN_FLIGHT");
+    checks.lacks_finding(outcome.master, "CONNECTIONS_OPEN_AT_EXIT");
     checks.finish();
 }
 

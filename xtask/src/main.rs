@@ -420,9 +420,10 @@ fn test(root: &Path) -> Result<()> {
 
 /// Debian packages of the real servers that tests/tests/real_servers.rs stops (the JDK
 /// runs tests/servers/real/SlowServer.java, Node.js and npm the npm packages below).
-const REAL_SERVER_APT_PACKAGES: [&str; 6] = [
+const REAL_SERVER_APT_PACKAGES: [&str; 7] = [
     "nginx",
     "haproxy",
+    "caddy",
     "redis-server",
     "postgresql",
     "python3-venv",

@@ -38,6 +38,7 @@ impl HumanFormat {
             Event::TcpReset(e) => ("reset", self.reset(e)),
             Event::TcpRefused(e) => ("refused", self.refused(e)),
             Event::TcpCloseAtExit(e) => ("open@exit", self.close_at_exit(e)),
+            Event::TcpCloseInFlight(e) => ("cut", self.close_in_flight(e)),
             Event::TcpListen(e) => ("listen", listen(e)),
             Event::TcpAccept(e) => ("accept", self.accept(e)),
             Event::Shutdown(report) => (
@@ -193,6 +194,18 @@ impl HumanFormat {
             e.remote,
             e.state,
             self.paint(YELLOW, "closed by the kernel at exit")
+        )
+    }
+
+    fn close_in_flight(&self, e: &TcpCloseAtExitEvent) -> String {
+        format!(
+            "{}[{}]  inbound {} ↔ {}  {}  {}",
+            e.comm,
+            e.pid,
+            e.local,
+            e.remote,
+            e.state,
+            self.paint(RED, "closed by it with a request in flight")
         )
     }
 

@@ -291,6 +291,7 @@ impl Correlator {
             Event::Exit(e) => self.on_exit(e, mono, time),
             Event::TcpListen(e) => self.on_listen(e, mono),
             Event::TcpCloseAtExit(e) => self.on_close_at_exit(e, mono),
+            Event::TcpCloseInFlight(e) => self.on_close_in_flight(e, mono),
             Event::TcpAccept(e) => {
                 if let Some(shutdown) = self.record(e.pid, mono)
                     && shutdown
@@ -839,6 +840,19 @@ impl Correlator {
             .map(|(_, s)| s)
     }
 
+    /// A process shutting down closed a client's connection with a request in flight.
+    fn on_close_in_flight(&mut self, e: &TcpCloseAtExitEvent, mono: u64) {
+        // A worker's count for its master (adoption, in `record`).
+        if let Some(shutdown) = self.record(e.pid, mono)
+            && shutdown
+                .first_signal_ns
+                .is_some_and(|signal| signal <= mono)
+        {
+            shutdown.closed_in_flight += 1;
+            shutdown.at_exit.remember_cut(&e.remote);
+        }
+    }
+
     fn on_reset_sent(&mut self, e: &TcpResetEvent, mono: u64) {
         if let Some(pid) = e.pid {
             // HAProxy aborts its connection to a backend (SO_LINGER 0) whenever it is
@@ -1136,6 +1150,15 @@ mod tests {
         )
     }
 
+    /// `pid`, stopping, closes a client's connection whose request had no answer.
+    fn close_in_flight(at: u64, pid: u32, remote_port: u16) -> Line {
+        let mut line = at_exit_with(at, pid, remote_port, Activity::InFlight);
+        if let Event::TcpCloseAtExit(close) = line.event {
+            line.event = Event::TcpCloseInFlight(close);
+        }
+        line
+    }
+
     /// `pid` resets a connection it made (the kernel saw its connect()).
     fn outbound_reset(at: u64, pid: u32) -> Line {
         let mut line = reset(at, Some(pid), None);
@@ -1328,6 +1351,18 @@ mod tests {
                 ],
                 Verdict::Dropped,
                 vec![ResetsSent],
+            ),
+            (
+                "a client's request cut by the process's own close, and the RST it sent",
+                vec![
+                    term(0, P),
+                    delivered(0, P, 15, Handler::Custom),
+                    close_in_flight(1_000, P, 50_000),
+                    reset(1_000, Some(P), None),
+                    exit(1_010, P, 1, Some(0), None),
+                ],
+                Verdict::Dropped,
+                vec![ConnectionsClosedInFlight, ResetsSent],
             ),
             (
                 "a proxy aborting its connection to a backend: no client reset",
@@ -1790,20 +1825,22 @@ mod tests {
         );
     }
 
+    /// `line` about a process in no unit or cgroup of its own (its service is its command).
+    fn outside_units(mut line: Line) -> Line {
+        match &mut line.event {
+            Event::Signal(signal) => signal.target.cgroup = None,
+            Event::Exit(exit) => exit.cgroup = None,
+            _ => {}
+        }
+        line
+    }
+
     /// gunicorn's master stops a worker at once; /proc is read for both signals after
     /// the worker is gone, so the master's children miss it and the worker's listeners
     /// are unknown. Its exit's parent (the kernel's) puts it in its master's deploy.
     #[test]
     fn a_worker_missing_from_its_masters_children_joins_its_deploy_at_exit() {
         let (master, listed, missed) = (400, 401, 402);
-        let outside_units = |mut line: Line| {
-            match &mut line.event {
-                Event::Signal(signal) => signal.target.cgroup = None,
-                Event::Exit(exit) => exit.cgroup = None,
-                _ => {}
-            }
-            line
-        };
         let mut stop = outside_units(term(1_000, master));
         if let Event::Signal(signal) = &mut stop.event {
             signal.target.listening = vec!["127.0.0.1:8080".into()];
@@ -1845,14 +1882,6 @@ mod tests {
     #[test]
     fn a_listener_first_seen_at_exit_makes_the_stop_a_deploy() {
         let (master, worker) = (500, 501);
-        let outside_units = |mut line: Line| {
-            match &mut line.event {
-                Event::Signal(signal) => signal.target.cgroup = None,
-                Event::Exit(exit) => exit.cgroup = None,
-                _ => {}
-            }
-            line
-        };
         let mut stop = outside_units(term(1_000, master));
         if let Event::Signal(signal) = &mut stop.event {
             signal.target.children = vec![worker];

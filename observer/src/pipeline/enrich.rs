@@ -176,7 +176,7 @@ impl<H: HostView> Enricher<H> {
             Event::Signal(e) => e.target.cgroup.clone(),
             Event::Exit(e) => e.cgroup.clone(),
             Event::TcpListen(e) => e.cgroup.clone(),
-            Event::TcpCloseAtExit(e) => self.known_cgroup(e.pid),
+            Event::TcpCloseAtExit(e) | Event::TcpCloseInFlight(e) => self.known_cgroup(e.pid),
             Event::TcpAccept(e) => self.known_cgroup(e.pid),
             // A client refused after its server exited: the server that listened there.
             Event::TcpReset(e) => e

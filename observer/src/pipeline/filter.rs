@@ -112,7 +112,7 @@ fn subject(event: &Event) -> Option<Subject<'_>> {
                 cgroup: None,
             }
         }
-        Event::TcpCloseAtExit(e) => Subject {
+        Event::TcpCloseAtExit(e) | Event::TcpCloseInFlight(e) => Subject {
             processes: one(e.pid, &e.comm),
             local_port: port(&e.local),
             cgroup: None,

@@ -8,13 +8,14 @@ use crate::{
 
 /// Event types this version reads; others (from a newer observer) are skipped, as the
 /// contract asks of every consumer.
-const KNOWN_TYPES: [&str; 9] = [
+const KNOWN_TYPES: [&str; 10] = [
     "signal",
     "signal_delivered",
     "exit",
     "tcp_reset",
     "tcp_refused",
     "tcp_close_at_exit",
+    "tcp_close_in_flight",
     "tcp_listen",
     "tcp_accept",
     "lost",

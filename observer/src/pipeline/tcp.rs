@@ -88,10 +88,10 @@ impl TcpTracker {
         if old_state == tcp_state::LISTEN {
             self.listener_closed(port, &local, &owner);
         }
-        if r.flags & tcp_flags::CLOSED_AT_EXIT != 0 {
+        if r.flags & (tcp_flags::CLOSED_AT_EXIT | tcp_flags::CLOSED_IN_FLIGHT) != 0 {
             let role = self.role(&r.owner, old_state, port);
             let known = r.flags & tcp_flags::TRAFFIC_KNOWN != 0 && role != Role::Listener;
-            return Some(Event::TcpCloseAtExit(TcpCloseAtExitEvent {
+            let close = TcpCloseAtExitEvent {
                 pid: owner.pid,
                 comm: owner.comm,
                 local,
@@ -101,7 +101,15 @@ impl TcpTracker {
                 activity: known.then(|| activity(r, role)),
                 unread_bytes: known.then_some(r.unread_bytes),
                 unsent_bytes: known.then_some(r.unsent_bytes),
-            }));
+            };
+            return if r.flags & tcp_flags::CLOSED_AT_EXIT != 0 {
+                Some(Event::TcpCloseAtExit(close))
+            } else {
+                // Only a client's: a connection it made itself (inferred here when the
+                // kernel did not see it made) is the kernel program's to leave out.
+                let cut = role == Role::Inbound && close.activity == Some(Activity::InFlight);
+                cut.then_some(Event::TcpCloseInFlight(close))
+            };
         }
         (old_state == tcp_state::LISTEN).then_some(Event::TcpListen(TcpListenEvent {
             action: ListenAction::Close,
@@ -593,6 +601,32 @@ mod tests {
             panic!("expected a reset");
         };
         assert_eq!((reset.pid, reset.former_owner), (Some(100), None));
+    }
+
+    /// A stopping process's own close of a client's unanswered request is a cut; the
+    /// kernel sends such closes of connections whose role it did not learn, and those
+    /// that turn out to be outbound here are left out.
+    #[test]
+    fn closes_in_flight_are_of_clients_only() {
+        let mut tracker = TcpTracker::new(HashMap::new());
+        tracker.state_change(&state(owner(100, role::LISTENER, "srv"), 7, 10, 0, 9000));
+        let cut = tcp_flags::CLOSED_IN_FLIGHT
+            | tcp_flags::TRAFFIC_KNOWN
+            | tcp_flags::PEER_SENT_DATA
+            | tcp_flags::PEER_SPOKE_LAST;
+        let unknown = owner(100, role::UNKNOWN, "srv");
+        let event = tracker.state_change(&state(unknown, 1, 4, cut, 9000));
+        let Some(Event::TcpCloseInFlight(close)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(
+            (close.role, close.activity),
+            (Role::Inbound, Some(Activity::InFlight))
+        );
+        assert_eq!(
+            tracker.state_change(&state(unknown, 1, 4, cut, 41_000)),
+            None
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@ use crate::event::{Activity, OpenConnection, Role};
 
 /// Connections a report lists; the rest are counted.
 pub const LISTED: usize = 64;
-/// Remotes of requests cut at exit remembered to tell the RST their close sends (unread
-/// data) from RSTs to other clients: that RST follows its close at once.
+/// Remotes of requests cut (at exit, or by the process's own close while stopping)
+/// remembered to tell the RST their close sends (unread data) from RSTs to other
+/// clients: that RST follows its close at once.
 const RECENT_CUTS: usize = 64;
 
 #[derive(Clone, Debug, Default)]
@@ -66,14 +67,15 @@ impl ClosedAtExit {
         }
     }
 
-    fn remember_cut(&mut self, remote: &str) {
+    /// A request of `remote` was cut by a close (see [`RECENT_CUTS`]).
+    pub fn remember_cut(&mut self, remote: &str) {
         if self.recent_cuts.len() == RECENT_CUTS {
             self.recent_cuts.pop_front();
         }
         self.recent_cuts.push_back(remote.to_string());
     }
 
-    /// Whether the request of `remote` was just cut at exit (its RST is the same loss).
+    /// Whether the request of `remote` was just cut (its RST is the same loss).
     pub fn cut(&self, remote: &str) -> bool {
         self.recent_cuts.iter().any(|r| r == remote)
     }

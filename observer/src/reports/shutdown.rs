@@ -97,6 +97,8 @@ pub struct ProcessShutdown {
     /// RSTs sent on connections other than requests cut at exit (whose RST for unread
     /// data is the same lost client).
     pub resets_on_other_connections: u32,
+    /// Inbound connections it closed itself after its signal with a request in flight.
+    pub closed_in_flight: u32,
     pub refused_after_exit: u32,
     /// Children that died of a signal after its signal without a termination signal of
     /// their own.
@@ -153,6 +155,7 @@ impl ProcessShutdown {
             at_exit: ClosedAtExit::default(),
             resets_sent: 0,
             resets_on_other_connections: 0,
+            closed_in_flight: 0,
             refused_after_exit: 0,
             unsignalled_children: Vec::new(),
             children_stopped_by_themselves: 0,
@@ -204,6 +207,7 @@ impl ProcessShutdown {
         self.accepted_after_signal = 0;
         self.resets_sent = 0;
         self.resets_on_other_connections = 0;
+        self.closed_in_flight = 0;
         self.listening_at_signal = self.listening.clone();
     }
 
@@ -285,10 +289,13 @@ impl ProcessShutdown {
         self.at_exit.idle(self.stopped_accepting())
     }
 
-    /// Clients it dropped: requests cut at exit, other connections reset, clients
-    /// refused after it exited.
+    /// Clients it dropped: requests cut at exit or by its own closes, other connections
+    /// reset, clients refused after it exited.
     pub fn dropped_connections(&self) -> u32 {
-        self.in_flight_at_exit() + self.resets_on_other_connections + self.refused_after_exit
+        self.in_flight_at_exit()
+            + self.closed_in_flight
+            + self.resets_on_other_connections
+            + self.refused_after_exit
     }
 
     pub fn verdict(&self) -> Verdict {
@@ -335,6 +342,7 @@ impl ProcessShutdown {
             in_flight_at_exit: self.in_flight_at_exit(),
             idle_at_exit: self.idle_at_exit(),
             resets_sent: self.resets_sent,
+            closed_in_flight: self.closed_in_flight,
             refused_after_exit: self.refused_after_exit,
             verdict: verdict_of(self.died_of(), &findings),
             findings,
@@ -343,7 +351,7 @@ impl ProcessShutdown {
     }
 
     pub fn findings(&self) -> Vec<Finding> {
-        let checks: [fn(&Self) -> Option<Finding>; 15] = [
+        let checks: [fn(&Self) -> Option<Finding>; 16] = [
             Self::signal_ignored_by_pid1,
             Self::no_sigterm_handler,
             Self::signal_not_forwarded,
@@ -352,6 +360,7 @@ impl ProcessShutdown {
             Self::sigkill_after_grace,
             Self::handler_never_ran,
             Self::requests_cut_at_exit,
+            Self::requests_cut_by_its_closes,
             Self::keepalive_open_at_exit,
             Self::outbound_open_at_exit,
             Self::accepted_after_signal,
@@ -660,6 +669,22 @@ impl ProcessShutdown {
                 format!(
                     "{cut} inbound connections with a request in flight were cut when `{}` \
                      exited: drain in-flight requests before exiting",
+                    self.comm
+                ),
+            )
+        })
+    }
+
+    fn requests_cut_by_its_closes(&self) -> Option<Finding> {
+        let cut = self.closed_in_flight;
+        (cut > 0).then(|| {
+            error(
+                FindingCode::ConnectionsClosedInFlight,
+                format!(
+                    "`{}` closed {cut} inbound connections itself while shutting down with a \
+                     request in flight (the client had asked and had no answer, or the answer \
+                     was still being written): let in-flight requests finish before closing \
+                     their connections",
                     self.comm
                 ),
             )
