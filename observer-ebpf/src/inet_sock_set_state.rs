@@ -36,12 +36,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    IPPROTO_TCP, InetSockSetStateLayout, SHUTDOWN_MASK, SOCK_NOSPACE, SocketOwner, TcpEndpoints,
-    TcpStateRecord, kind, role, tcp_flags, tcp_state,
+    IPPROTO_TCP, SHUTDOWN_MASK, SOCK_NOSPACE, SocketOwner, TcpEndpoints, TcpStateRecord, kind,
+    role, tcp_flags, tcp_state,
 };
 
 use crate::{
-    emit::{header, submit},
+    emit::{self, header},
     globals::{INET_SOCK_SET_STATE_LAYOUT, SOCK_LAYOUT, field},
     owners, scope, shutting, sockets, task,
 };
@@ -94,17 +94,24 @@ impl StateChange for TypedArgs<'_> {
     }
 }
 
+/// The record's fields at offsets read from `.rodata` as each is needed: a copy of the
+/// whole layout would sit on the stack, which 6.1 allows this call chain 512 bytes of.
 struct ClassicRecord<'a> {
     ctx: &'a TracePointContext,
-    layout: InetSockSetStateLayout,
 }
 
 impl ClassicRecord<'_> {
+    /// The record's value at `offset`.
+    #[inline(always)]
+    fn at<T>(&self, offset: u32) -> Option<T> {
+        // SAFETY: offsets from the format file; bpf_probe_read_kernel underneath.
+        unsafe { self.ctx.read_at(offset as usize) }.ok()
+    }
+
     #[inline(always)]
     fn states(&self) -> Option<(i32, i32)> {
-        // SAFETY (all reads): offsets from the format file; bpf_probe_read_kernel underneath.
-        let old_state = unsafe { self.ctx.read_at(self.layout.oldstate as usize) }.ok()?;
-        let new_state = unsafe { self.ctx.read_at(self.layout.newstate as usize) }.ok()?;
+        let old_state = self.at(field!(INET_SOCK_SET_STATE_LAYOUT.oldstate))?;
+        let new_state = self.at(field!(INET_SOCK_SET_STATE_LAYOUT.newstate))?;
         Some((old_state, new_state))
     }
 }
@@ -112,19 +119,19 @@ impl ClassicRecord<'_> {
 impl StateChange for ClassicRecord<'_> {
     #[inline(always)]
     fn protocol(&self) -> Option<u16> {
-        unsafe { self.ctx.read_at(self.layout.protocol as usize) }.ok()
+        self.at(field!(INET_SOCK_SET_STATE_LAYOUT.protocol))
     }
     #[inline(always)]
     fn sock(&self) -> Option<u64> {
-        unsafe { self.ctx.read_at(self.layout.skaddr as usize) }.ok()
+        self.at(field!(INET_SOCK_SET_STATE_LAYOUT.skaddr))
     }
     #[inline(always)]
     fn remote_port(&self) -> Option<u16> {
-        unsafe { self.ctx.read_at(self.layout.addrs.dport as usize) }.ok()
+        self.at(field!(INET_SOCK_SET_STATE_LAYOUT.addrs).dport)
     }
     #[inline(always)]
     fn endpoints(&self) -> Option<TcpEndpoints> {
-        sockets::read_split(self.ctx, &self.layout.addrs)
+        sockets::read_split(self.ctx, &field!(INET_SOCK_SET_STATE_LAYOUT.addrs))
     }
 }
 
@@ -143,10 +150,7 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
-    let record = ClassicRecord {
-        ctx: &ctx,
-        layout: INET_SOCK_SET_STATE_LAYOUT.load(),
-    };
+    let record = ClassicRecord { ctx: &ctx };
     if let Some((old_state, new_state)) = record.states()
         && let Some(interest) = Interest::of(old_state, new_state)
     {
@@ -367,17 +371,24 @@ fn report_with_traffic(
     flags: u8,
     (unread_bytes, unsent_bytes): (u32, u32),
 ) -> Option<()> {
-    submit(TcpStateRecord {
-        header: header(kind::TCP_STATE),
-        endpoints,
-        owner,
-        old_state: old_state as u8,
-        new_state: new_state as u8,
-        flags,
-        _pad: [0; 5],
-        unread_bytes,
-        unsent_bytes,
-    });
+    // Written in place, part by part: a record built on the stack, then copied, took 96
+    // of the 512 bytes the classic attachment's call chain may use on 6.1.
+    let mut entry = emit::reserve::<TcpStateRecord>()?;
+    let record = entry.as_mut_ptr();
+    // SAFETY: the entry is this program's until sent, 8-byte aligned; every byte is
+    // written here.
+    unsafe {
+        (&raw mut (*record).header).write(header(kind::TCP_STATE));
+        (&raw mut (*record).endpoints).write(endpoints);
+        (&raw mut (*record).owner).write(owner);
+        (&raw mut (*record).old_state).write(old_state as u8);
+        (&raw mut (*record).new_state).write(new_state as u8);
+        (&raw mut (*record).flags).write(flags);
+        (&raw mut (*record)._pad).write([0; 5]);
+        (&raw mut (*record).unread_bytes).write(unread_bytes);
+        (&raw mut (*record).unsent_bytes).write(unsent_bytes);
+    }
+    emit::send(entry, false);
     Some(())
 }
 

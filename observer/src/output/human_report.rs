@@ -113,8 +113,12 @@ pub fn shutdown(
     let open = report
         .open_at_exit_total
         .max(report.open_at_exit.len() as u32);
+    let closed_in_flight = match report.closed_in_flight {
+        0 => String::new(),
+        cut => format!(" · requests cut by its own closes {cut}"),
+    };
     lines.push(format!(
-        "{INDENT}accepted after signal {} · open at exit {open} (requests cut {}, idle {}) · RSTs sent {} · refused after exit {}",
+        "{INDENT}accepted after signal {} · open at exit {open} (requests cut {}, idle {}){closed_in_flight} · RSTs sent {} · refused after exit {}",
         report.accepted_after_signal,
         report.in_flight_at_exit,
         report.idle_at_exit,
