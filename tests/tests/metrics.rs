@@ -364,8 +364,8 @@ fn the_kernel_skips_processes_outside_the_scope() {
     let address = format!("127.0.0.1:{port}");
     let observer = Observer::start(&["--metrics", &address, "--unit", "observer-scope-in.service"]);
 
-    // A group that existed at start, and one created after it (found by the rescan an
-    // exit with an unknown cgroup id triggers).
+    // A group that existed at start, and one created after it (found when an exit names
+    // its unknown cgroup id: looked up by that id, the kernel's scope is synced).
     let before = settled_records(port);
     burst(&outside, BURST);
     let late = UnitCgroup::new("system.slice/observer-scope-late.service");

@@ -67,8 +67,8 @@ pub struct Session {
 struct KernelScope {
     /// Out of scope as of the last sync (existing cgroups only, so it stays bounded).
     excluded: HashSet<u64>,
-    /// The cgroup index scan that sync used.
-    synced_scan: u64,
+    /// The cgroup index (its change count) that sync used.
+    synced_index_changes: u64,
     /// None until the first scan.
     last_rescan: Option<Instant>,
 }
@@ -140,7 +140,7 @@ impl Session {
         let mut session = Self {
             kernel_scope: pipeline.filter().is_scoped().then(|| KernelScope {
                 excluded: HashSet::new(),
-                synced_scan: 0,
+                synced_index_changes: 0,
                 last_rescan: None,
             }),
             probes,
@@ -254,10 +254,10 @@ impl Session {
             host.rescan();
             scope.last_rescan = Some(Instant::now());
         }
-        if host.cgroup_scans() == scope.synced_scan {
+        if host.cgroup_index_changes() == scope.synced_index_changes {
             return Ok(());
         }
-        scope.synced_scan = host.cgroup_scans();
+        scope.synced_index_changes = host.cgroup_index_changes();
         let excluded: HashSet<u64> = host
             .cgroups()
             .filter(|(_, path)| filter.scope_excludes(path))

@@ -3,7 +3,10 @@ use std::{
     collections::HashMap,
     io::BufRead,
     ops::RangeInclusive,
-    os::unix::fs::MetadataExt,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -23,8 +26,8 @@ pub struct ProcHost {
     /// cgroup id (directory inode) → path.
     cgroup_index: HashMap<u64, String>,
     last_scan: Option<Instant>,
-    /// How many times the index was rebuilt.
-    scans: u64,
+    /// How many times the index was rebuilt, or gained a group looked up by its id.
+    index_changes: u64,
     /// A cgroup id was missing while rescans were rate-limited: the next periodic
     /// check rescans, so a group created just after a scan is not left unknown.
     rescan_deferred: bool,
@@ -55,7 +58,7 @@ impl ProcHost {
             cgroup2: find_cgroup2_mount(),
             cgroup_index: HashMap::new(),
             last_scan: None,
-            scans: 0,
+            index_changes: 0,
             rescan_deferred: false,
             containers: Resolver::new(Roots::default()),
             listeners: HashMap::new(),
@@ -98,9 +101,10 @@ impl ProcHost {
             .map(|(id, path)| (*id, path.as_str()))
     }
 
-    /// Counts index rebuilds: a change means [`Self::cgroups`] may list new groups.
-    pub fn cgroup_scans(&self) -> u64 {
-        self.scans
+    /// Counts index rebuilds and groups looked up by id: a change means
+    /// [`Self::cgroups`] may list new groups (the kernel's scope is synced on it).
+    pub fn cgroup_index_changes(&self) -> u64 {
+        self.index_changes
     }
 
     /// Whether a cgroup id was missed since the last scan while rescans were rate-limited.
@@ -114,7 +118,7 @@ impl ProcHost {
             return;
         };
         self.last_scan = Some(Instant::now());
-        self.scans += 1;
+        self.index_changes += 1;
         self.rescan_deferred = false;
         self.cgroup_index.clear();
         let mut pending = vec![mount.clone()];
@@ -286,6 +290,13 @@ impl HostView for ProcHost {
         if let Some(path) = self.cgroup_index.get(&cgroup_id) {
             return Some(path.clone());
         }
+        if let Some((mount, root)) = &self.cgroup2
+            && let Some(path) = cgroup_path_by_id(mount, root, cgroup_id)
+        {
+            self.cgroup_index.insert(cgroup_id, path.clone());
+            self.index_changes += 1;
+            return Some(path);
+        }
         if self
             .last_scan
             .is_none_or(|at| at.elapsed() >= RESCAN_INTERVAL)
@@ -298,6 +309,44 @@ impl HostView for ProcHost {
         }
         self.cgroup_index.get(&cgroup_id).cloned()
     }
+}
+
+/// The path of the cgroup whose id is `id`, opened by its file handle: a cgroup's id is
+/// its kernfs node id, which is what a kernfs file handle holds (FILEID_KERNFS), so one
+/// open_by_handle_at(2) finds a group created since the last scan, where waiting for a
+/// rate-limited rescan lost the container of a process killed meanwhile. None if the
+/// group is gone (or the handle is refused: the index still has its scans).
+fn cgroup_path_by_id(mount: &Path, root: &str, id: u64) -> Option<String> {
+    /// `struct file_handle` with its 8 bytes of `f_handle`: the kernfs node id.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: libc::c_uint,
+        handle_type: libc::c_int,
+        id: u64,
+    }
+    const FILEID_KERNFS: libc::c_int = 0xfe;
+    let mount_dir = std::fs::File::open(mount).ok()?;
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: a valid directory fd and a file_handle whose f_handle holds handle_bytes.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_dir.as_raw_fd(),
+            (&raw mut handle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd this function owns.
+    let group = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", group.as_raw_fd())).ok()?;
+    let relative = path.strip_prefix(mount).ok()?;
+    Some(join_cgroup(root, relative))
 }
 
 /// `socket:[12345]` → 12345.
