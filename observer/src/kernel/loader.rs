@@ -21,7 +21,7 @@ use crate::{
     kernel::tracepoints::{
         INET_SOCK_SET_STATE, SCHED_PROCESS_EXIT, SIGNAL_DELIVER, SIGNAL_GENERATE,
         SYS_ENTER_EXIT_GROUP, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, TCP_SEND_RESET,
-        Tracepoint, Without,
+        Tracepoint,
     },
 };
 
@@ -277,8 +277,6 @@ impl Probes {
 /// What `observer check` learns of one program.
 pub struct Tried {
     pub program: &'static str,
-    /// Whether `watch` refuses to start without it (its tracepoints are what watch is for).
-    pub essential: bool,
     /// Its tracepoints, or why it failed to load or attach.
     pub attached: Result<String>,
 }
@@ -291,7 +289,6 @@ pub fn try_each(object: &[u8], layout: &KernelLayout, settings: Settings) -> Vec
         Err(error) => {
             return vec![Tried {
                 program: "object",
-                essential: true,
                 attached: Err(error),
             }];
         }
@@ -307,7 +304,6 @@ pub fn try_each(object: &[u8], layout: &KernelLayout, settings: Settings) -> Vec
             let attached = load_program(&mut ebpf, spec).and_then(|()| attach(&mut ebpf, spec));
             Tried {
                 program: spec.program,
-                essential: spec.tracepoints.essential(),
                 attached: attached.map(|_| described),
             }
         })
@@ -361,15 +357,6 @@ fn possible_cpus() -> Result<usize> {
 }
 
 impl Tracepoints {
-    /// Whether `watch` refuses to start without these tracepoints.
-    fn essential(&self) -> bool {
-        let tracepoints = match self {
-            Self::Classic(tracepoints) => tracepoints,
-            Self::Raw(tracepoint) | Self::Typed(tracepoint) => std::slice::from_ref(tracepoint),
-        };
-        tracepoints.iter().all(|t| t.without == Without::Refuses)
-    }
-
     /// As `observer check` prints it: `sock:inet_sock_set_state`, `tp_btf inet_sock_set_state`.
     fn describe(&self) -> String {
         match self {
