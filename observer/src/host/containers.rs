@@ -94,8 +94,7 @@ pub fn stop_signals(docker_root: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|entry| read_json(&entry.path().join("config.v2.json")));
     for config in configs {
-        let named = stop_signal(&config["Config"]["StopSignal"]);
-        if let Some(sig) = named.and_then(|name| signals::parse(&name).ok())
+        if let Some(sig) = stop_signal(&config["Config"]["StopSignal"])
             && !found.contains(&sig)
         {
             found.push(sig);
@@ -160,15 +159,15 @@ fn docker(root: &Path, id: &str, info: &mut ContainerInfo) -> bool {
     info.pod_namespace = text(&labels["io.kubernetes.pod.namespace"]);
     info.pod_name = text(&labels["io.kubernetes.pod.name"]);
     info.pod_container = text(&labels["io.kubernetes.container.name"]);
-    info.stop_signal = stop_signal(&config["Config"]["StopSignal"]);
+    info.stop_signal = stop_signal(&config["Config"]["StopSignal"]).map(signals::name);
     true
 }
 
-/// A runtime's stop signal ("SIGUSR1", "USR1" or "10") by its name; None for SIGTERM,
-/// which every stop is watched for anyway.
-fn stop_signal(value: &Value) -> Option<String> {
+/// A runtime's stop signal ("SIGUSR1", "USR1" or "10"); None for SIGTERM, which every
+/// stop is watched for anyway.
+fn stop_signal(value: &Value) -> Option<i32> {
     let sig = signals::parse(value.as_str()?).ok()?;
-    (sig != signals::SIGTERM).then(|| signals::name(sig))
+    (sig != signals::SIGTERM).then_some(sig)
 }
 
 fn containerd(tasks: &Path, id: &str, info: &mut ContainerInfo) -> bool {
@@ -359,8 +358,8 @@ mod tests {
             [10, 28, 37, 12],
             "the usual ones, then SIGUSR2 that a container names"
         );
-        for (named, expected) in [("10", Some("SIGUSR1")), ("SIGTERM", None), ("", None)] {
-            assert_eq!(stop_signal(&Value::from(named)).as_deref(), expected);
+        for (named, expected) in [("10", Some(10)), ("SIGTERM", None), ("", None)] {
+            assert_eq!(stop_signal(&Value::from(named)), expected);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

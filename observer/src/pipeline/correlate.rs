@@ -243,13 +243,23 @@ impl Correlator {
             }
             None => pid,
         };
-        if self.live.get(&pid).is_some() {
+        self.live_or_exited(pid, |deadline, s| mono_ns <= until(deadline, s))
+    }
+
+    /// The live record of `pid`, else its latest exited one for which `open(deadline,
+    /// record)` holds.
+    fn live_or_exited(
+        &mut self,
+        pid: u32,
+        open: impl Fn(u64, &ProcessShutdown) -> bool,
+    ) -> Option<&mut ProcessShutdown> {
+        if self.live.contains(&pid) {
             return self.live.get_mut(&pid);
         }
         self.exited
             .iter_mut()
             .rev()
-            .find(|(deadline, s)| s.pid == pid && mono_ns <= until(*deadline, s))
+            .find(|(deadline, s)| s.pid == pid && open(*deadline, s))
             .map(|(_, s)| s)
     }
 
@@ -830,14 +840,7 @@ impl Correlator {
 
     /// The record of `pid` whose report is not written yet: live, else the latest exited.
     fn pending_record(&mut self, pid: u32) -> Option<&mut ProcessShutdown> {
-        if self.live.contains(&pid) {
-            return self.live.get_mut(&pid);
-        }
-        self.exited
-            .iter_mut()
-            .rev()
-            .find(|(_, s)| s.pid == pid)
-            .map(|(_, s)| s)
+        self.live_or_exited(pid, |_, _| true)
     }
 
     /// A process shutting down closed a client's connection with a request in flight.
