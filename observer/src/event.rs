@@ -572,6 +572,7 @@ pub enum FindingCode {
     ExitNonzeroAfterSigterm,
     OutboundOpenAtExit,
     ConnectionsClosedInFlight,
+    KilledByRepeatedSignal,
 }
 
 /// Whether a finding explains a verdict that is not clean, or is advice.

@@ -610,6 +610,9 @@ impl Drop for Server {
 /// How the platform asks the server to stop.
 enum Ask {
     Signal(i32),
+    /// The signal to every process of the server's group at once, workers included, as
+    /// systemd's default `KillMode=control-group` and `kill -TERM -PGID` send it.
+    Group(i32),
     /// A command (e.g. `nginx -s quit`), run to completion.
     Command(Command),
 }
@@ -632,6 +635,8 @@ impl Server {
         let start = Instant::now();
         match ask {
             Ask::Signal(sig) => send_signal(self.pid(), sig),
+            // The server leads its own process group.
+            Ask::Group(sig) => send_signal_to_group(self.pid(), sig),
             Ask::Command(mut command) => {
                 let status = command.status().expect("running the stop command");
                 assert!(status.success(), "stop command: {status}");
@@ -1400,6 +1405,17 @@ fn term(_: &Server) -> Ask {
     Ask::Signal(libc::SIGTERM)
 }
 
+fn send_signal_to_group(leader: u32, sig: i32) {
+    // SAFETY: kill(2) of a process group, with plain integers.
+    let rc = unsafe { libc::kill(-(leader as i32), sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill(-{leader}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 const GRACE: Duration = Duration::from_secs(10);
 const SHORT_GRACE: Duration = Duration::from_millis(1500);
 
@@ -1669,7 +1685,8 @@ fn assert_exit_matches_waitpid(outcome: &Outcome) {
 }
 
 /// Workers' exits as their master logged them (nginx: "worker process N exited with code
-/// C"; gunicorn: "Worker (pid:N) was sent SIGKILL!"), and one exit event per worker.
+/// C"; gunicorn: "Worker (pid:N) was sent SIGKILL!", or SIGTERM), and one exit event per
+/// worker.
 fn assert_workers_exits_match_their_logs(outcome: &Outcome) {
     for &pid in &outcome.workers {
         let exit = outcome.events.exit_of(pid);
@@ -1680,11 +1697,12 @@ fn assert_workers_exits_match_their_logs(outcome: &Outcome) {
         }) {
             assert_eq!(exit["code"], code, "{exit}");
         }
-        if outcome
-            .log
-            .contains(&format!("Worker (pid:{pid}) was sent SIGKILL!"))
-        {
-            assert_eq!(exit["signal"], libc::SIGKILL, "{exit}");
+        let gunicorn = format!("Worker (pid:{pid}) was sent ");
+        if let Some(sig) = outcome.log.lines().find_map(|l| {
+            l.split_once(&gunicorn)
+                .and_then(|(_, name)| signal_number(name.trim_end_matches('!')))
+        }) {
+            assert_eq!(exit["signal"], sig, "{exit}");
         }
     }
 }
@@ -1766,11 +1784,37 @@ fn nginx_sigterm_fast_stop_cuts_a_proxied_request() {
 
 #[test]
 fn nginx_quit_then_sigkill_after_the_grace_period() {
-    let outcome = scenario(
+    nginx_quit_until_sigkill(
         "nginx_quit_then_sigkill_after_the_grace_period",
-        nginx(2),
         "nginx -s quit (SIGQUIT), grace 1.5 s, SIGKILL to the group",
         |s| Ask::Command(nginx_signal(s, "quit")),
+    );
+}
+
+/// systemd's default stop (`KillMode=control-group`): SIGQUIT to the master and both
+/// workers at once. The workers close their copies of the listener at once (before
+/// observer reads /proc), one drains a download past the grace period; the master keeps
+/// the listener and waits for them. Before: HANDLER_NEVER_RAN for the master, whose
+/// listener looked like its own, and the idle worker, gone before its master's signal,
+/// outside the deploy.
+#[test]
+fn nginx_group_sigquit_waits_for_a_download_until_sigkill() {
+    nginx_quit_until_sigkill(
+        "nginx_group_sigquit_waits_for_a_download_until_sigkill",
+        "SIGQUIT to the whole group (systemd KillMode=control-group), grace 1.5 s, SIGKILL",
+        |_| Ask::Group(libc::SIGQUIT),
+    );
+}
+
+/// nginx's graceful stop, asked for by `ask`, with a download that outlasts the grace
+/// period and an idle client: SIGKILL ends it, and the master's handler is known to
+/// have run.
+fn nginx_quit_until_sigkill(name: &str, how: &str, ask: impl FnOnce(&Server) -> Ask) {
+    let outcome = scenario(
+        name,
+        nginx(2),
+        how,
+        ask,
         SHORT_GRACE,
         |s| clients(s, 1, &[], &["/big"]),
         3,
@@ -1783,8 +1827,9 @@ fn nginx_quit_then_sigkill_after_the_grace_period() {
             verdict: "killed",
         },
     );
-    // The master's handler ran: it logged the signal, and told its workers over its
-    // channel (one closed its listener and exited 0 at once).
+    // The master's handler ran: it logged the signal, and its workers stopped (told over
+    // its channel, or by a signal of their own; one closed its listener and exited 0 at
+    // once).
     assert!(
         outcome.log.contains("(SIGQUIT) received"),
         "{}",
@@ -2027,6 +2072,59 @@ fn gunicorn_sigterm_drains_a_slow_request() {
     );
     for &worker in &outcome.workers {
         checks.shutdown_verdict(worker, "clean");
+    }
+    checks.finish();
+}
+
+/// systemd's default stop (`KillMode=control-group`): SIGTERM to the master and both
+/// workers at once; the master then sends its workers SIGTERM too. The idle worker's
+/// handler runs and it exits, and the master's SIGTERM finds Python's default handler
+/// restored as it finalises: it dies of SIGTERM (the master logs "was sent SIGTERM!").
+/// Nothing was cut; the busy worker answers its request. Before: `dropped` and
+/// NO_SIGTERM_HANDLER for the idle worker, and a `dropped` deploy.
+#[test]
+fn gunicorn_group_sigterm_drains_a_slow_request() {
+    let outcome = scenario(
+        "gunicorn_group_sigterm_drains_a_slow_request",
+        gunicorn(2, 5),
+        "SIGTERM to the whole group (systemd KillMode=control-group), grace 10 s",
+        |_| Ask::Group(libc::SIGTERM),
+        GRACE,
+        |s| clients(s, 0, &["/slow?s=2"], &[]),
+        3,
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: false,
+            verdict: "clean",
+        },
+    );
+    // The workers the master reaped dead of SIGTERM, by its own log (its waitpid()).
+    let killed_by_repeat: Vec<u32> = outcome
+        .workers
+        .iter()
+        .copied()
+        .filter(|pid| {
+            outcome
+                .log
+                .contains(&format!("Worker (pid:{pid}) was sent SIGTERM!"))
+        })
+        .collect();
+    assert!(
+        !killed_by_repeat.is_empty(),
+        "no worker died of the second SIGTERM; the scenario tests nothing:\n{}",
+        outcome.log
+    );
+    for &worker in &outcome.workers {
+        checks.shutdown_verdict(worker, "clean");
+        checks.lacks_finding(worker, "NO_SIGTERM_HANDLER");
+        if killed_by_repeat.contains(&worker) {
+            checks.has_finding(worker, "KILLED_BY_REPEATED_SIGNAL");
+        } else {
+            checks.lacks_finding(worker, "KILLED_BY_REPEATED_SIGNAL");
+        }
     }
     checks.finish();
 }

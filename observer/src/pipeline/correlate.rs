@@ -78,8 +78,10 @@ pub struct Correlator {
     /// closes (see [`held_until`]).
     exited: Vec<(u64, ProcessShutdown)>,
     /// Children that exited after their parent's termination signal without one of
-    /// their own (workers told to stop by their master): child pid → parent pid. Their
-    /// connections and RSTs at exit count in the parent's report.
+    /// their own (workers told to stop by their master), and children whose stop joined
+    /// their parent's: child pid → parent pid. What comes for them once no report of
+    /// their own counts it (connections and RSTs at exit, clients refused on a port the
+    /// kernel last saw them accept on) counts in the parent's report.
     adopted: BoundedMap<u32, u32>,
     /// The latest signal outside the termination set each process got, with its step:
     /// if the process exits soon after, that signal stopped it.
@@ -417,6 +419,13 @@ impl Correlator {
             if other.pid == pid || !related {
                 continue;
             }
+            // A child with a termination signal of its own stops by itself; its parent
+            // waits for it (a service manager signalling the whole group).
+            if children.contains(&other.pid) {
+                shutdown.children_signalled += 1;
+            } else {
+                other.children_signalled += 1;
+            }
             let shared: Vec<String> = other
                 .listening_at_signal
                 .intersection(&shutdown.listening_at_signal)
@@ -459,6 +468,7 @@ impl Correlator {
         if let Some((service, workload, told)) = parent {
             shutdown.service = service;
             shutdown.workload = workload;
+            self.adopted.insert(pid, told.parent.pid);
             shutdown.parent_told = Some(told);
         }
         if !shutdown.workload {
@@ -506,6 +516,7 @@ impl Correlator {
         };
         shutdown.service.clone_from(&service);
         shutdown.workload = workload;
+        self.adopted.insert(pid, told.parent.pid);
         shutdown.parent_told = Some(told);
         if workload {
             let ports = shutdown.ports();
@@ -522,9 +533,11 @@ impl Correlator {
     }
 
     /// The parent of `pid` told to stop by `mono`: the one whose children at its signal
-    /// list `pid`, or `ppid` when known and told within a deploy window before (a
-    /// supervisor that took a SIGHUP as a reload an hour ago did not start this stop).
-    /// Its service, whether that is a workload, and its signal.
+    /// list `pid`, or `ppid` when known and told within a deploy window of `mono`,
+    /// before or after (a supervisor that took a SIGHUP as a reload an hour ago did not
+    /// start this stop; a service manager signalling the whole group reaches the
+    /// workers before their master). Its service, whether that is a workload, and its
+    /// signal.
     fn told_parent(
         &mut self,
         pid: u32,
@@ -534,12 +547,12 @@ impl Correlator {
         let window = self.config.deploy_window_ns;
         self.records_mut()
             .find(|s| {
-                let Some(at) = s.first_signal_ns.filter(|&at| at <= mono) else {
+                let Some(at) = s.first_signal_ns else {
                     return false;
                 };
                 s.pid != pid
-                    && (s.children_at_signal.contains(&pid)
-                        || (Some(s.pid) == ppid && mono - at <= window))
+                    && ((at <= mono && s.children_at_signal.contains(&pid))
+                        || (Some(s.pid) == ppid && at.abs_diff(mono) <= window))
             })
             .map(|s| {
                 let told = ParentSignal {
@@ -883,10 +896,7 @@ impl Correlator {
         // started) the process that listened on the port and exited last, in its window.
         // Each refused client counts once, for one process.
         let target = match &e.former_owner {
-            Some(former) => self
-                .record(former.pid, mono)
-                .is_some_and(|s| s.exit_ns.is_some_and(|exit| exit <= mono))
-                .then_some(former.pid),
+            Some(former) => self.refusal_owner(former.pid, mono),
             None if e.reason.as_deref() == Some("NO_SOCKET") => {
                 port_of(&e.local).and_then(|port| self.last_exited_listener(port, mono))
             }
@@ -899,6 +909,24 @@ impl Correlator {
             shutdown.last_refused_ns = Some(mono);
             self.refusal_counted_for = Some(pid);
         }
+    }
+
+    /// The process a refusal on a port `pid` listened on counts for: `pid`, exited by
+    /// `mono` and within its window; else its adopter (the parent that told it to
+    /// stop), likewise: the kernel may name a pre-fork worker, the last to accept
+    /// there, that exited long before its master closed the port.
+    fn refusal_owner(&mut self, pid: u32, mono: u64) -> Option<u32> {
+        self.exited_within_window(pid, mono).or_else(|| {
+            let parent = *self.adopted.get(&pid)?;
+            self.exited_within_window(parent, mono)
+        })
+    }
+
+    /// The record counting what happens to `pid` at `mono`, if it had exited by then.
+    fn exited_within_window(&mut self, pid: u32, mono: u64) -> Option<u32> {
+        self.record(pid, mono)
+            .filter(|s| s.exit_ns.is_some_and(|exit| exit <= mono))
+            .map(|s| s.pid)
     }
 
     /// Refusals counted in a `tcp_refused` line, from a saved log (live, the pipeline
@@ -967,8 +995,9 @@ mod tests {
     use super::*;
     use crate::event::{
         Activity, DeliveredEvent, Direction, ExitEvent, FindingCode, FindingCode::*, Handler,
-        LostEvent, Origin, Role, ShutdownReport, SignalEvent, StatusSource, TcpAcceptEvent,
-        TcpCloseAtExitEvent, TcpListenEvent, TcpRefusedEvent, TcpResetEvent, ThreadRef, Verdict,
+        LostEvent, Origin, Role, Severity, ShutdownReport, SignalEvent, StatusSource,
+        TcpAcceptEvent, TcpCloseAtExitEvent, TcpListenEvent, TcpRefusedEvent, TcpResetEvent,
+        ThreadRef, Verdict,
     };
 
     const MS: u64 = 1_000_000;
@@ -1048,6 +1077,19 @@ mod tests {
             Origin::User,
             Some(pid),
             SUPERVISOR,
+        )
+    }
+
+    /// `sig` from `sender`'s kill() to `pid`, outside any PID namespace of its own.
+    fn signal_from(at: u64, pid: u32, sig: i32, sender: u32) -> Line {
+        signal_with(
+            at,
+            pid,
+            sig,
+            SignalResult::Delivered,
+            Origin::User,
+            None,
+            sender,
         )
     }
 
@@ -1752,6 +1794,175 @@ mod tests {
         );
     }
 
+    /// A service manager signals every process of the group at once (systemd's
+    /// KillMode=control-group), the workers first: `sig` from SUPERVISOR to two workers
+    /// (`quick`, `slow`) and their master, whose handler runs. `worker_listening` is
+    /// what /proc showed each worker holding at its signal, `worker_handler` what the
+    /// signal found in them.
+    fn group_stop(
+        sig: i32,
+        worker_listening: Vec<String>,
+        worker_handler: Handler,
+    ) -> (u32, u32, u32, Vec<Line>) {
+        let (master, quick, slow) = (300, 301, 302);
+        let target = |mut line: Line, listening: Vec<String>, children: Vec<u32>| {
+            if let Event::Signal(signal) = &mut line.event {
+                signal.target.listening = listening;
+                signal.target.children = children;
+            }
+            line
+        };
+        let from = signal_from;
+        let lines = vec![
+            target(
+                from(1_000, quick, sig, SUPERVISOR),
+                worker_listening.clone(),
+                vec![],
+            ),
+            target(from(1_000, slow, sig, SUPERVISOR), worker_listening, vec![]),
+            // kill(-PGID) reaches the master last.
+            target(
+                from(1_001, master, sig, SUPERVISOR),
+                vec!["127.0.0.1:8080".into()],
+                vec![quick, slow],
+            ),
+            delivered(1_000, quick, sig, worker_handler),
+            delivered(1_000, slow, sig, worker_handler),
+            delivered(1_001, master, sig, Handler::Custom),
+        ];
+        (master, quick, slow, lines)
+    }
+
+    /// gunicorn under a group stop: an idle worker's handler runs, then its master's
+    /// SIGTERM finds Python's default restored as it exits and kills it (status 143);
+    /// nothing was cut, so no NO_SIGTERM_HANDLER and no `dropped`.
+    #[test]
+    fn a_repeated_signal_that_kills_a_worker_after_its_handler_ran_is_named_not_dropped() {
+        let (master, quick, slow, mut lines) =
+            group_stop(15, vec!["127.0.0.1:8080".into()], Handler::Custom);
+        let from_master = |at, pid| signal_from(at, pid, 15, master);
+        lines.extend([
+            from_master(1_005, quick),
+            delivered(1_005, quick, 15, Handler::Default),
+            exit(1_005, quick, master, None, Some(15)),
+            from_master(1_005, slow),
+            delivered(1_005, slow, 15, Handler::Custom),
+            exit(3_000, slow, master, Some(0), None),
+            exit(3_100, master, 1, Some(0), None),
+        ]);
+        let reports = shutdowns(&lines);
+        let by_pid = |pid| reports.iter().find(|r| r.pid == pid).unwrap();
+        let killed = by_pid(quick);
+        assert_eq!(
+            (killed.verdict, codes(killed)),
+            (Verdict::Clean, vec![KilledByRepeatedSignal])
+        );
+        let finding = &killed.findings[0];
+        assert_eq!(finding.severity, Severity::Warning);
+        assert!(
+            finding
+                .message
+                .contains("from supervisord[10], then a second SIGTERM from supervisord[300]"),
+            "{}",
+            finding.message
+        );
+        for pid in [slow, master] {
+            assert_eq!(
+                (by_pid(pid).verdict, codes(by_pid(pid))),
+                (Verdict::Clean, vec![])
+            );
+        }
+        assert_eq!(the_deploy(&run(&lines)).verdict, Verdict::Clean);
+
+        // The same repeat while a request was in flight cut it: an error, with the cut.
+        let mut busy = lines.clone();
+        let exit_at = busy
+            .iter()
+            .position(|l| matches!(&l.event, Event::Exit(e) if e.pid == quick))
+            .unwrap();
+        busy.insert(exit_at + 1, at_exit(1_005, quick, Role::Inbound, 5001));
+        let reports = shutdowns(&busy);
+        let cut = reports.iter().find(|r| r.pid == quick).unwrap();
+        assert_eq!(
+            (cut.verdict, codes(cut)),
+            (
+                Verdict::Dropped,
+                vec![KilledByRepeatedSignal, ConnectionsOpenAtExit]
+            )
+        );
+        assert_eq!(cut.findings[0].severity, Severity::Error);
+    }
+
+    /// Node's cluster under a group stop: the workers have no handler of their own (the
+    /// primary disconnects them) and die of the manager's SIGTERM at once, one with a
+    /// request in flight. NO_SIGTERM_HANDLER says the other way out too: signal only
+    /// the main process.
+    #[test]
+    fn a_worker_without_a_handler_killed_by_a_group_stop_is_told_of_its_parent() {
+        let (master, quick, slow, mut lines) = group_stop(15, vec![], Handler::Default);
+        lines.extend([
+            exit(1_001, quick, master, None, Some(15)),
+            exit(1_001, slow, master, None, Some(15)),
+            at_exit(1_001, slow, Role::Inbound, 5001),
+            exit(1_020, master, 1, Some(0), None),
+        ]);
+        let reports = shutdowns(&lines);
+        let cut = reports.iter().find(|r| r.pid == slow).unwrap();
+        assert_eq!(
+            (cut.verdict, codes(cut)),
+            (
+                Verdict::Dropped,
+                vec![NoSigtermHandler, ConnectionsOpenAtExit]
+            )
+        );
+        assert!(
+            cut.findings[0]
+                .message
+                .contains("or signal only the main process: its parent `app`[300] got SIGTERM"),
+            "{}",
+            cut.findings[0].message
+        );
+    }
+
+    /// nginx under a group stop with SIGQUIT: the workers close their copies of the
+    /// listener at once (so /proc shows them none), one drains a download past the
+    /// grace period; the master holds the listener and waits for its workers. The
+    /// master's handler ran: no HANDLER_NEVER_RAN, though it held a listener no worker
+    /// was seen holding.
+    #[test]
+    fn a_master_waiting_for_workers_signalled_by_the_group_stop_ran_its_handler() {
+        let (master, quick, slow, mut lines) = group_stop(3, vec![], Handler::Custom);
+        lines.extend([
+            exit(1_010, quick, master, Some(0), None),
+            kill(11_000, slow),
+            exit(11_000, slow, master, None, Some(9)),
+            kill(11_000, master),
+            exit(11_001, master, 1, None, Some(9)),
+            at_exit(11_001, master, Role::Listener, 0),
+            // The kernel names the worker that accepted there last as the port's owner.
+            reset(11_200, None, Some(quick)),
+        ]);
+        let reports = shutdowns(&lines);
+        let head = reports.iter().find(|r| r.pid == master).unwrap();
+        assert_eq!(
+            (head.verdict, codes(head)),
+            (
+                Verdict::Killed,
+                vec![SigkillAfterGrace, ListenerNotClosed, RefusedAfterExit]
+            )
+        );
+        assert_eq!(head.refused_after_exit, 1);
+        let out = run(&lines);
+        let deploy = the_deploy(&out);
+        let mut stopped = deploy.stopped.clone();
+        stopped.sort();
+        assert_eq!(
+            stopped,
+            vec![master, quick, slow],
+            "one deploy: {deploy:#?}"
+        );
+    }
+
     /// gunicorn: the master gets SIGTERM and signals its workers; one exits at once, one
     /// is busy with a request past the graceful timeout and is SIGKILLed by the master;
     /// all three held the master's listener; clients are refused after the master exits.
@@ -1765,20 +1976,7 @@ mod tests {
             }
             line
         };
-        let from_master = |at, pid, sig| {
-            with(
-                signal_with(
-                    at,
-                    pid,
-                    sig,
-                    SignalResult::Delivered,
-                    Origin::User,
-                    None,
-                    master,
-                ),
-                vec![],
-            )
-        };
+        let from_master = |at, pid, sig| with(signal_from(at, pid, sig, master), vec![]);
         let lines = [
             with(term(1_000, master), vec![idle_worker, busy_worker]),
             delivered(1_000, master, 15, Handler::Custom),

@@ -106,6 +106,9 @@ pub struct ProcessShutdown {
     /// Children that exited by themselves after its signal: it tells its children to
     /// stop some way observer cannot see (nginx's channel, Node cluster's IPC).
     pub children_stopped_by_themselves: u32,
+    /// Its children at its signal that got a termination signal of their own (every
+    /// process of a group signalled at once): they stop by themselves, it waits.
+    pub children_signalled: u32,
     /// It sent a signal to another process after its own first termination signal: its
     /// handler ran (a master signalling its workers).
     pub signalled_others: bool,
@@ -159,6 +162,7 @@ impl ProcessShutdown {
             refused_after_exit: 0,
             unsignalled_children: Vec::new(),
             children_stopped_by_themselves: 0,
+            children_signalled: 0,
             signalled_others: false,
             parent_told: None,
             children_at_signal: Vec::new(),
@@ -351,9 +355,10 @@ impl ProcessShutdown {
     }
 
     pub fn findings(&self) -> Vec<Finding> {
-        let checks: [fn(&Self) -> Option<Finding>; 16] = [
+        let checks: [fn(&Self) -> Option<Finding>; 17] = [
             Self::signal_ignored_by_pid1,
             Self::no_sigterm_handler,
+            Self::killed_by_repeated_signal,
             Self::signal_not_forwarded,
             Self::killed_by_kernel,
             Self::sigkill_without_sigterm,
@@ -438,12 +443,15 @@ impl ProcessShutdown {
             let default = step.handler == Some(Handler::Default)
                 || (step.handler.is_none()
                     && self.disposition_of(step.sig) == Some(Handler::Default));
-            return default.then(|| {
+            // A handler of its own took that signal before: KILLED_BY_REPEATED_SIGNAL.
+            let handled_before = self.handled_step_before(*at, step.sig).is_some();
+            return (default && !handled_before).then(|| {
                 error(
                     FindingCode::NoSigtermHandler,
                     format!(
                         "`{comm}` died of {name}'s default action: it has no handler, so work in \
-                         flight was cut off; handle {name} (stop accepting, drain, then exit)"
+                         flight was cut off; handle {name} (stop accepting, drain, then exit){}",
+                        self.parent_stopping_too()
                     ),
                 )
             });
@@ -464,15 +472,82 @@ impl ProcessShutdown {
                     "`{comm}` re-raised {name} on itself {} ms after its handler ran{}: that is \
                      a runtime's default handler (Node's, for one), not the application \
                      stopping; handle {name} in the application (stop accepting, drain, then \
-                     exit)",
+                     exit){}",
                     after / 1_000_000,
                     if still_listening {
                         ", still listening"
                     } else {
                         ""
-                    }
+                    },
+                    self.parent_stopping_too()
                 ),
             )
+        })
+    }
+
+    /// Advice for a worker the platform signalled itself while its parent, told to stop
+    /// in the same stop, stops its workers (a service manager signalling the whole
+    /// group); empty otherwise.
+    fn parent_stopping_too(&self) -> String {
+        let first_sender = self.sigterm.as_ref().map(|term| term.from.pid);
+        match &self.parent_told {
+            Some(told) if first_sender.is_some_and(|sender| sender != told.parent.pid) => format!(
+                ", or signal only the main process: its parent `{}`[{}] got {} in the same \
+                 stop and stops its workers itself (systemd: KillMode=mixed)",
+                told.parent.comm, told.parent.pid, told.sig_name
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// An earlier delivery of `sig`, before `at`, that ran a handler of its own.
+    fn handled_step_before(&self, at: u64, sig: i32) -> Option<&(u64, SignalStep)> {
+        self.steps.iter().find(|(when, step)| {
+            *when < at && step.sig == sig && step.handler == Some(Handler::Custom)
+        })
+    }
+
+    /// Its handler took the signal, then the same signal came again (from another
+    /// sender, or the same one repeating) and found no handler: a one-shot handler, or a
+    /// runtime that restores the default action as it exits (Python's does), so the
+    /// repeat killed it. A service manager signalling every process of the group while
+    /// the main process stops its workers too sends each worker two. An error when it
+    /// cut requests in flight; otherwise nothing was lost, but the repeat killed it
+    /// instead of letting it exit (and a busier moment would cut work).
+    fn killed_by_repeated_signal(&self) -> Option<Finding> {
+        let (at, fatal) = self.fatal_step()?;
+        let is_default = fatal.handler == Some(Handler::Default);
+        let (handled_at, handled) = self.handled_step_before(*at, fatal.sig)?;
+        if !is_default || fatal.reraised {
+            return None;
+        }
+        let (name, comm) = (&fatal.sig_name, &self.comm);
+        let sender = |step: &SignalStep| format!("{}[{}]", step.from.comm, step.from.pid);
+        let (first, second) = (sender(handled), sender(fatal));
+        let advice = if handled.from.pid == fatal.from.pid {
+            format!("{first} sent it twice: send {name} once and wait out the grace period")
+        } else {
+            "more than one process signals it (a service manager signalling the whole \
+             group while its parent stops its workers too): signal only the main process \
+             and let it stop its workers (systemd: KillMode=mixed)"
+                .to_string()
+        };
+        let cut = self.in_flight_at_exit();
+        let message = format!(
+            "`{comm}`'s handler took {name} from {first}, then a second {name} from {second} \
+             {} ms later found none (a one-shot handler, or a runtime restoring the default \
+             as it exits) and killed it{}; {advice}",
+            at.saturating_sub(*handled_at) / 1_000_000,
+            if cut > 0 {
+                format!(" with {cut} requests in flight")
+            } else {
+                String::new()
+            }
+        );
+        Some(if cut > 0 {
+            error(FindingCode::KilledByRepeatedSignal, message)
+        } else {
+            warning(FindingCode::KilledByRepeatedSignal, message)
         })
     }
 
@@ -645,7 +720,9 @@ impl ProcessShutdown {
             .zip(self.sigkill_ns)
             .is_some_and(|(closed, kill)| closed < kill);
         let own_listener_open = self.own_listeners().next().is_some() && !closed_before_kill;
-        let busy = self.in_flight_at_exit() > 0 || self.children_stopped_by_themselves > 0;
+        let busy = self.in_flight_at_exit() > 0
+            || self.children_stopped_by_themselves > 0
+            || self.children_signalled > 0;
         (own_listener_open && !busy).then(|| {
             error(
                 FindingCode::HandlerNeverRan,
