@@ -842,6 +842,46 @@ fn caddy(upstream: u16) -> Spec {
     }
 }
 
+/// Apache httpd, the prefork MPM (a root master, two children as `nobody`, one
+/// connection each), proxying /app/ to `upstream` on loopback. On SIGTERM the master
+/// SIGTERMs its children, whose handler closes their connections and exits at once.
+fn apache(upstream: u16) -> Spec {
+    let dir = TempDir::new("apache");
+    let port = free_port();
+    let modules = Path::new("/usr/lib/apache2/modules");
+    let config = dir.0.join("httpd.conf");
+    let module =
+        |name: &str, file: &str| format!("LoadModule {name} {}\n", modules.join(file).display());
+    let text = [
+        module("mpm_prefork_module", "mod_mpm_prefork.so"),
+        module("authz_core_module", "mod_authz_core.so"),
+        module("proxy_module", "mod_proxy.so"),
+        module("proxy_http_module", "mod_proxy_http.so"),
+        format!(
+            "ServerRoot {root}\nDefaultRuntimeDir {root}\nPidFile {root}/httpd.pid\n\
+             ServerName localhost\nListen 127.0.0.1:{port}\nErrorLog /dev/stderr\n\
+             LogLevel info\nUser nobody\nGroup nogroup\nStartServers 2\n\
+             MinSpareServers 2\nMaxSpareServers 2\nMaxRequestWorkers 4\n\
+             KeepAliveTimeout 60\nProxyPass /app/ http://127.0.0.1:{upstream}/\n",
+            root = dir.0.display()
+        ),
+    ]
+    .concat();
+    std::fs::write(&config, text).unwrap();
+    let mut command = Command::new(program("apache2"));
+    command.arg("-f").arg(&config).arg("-DFOREGROUND");
+    Spec {
+        name: "apache",
+        command,
+        port,
+        protocol: Protocol::Http,
+        workers: 2,
+        log: dir.0.join("apache.log"),
+        dir,
+        running_before_observer: false,
+    }
+}
+
 fn redis() -> Spec {
     let dir = TempDir::new("redis");
     let port = free_port();
@@ -2018,6 +2058,60 @@ fn caddy_sigterm_drains_a_proxied_request_and_closes_idle_clients() {
     );
     checks.lacks_finding(outcome.master, "CONNECTIONS_CLOSED_IN_FLIGHT");
     checks.lacks_finding(outcome.master, "KEEPALIVE_OPEN_AT_EXIT");
+    checks.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Apache httpd (prefork): SIGTERM is its immediate stop (`apachectl stop`; Debian's unit
+// sends it to the master right after `apachectl graceful-stop` returns).
+
+/// The child holding a proxied request closes it itself as its SIGTERM handler exits:
+/// nothing is open at exit, so only the close in flight shows the cut (the client gets
+/// an empty reply); the idle keep-alive client gets a FIN.
+#[test]
+fn apache_sigterm_closes_a_proxied_request_in_flight() {
+    let upstream = Upstream::start(5);
+    let outcome = scenario(
+        "apache_sigterm_closes_a_proxied_request_in_flight",
+        apache(upstream.port),
+        "SIGTERM to the master, grace 10 s, upstream answering after 5 s",
+        term,
+        GRACE,
+        |s| clients(s, 1, &["/app/slow"], &[]),
+        3,
+    );
+    let mut checks = check(
+        &outcome,
+        Truth {
+            status: Status::Code(0),
+            in_flight_lost: true,
+            verdict: "dropped",
+        },
+    );
+    assert!(
+        outcome.log.contains("caught SIGTERM, shutting down"),
+        "{}",
+        outcome.log
+    );
+    let cutting: Vec<u32> = outcome
+        .workers
+        .iter()
+        .copied()
+        .filter(|&pid| {
+            finding_codes(outcome.shutdown(pid)).contains(&"CONNECTIONS_CLOSED_IN_FLIGHT")
+        })
+        .collect();
+    if cutting.len() != 1 {
+        checks.fail(format!(
+            "one child cut the request it held, observer names {cutting:?} of {:?}",
+            outcome.workers
+        ));
+    }
+    checks.lacks_finding(outcome.master, "CONNECTIONS_CLOSED_IN_FLIGHT");
+    for &pid in &outcome.workers {
+        checks.lacks_finding(pid, "NO_SIGTERM_HANDLER");
+        checks.lacks_finding(pid, "KEEPALIVE_OPEN_AT_EXIT");
+    }
     checks.finish();
 }
 

@@ -420,10 +420,12 @@ fn test(root: &Path) -> Result<()> {
 
 /// Debian packages of the real servers that tests/tests/real_servers.rs stops (the JDK
 /// runs tests/servers/real/SlowServer.java, Node.js and npm the npm packages below).
-const REAL_SERVER_APT_PACKAGES: [&str; 7] = [
+const REAL_SERVER_APT_PACKAGES: [&str; 8] = [
     "nginx",
     "haproxy",
     "caddy",
+    // Apache httpd alone: the `apache2` package would also install and start a service.
+    "apache2-bin",
     "redis-server",
     "postgresql",
     "python3-venv",
