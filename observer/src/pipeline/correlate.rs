@@ -461,16 +461,12 @@ impl Correlator {
     /// parent is being stopped too (a pre-fork master's workers), else its service's.
     /// Its own children already in another deploy move to its deploy.
     fn join_deploy(&mut self, pid: u32, children: &[u32], mono: u64, time: &str) {
-        let parent = self.told_parent(pid, None, mono);
+        if let Some((service, workload, told)) = self.told_parent(pid, None, mono) {
+            self.follow_parent(pid, &service, workload, told);
+        }
         let Some(shutdown) = self.live.get_mut(&pid) else {
             return;
         };
-        if let Some((service, workload, told)) = parent {
-            shutdown.service = service;
-            shutdown.workload = workload;
-            self.adopted.insert(pid, told.parent.pid);
-            shutdown.parent_told = Some(told);
-        }
         if !shutdown.workload {
             return;
         }
@@ -511,18 +507,31 @@ impl Correlator {
             return;
         };
         self.leave_deploys(pid);
-        let Some(shutdown) = self.live.get_mut(&pid) else {
+        let Some(shutdown) = self.follow_parent(pid, &service, workload, told) else {
             return;
         };
-        shutdown.service.clone_from(&service);
-        shutdown.workload = workload;
-        self.adopted.insert(pid, told.parent.pid);
-        shutdown.parent_told = Some(told);
         if workload {
             let ports = shutdown.ports();
             self.deploy_for(&service, pid, first_ns, &time)
                 .termination(pid, &ports, first_ns);
         }
+    }
+
+    /// The live `pid` stops as part of its parent's stop: under the parent's service,
+    /// told by it, and adopted by it for what comes once its own report is written.
+    fn follow_parent(
+        &mut self,
+        pid: u32,
+        service: &str,
+        workload: bool,
+        told: ParentSignal,
+    ) -> Option<&mut ProcessShutdown> {
+        let shutdown = self.live.get_mut(&pid)?;
+        shutdown.service = service.to_string();
+        shutdown.workload = workload;
+        self.adopted.insert(pid, told.parent.pid);
+        shutdown.parent_told = Some(told);
+        Some(shutdown)
     }
 
     /// `pid` turned out to belong to another deploy: it leaves the ones it was in, and
@@ -1302,6 +1311,11 @@ mod tests {
         reports.remove(0)
     }
 
+    /// The report on `pid` among `reports`.
+    fn report_of(reports: &[ShutdownReport], pid: u32) -> &ShutdownReport {
+        reports.iter().find(|r| r.pid == pid).unwrap()
+    }
+
     fn codes(report: &ShutdownReport) -> Vec<FindingCode> {
         report.findings.iter().map(|f| f.code).collect()
     }
@@ -1851,7 +1865,7 @@ mod tests {
             exit(3_100, master, 1, Some(0), None),
         ]);
         let reports = shutdowns(&lines);
-        let by_pid = |pid| reports.iter().find(|r| r.pid == pid).unwrap();
+        let by_pid = |pid| report_of(&reports, pid);
         let killed = by_pid(quick);
         assert_eq!(
             (killed.verdict, codes(killed)),
@@ -1882,7 +1896,7 @@ mod tests {
             .unwrap();
         busy.insert(exit_at + 1, at_exit(1_005, quick, Role::Inbound, 5001));
         let reports = shutdowns(&busy);
-        let cut = reports.iter().find(|r| r.pid == quick).unwrap();
+        let cut = report_of(&reports, quick);
         assert_eq!(
             (cut.verdict, codes(cut)),
             (
@@ -1907,7 +1921,7 @@ mod tests {
             exit(1_020, master, 1, Some(0), None),
         ]);
         let reports = shutdowns(&lines);
-        let cut = reports.iter().find(|r| r.pid == slow).unwrap();
+        let cut = report_of(&reports, slow);
         assert_eq!(
             (cut.verdict, codes(cut)),
             (
@@ -1943,7 +1957,7 @@ mod tests {
             reset(11_200, None, Some(quick)),
         ]);
         let reports = shutdowns(&lines);
-        let head = reports.iter().find(|r| r.pid == master).unwrap();
+        let head = report_of(&reports, master);
         assert_eq!(
             (head.verdict, codes(head)),
             (
@@ -1994,7 +2008,7 @@ mod tests {
         ];
         let out = run(&lines);
         let reports = shutdowns(&lines);
-        let by_pid = |pid| reports.iter().find(|r| r.pid == pid).unwrap();
+        let by_pid = |pid| report_of(&reports, pid);
         let busy = by_pid(busy_worker);
         assert_eq!(
             (busy.verdict, codes(busy)),
@@ -2069,8 +2083,8 @@ mod tests {
         ];
         let out = run(&lines);
         let reports = shutdowns(&lines);
-        let worker = reports.iter().find(|r| r.pid == missed).unwrap();
-        let head = reports.iter().find(|r| r.pid == master).unwrap();
+        let worker = report_of(&reports, missed);
+        let head = report_of(&reports, master);
         assert_eq!(worker.service, head.service, "{worker:#?}");
         let mut stopped = the_deploy(&out).stopped.clone();
         stopped.sort();
@@ -2157,7 +2171,7 @@ mod tests {
             exited,
         ];
         let reports = shutdowns(&lines);
-        let report = reports.iter().find(|r| r.pid == child).unwrap();
+        let report = report_of(&reports, child);
         assert_eq!(report.service, "comm:app", "{report:#?}");
     }
 
@@ -2180,7 +2194,7 @@ mod tests {
             exit(11_002, master, 1, None, Some(9)),
         ];
         let reports = shutdowns(&lines);
-        let by_pid = |pid| reports.iter().find(|r| r.pid == pid).unwrap();
+        let by_pid = |pid| report_of(&reports, pid);
         let busy = by_pid(worker);
         assert_eq!(codes(busy), vec![SigkillAfterGrace]);
         assert!(

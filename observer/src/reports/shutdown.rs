@@ -516,11 +516,10 @@ impl ProcessShutdown {
     /// instead of letting it exit (and a busier moment would cut work).
     fn killed_by_repeated_signal(&self) -> Option<Finding> {
         let (at, fatal) = self.fatal_step()?;
-        let is_default = fatal.handler == Some(Handler::Default);
-        let (handled_at, handled) = self.handled_step_before(*at, fatal.sig)?;
-        if !is_default || fatal.reraised {
+        if fatal.handler != Some(Handler::Default) || fatal.reraised {
             return None;
         }
+        let (handled_at, handled) = self.handled_step_before(*at, fatal.sig)?;
         let (name, comm) = (&fatal.sig_name, &self.comm);
         let sender = |step: &SignalStep| format!("{}[{}]", step.from.comm, step.from.pid);
         let (first, second) = (sender(handled), sender(fatal));
